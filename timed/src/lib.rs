@@ -1,0 +1,5 @@
+//! `timed`: a TIME Coin validator node, as a library. The binary in `main.rs` only parses
+//! flags and calls [`node::run`]. `timectl` uses the chain types and the RPC client from here.
+
+pub mod api;
+pub mod chain;
