@@ -3,3 +3,8 @@
 
 pub mod api;
 pub mod chain;
+#[cfg(feature = "server")]
+pub mod consensus;
+#[cfg(feature = "server")]
+pub mod p2p;
+pub mod metrics_names;

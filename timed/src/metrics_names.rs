@@ -1,0 +1,21 @@
+//! Names of the Prometheus metrics every node serves at `/metrics` on its RPC port. Shared so
+//! that `timectl resources` reads exactly what `timed` writes.
+
+/// Standard process collector names.
+pub const PROCESS_RSS_BYTES: &str = "process_resident_memory_bytes";
+pub const PROCESS_CPU_SECONDS: &str = "process_cpu_seconds_total";
+pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
+
+pub const P2P_BYTES_SENT: &str = "timed_p2p_bytes_sent_total";
+pub const P2P_BYTES_RECEIVED: &str = "timed_p2p_bytes_received_total";
+pub const PEERS: &str = "timed_peers";
+pub const BLOCK_HEIGHT: &str = "timed_block_height";
+/// Histogram of seconds between consecutive committed blocks.
+pub const BLOCK_INTERVAL: &str = "timed_block_interval_seconds";
+/// Histogram of seconds from first sight of a transaction to its finality.
+pub const TX_FINALITY: &str = "timed_tx_finality_seconds";
+/// Histogram of RPC handling time, labelled by method.
+pub const RPC_DURATION: &str = "timed_rpc_request_duration_seconds";
+pub const MEMPOOL_SIZE: &str = "timed_mempool_size";
+pub const TX_FINALIZED: &str = "timed_tx_finalized_total";
+pub const TX_REJECTED: &str = "timed_tx_rejected_total";

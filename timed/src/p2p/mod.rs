@@ -1,0 +1,3 @@
+//! Peer-to-peer networking between validators.
+
+pub mod message;
