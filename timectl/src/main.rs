@@ -1,1 +1,40 @@
-fn main() {}
+//! `timectl`: operator CLI for TIME Coin validator testnets. This file only wires parsing,
+//! logging and error reporting; each subcommand lives in `commands/`.
+
+mod cli;
+mod client;
+mod commands;
+mod error;
+mod inventory;
+mod monitor;
+mod output;
+mod prom;
+mod svg;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    let stderr_color = output::Ui::stderr_color();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(stderr_color)
+        .init();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(commands::run(cli)) {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            error::report(&e, stderr_color);
+            std::process::ExitCode::from(error::EXIT_FAILURE)
+        }
+    }
+}

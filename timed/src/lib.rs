@@ -8,3 +8,17 @@ pub mod consensus;
 #[cfg(feature = "server")]
 pub mod p2p;
 pub mod metrics_names;
+#[cfg(feature = "server")]
+pub mod storage;
+#[cfg(feature = "server")]
+pub mod mempool;
+#[cfg(feature = "server")]
+pub mod wallet;
+#[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
+pub mod node;
+#[cfg(feature = "server")]
+pub mod rpc;

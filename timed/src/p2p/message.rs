@@ -111,10 +111,13 @@ pub fn verify_cert(cert: &CommitCert, validators: &[PublicKey], quorum: usize, c
     valid >= quorum
 }
 
-/// A block proposed for (height, round). The block's own producer signature authenticates it;
-/// `valid_round` is Tendermint's proof-of-lock round when a locked block is re-proposed.
+/// A block proposed for (height, `round`). The block's producer signature authenticates the
+/// block (made in `block.header.round`); the sender of a proposal is the round's proposer,
+/// authenticated by the P2P handshake (proposals are not relayed). When a locked block is
+/// re-proposed in a later round, `valid_round` is Tendermint's proof-of-lock round.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
+    pub round: u32,
     pub block: Block,
     pub valid_round: Option<u32>,
 }

@@ -1,0 +1,1027 @@
+//! The stability monitor's record format (one JSON object per line of the run log) and its
+//! judgement, `analyze`, a pure function of the records so the same verdict comes from a live
+//! run, a resumed run and `timectl report`, and so it can be tested on synthetic runs.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+pub const LOG_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Record {
+    Start(Start),
+    /// A later invocation continued the run (`--resume`).
+    Resume { t_ms: u64 },
+    Tick(Tick),
+    ProbeSent(ProbeSent),
+    ProbeResult(ProbeResult),
+    End { t_ms: u64, reason: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Start {
+    pub version: u32,
+    pub started_ms: u64,
+    pub hours: f64,
+    pub interval_secs: f64,
+    pub stall_intervals: u32,
+    pub probe_every: u32,
+    pub probe_timeout_secs: f64,
+    pub network: String,
+    pub inventory: String,
+    pub nodes: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Tick {
+    pub seq: u64,
+    pub t_ms: u64,
+    pub nodes: Vec<NodeObs>,
+    /// Block hashes compared at one height: the common height of this tick, and now and then
+    /// an earlier one again (a node that silently switched chains shows there).
+    #[serde(default)]
+    pub checks: Vec<HashCheck>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeObs {
+    pub name: String,
+    pub reachable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mempool: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// From `/metrics` when the node serves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HashCheck {
+    pub height: u64,
+    #[serde(default)]
+    pub recheck: bool,
+    /// Node name to block hash at `height`.
+    pub hashes: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub errors: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbeSent {
+    pub id: u64,
+    pub t_ms: u64,
+    pub from: String,
+    pub to: String,
+    pub checker: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txid: Option<String>,
+    /// Set when the node refused the send; nothing to track then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbeResult {
+    pub id: u64,
+    pub t_ms: u64,
+    pub finalized: bool,
+    /// Last status the checker reported (finalized, confirmed, pending, unknown, rejected) or
+    /// the error that ended tracking.
+    pub status: String,
+    /// From send to the checker first reporting it final, as the monitor measured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
+    /// The checker's own first-seen-to-final time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_finality_ms: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("cannot read run log {path}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: not a run-log record: {message}")]
+    Bad {
+        path: String,
+        line: usize,
+        message: String,
+    },
+    #[error("{path} does not start with a start record")]
+    NoStart { path: String },
+    #[error("{path} was written by log version {found}; this timectl reads version {LOG_VERSION}")]
+    Version { path: String, found: u32 },
+}
+
+/// Reads a run log. A torn last line (the process died mid-write) is skipped with a warning;
+/// anything else malformed is an error naming the line.
+pub fn read_log(path: &Path) -> Result<Vec<Record>, LogError> {
+    let p = path.display().to_string();
+    let io = |source| LogError::Io {
+        path: p.clone(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let lines: Vec<String> = std::io::BufReader::new(file)
+        .lines()
+        .collect::<Result<_, _>>()
+        .map_err(io)?;
+    let last = lines.iter().rposition(|l| !l.trim().is_empty());
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Record>(line) {
+            Ok(r) => out.push(r),
+            Err(e) if Some(i) == last && e.is_eof() => {
+                tracing::warn!("{p}:{}: ignoring a torn last line", i + 1);
+            }
+            Err(e) => {
+                return Err(LogError::Bad {
+                    path: p,
+                    line: i + 1,
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+    match out.first() {
+        Some(Record::Start(s)) if s.version != LOG_VERSION => Err(LogError::Version {
+            path: p,
+            found: s.version,
+        }),
+        Some(Record::Start(_)) => Ok(out),
+        _ => Err(LogError::NoStart { path: p }),
+    }
+}
+
+/// Appends one record as one line and flushes, so a crash loses at most the record in flight.
+pub fn append(file: &mut std::fs::File, record: &Record) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(record).expect("records serialize");
+    line.push(b'\n');
+    file.write_all(&line)?;
+    file.flush()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Finding {
+    /// Nodes reported different block hashes at one height. Consecutive checks that split the
+    /// nodes the same way are one finding.
+    Fork {
+        first_height: u64,
+        last_height: u64,
+        heights_checked: u64,
+        first_seen_ms: u64,
+        /// Block hash at `first_height` to the nodes that have it.
+        hashes: BTreeMap<String, Vec<String>>,
+    },
+    /// A node's height did not grow for at least `stall_intervals` intervals.
+    Stall {
+        node: String,
+        height: Option<u64>,
+        since_ms: u64,
+        /// None while still stalled at the end of the log.
+        until_ms: Option<u64>,
+        intervals: u64,
+    },
+    Unreachable {
+        node: String,
+        since_ms: u64,
+        until_ms: Option<u64>,
+        intervals: u64,
+        error: String,
+    },
+    /// Sent, accepted, but not final on the checker within the probe timeout.
+    LostTx {
+        id: u64,
+        txid: String,
+        from: String,
+        checker: String,
+        sent_ms: u64,
+        status: String,
+    },
+    ProbeSendFailed {
+        id: u64,
+        from: String,
+        t_ms: u64,
+        error: String,
+    },
+    /// The run ended before a probe's fate was known.
+    ProbeUnverified { id: u64, txid: String, sent_ms: u64 },
+    HeightDecreased {
+        node: String,
+        from: u64,
+        to: u64,
+        t_ms: u64,
+    },
+}
+
+impl Finding {
+    pub fn severity(&self) -> Severity {
+        match self {
+            Finding::Fork { .. } | Finding::Stall { .. } | Finding::LostTx { .. } => {
+                Severity::Error
+            }
+            _ => Severity::Warning,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Finding::Fork { .. } => "fork",
+            Finding::Stall { .. } => "stall",
+            Finding::Unreachable { .. } => "unreachable",
+            Finding::LostTx { .. } => "lost tx",
+            Finding::ProbeSendFailed { .. } => "probe send failed",
+            Finding::ProbeUnverified { .. } => "probe unverified",
+            Finding::HeightDecreased { .. } => "height decreased",
+        }
+    }
+
+    /// When it started, for ordering and plots.
+    pub fn t_ms(&self) -> u64 {
+        match self {
+            Finding::Fork { first_seen_ms, .. } => *first_seen_ms,
+            Finding::Stall { since_ms, .. } | Finding::Unreachable { since_ms, .. } => *since_ms,
+            Finding::LostTx { sent_ms, .. } | Finding::ProbeUnverified { sent_ms, .. } => *sent_ms,
+            Finding::ProbeSendFailed { t_ms, .. } | Finding::HeightDecreased { t_ms, .. } => *t_ms,
+        }
+    }
+
+    /// One line for tables.
+    pub fn describe(&self) -> String {
+        match self {
+            Finding::Fork {
+                first_height,
+                last_height,
+                heights_checked,
+                hashes,
+                ..
+            } => {
+                let sides: Vec<String> = hashes
+                    .iter()
+                    .map(|(h, nodes)| format!("{} on {}", crate::output::short_hash(h), nodes.join(",")))
+                    .collect();
+                let span = if first_height == last_height {
+                    format!("at height {first_height}")
+                } else {
+                    format!("at heights {first_height}..{last_height} ({heights_checked} checked)")
+                };
+                format!("{span}: {}", sides.join(" vs "))
+            }
+            Finding::Stall {
+                node,
+                height,
+                intervals,
+                until_ms,
+                ..
+            } => format!(
+                "{node} made no progress for {intervals} intervals (height {}){}",
+                height.map_or("unknown".into(), |h| h.to_string()),
+                if until_ms.is_some() { ", then resumed" } else { ", still stalled" }
+            ),
+            Finding::Unreachable {
+                node,
+                intervals,
+                error,
+                until_ms,
+                ..
+            } => format!(
+                "{node} unreachable for {intervals} intervals{}: {error}",
+                if until_ms.is_some() { " (recovered)" } else { "" }
+            ),
+            Finding::LostTx {
+                id,
+                txid,
+                from,
+                checker,
+                status,
+                ..
+            } => format!(
+                "probe {id} {} sent by {from} not final on {checker} (last status: {status})",
+                crate::output::short_hash(txid)
+            ),
+            Finding::ProbeSendFailed { id, from, error, .. } => {
+                format!("probe {id} from {from} not sent: {error}")
+            }
+            Finding::ProbeUnverified { id, txid, .. } => format!(
+                "probe {id} {} still being tracked when the run ended",
+                crate::output::short_hash(txid)
+            ),
+            Finding::HeightDecreased { node, from, to, .. } => {
+                format!("{node} height went from {from} down to {to}")
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ProbeStats {
+    pub sent: u64,
+    pub finalized: u64,
+    pub lost: u64,
+    pub send_failed: u64,
+    pub pending: u64,
+    pub latency_p50_ms: Option<u64>,
+    pub latency_max_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct NodeSummary {
+    pub last_height: Option<u64>,
+    pub max_mempool: Option<u64>,
+    pub unreachable_ticks: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Analysis {
+    pub network: String,
+    pub started_ms: u64,
+    pub last_ms: u64,
+    pub duration_secs: u64,
+    pub planned_secs: u64,
+    pub records: usize,
+    pub ticks: u64,
+    pub ended: Option<String>,
+    pub probes: ProbeStats,
+    pub nodes: BTreeMap<String, NodeSummary>,
+    pub findings: Vec<Finding>,
+}
+
+impl Analysis {
+    pub fn count(&self, kind: &str) -> usize {
+        self.findings.iter().filter(|f| f.kind() == kind).count()
+    }
+
+    pub fn errors(&self) -> usize {
+        self.findings
+            .iter()
+            .filter(|f| f.severity() == Severity::Error)
+            .count()
+    }
+
+    pub fn passed(&self) -> bool {
+        self.errors() == 0
+    }
+}
+
+#[derive(Default)]
+struct NodeState {
+    last_height: Option<u64>,
+    /// Tick index (this node's own count) of the last observed progress.
+    last_progress: u64,
+    last_progress_ms: u64,
+    seen: u64,
+    stall: Option<usize>,
+    unreachable: Option<usize>,
+}
+
+fn percentile(sorted: &[u64], q: f64) -> Option<u64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let idx = ((sorted.len() - 1) as f64 * q).round() as usize;
+    Some(sorted[idx])
+}
+
+pub fn analyze(records: &[Record]) -> Analysis {
+    let mut a = Analysis {
+        records: records.len(),
+        ..Default::default()
+    };
+    let mut stall_intervals = 3u64;
+    let mut probe_timeout_ms = 60_000u64;
+    let mut states: BTreeMap<String, NodeState> = BTreeMap::new();
+    // height -> hash -> nodes (set), and when each height was first checked.
+    let mut seen_hashes: BTreeMap<u64, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    let mut height_first_ms: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut sent: BTreeMap<u64, &ProbeSent> = BTreeMap::new();
+    let mut results: BTreeMap<u64, &ProbeResult> = BTreeMap::new();
+
+    for r in records {
+        match r {
+            Record::Start(s) => {
+                a.network = s.network.clone();
+                a.started_ms = s.started_ms;
+                a.last_ms = a.last_ms.max(s.started_ms);
+                a.planned_secs = (s.hours * 3600.0).round() as u64;
+                stall_intervals = u64::from(s.stall_intervals.max(1));
+                probe_timeout_ms = (s.probe_timeout_secs * 1000.0) as u64;
+            }
+            Record::Resume { t_ms } => {
+                a.last_ms = a.last_ms.max(*t_ms);
+                a.ended = None;
+            }
+            Record::End { t_ms, reason } => {
+                a.last_ms = a.last_ms.max(*t_ms);
+                a.ended = Some(reason.clone());
+            }
+            Record::ProbeSent(p) => {
+                a.last_ms = a.last_ms.max(p.t_ms);
+                sent.insert(p.id, p);
+            }
+            Record::ProbeResult(p) => {
+                a.last_ms = a.last_ms.max(p.t_ms);
+                results.insert(p.id, p);
+            }
+            Record::Tick(t) => {
+                a.ticks += 1;
+                a.last_ms = a.last_ms.max(t.t_ms);
+                for obs in &t.nodes {
+                    observe_node(&mut a, &mut states, obs, t.t_ms, stall_intervals);
+                }
+                for c in &t.checks {
+                    height_first_ms.entry(c.height).or_insert(t.t_ms);
+                    let at = seen_hashes.entry(c.height).or_default();
+                    for (node, hash) in &c.hashes {
+                        at.entry(hash.clone()).or_default().insert(node.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    // Close the intervals count of episodes still open at the end.
+    for st in states.values() {
+        if let Some(i) = st.stall {
+            if let Finding::Stall { intervals, .. } = &mut a.findings[i] {
+                *intervals = st.seen - 1 - st.last_progress;
+            }
+        }
+    }
+
+    collect_forks(&mut a, &seen_hashes, &height_first_ms);
+    collect_probes(&mut a, &sent, &results, probe_timeout_ms);
+
+    a.duration_secs = a.last_ms.saturating_sub(a.started_ms) / 1000;
+    a.findings.sort_by_key(|f| (f.t_ms(), f.kind()));
+    a
+}
+
+fn observe_node(
+    a: &mut Analysis,
+    states: &mut BTreeMap<String, NodeState>,
+    obs: &NodeObs,
+    t_ms: u64,
+    stall_intervals: u64,
+) {
+    let summary = a.nodes.entry(obs.name.clone()).or_default();
+    let st = states.entry(obs.name.clone()).or_default();
+    let idx = st.seen;
+    st.seen += 1;
+    if idx == 0 {
+        st.last_progress = 0;
+        st.last_progress_ms = t_ms;
+    }
+    if let Some(m) = obs.mempool {
+        summary.max_mempool = Some(summary.max_mempool.map_or(m, |x| x.max(m)));
+    }
+
+    // Unreachable episodes.
+    if obs.reachable {
+        if let Some(i) = st.unreachable.take() {
+            if let Finding::Unreachable { until_ms, .. } = &mut a.findings[i] {
+                *until_ms = Some(t_ms);
+            }
+        }
+    } else {
+        summary.unreachable_ticks += 1;
+        match st.unreachable {
+            Some(i) => {
+                if let Finding::Unreachable { intervals, .. } = &mut a.findings[i] {
+                    *intervals += 1;
+                }
+            }
+            None => {
+                st.unreachable = Some(a.findings.len());
+                a.findings.push(Finding::Unreachable {
+                    node: obs.name.clone(),
+                    since_ms: t_ms,
+                    until_ms: None,
+                    intervals: 1,
+                    error: obs.error.clone().unwrap_or_else(|| "no answer".into()),
+                });
+            }
+        }
+    }
+
+    // Progress and stalls. The first observation sets the baseline.
+    let progressed = match (obs.height, st.last_height) {
+        (Some(h), Some(prev)) if h < prev => {
+            a.findings.push(Finding::HeightDecreased {
+                node: obs.name.clone(),
+                from: prev,
+                to: h,
+                t_ms,
+            });
+            st.last_height = Some(h);
+            false
+        }
+        (Some(h), Some(prev)) => h > prev,
+        (Some(h), None) => {
+            st.last_height = Some(h);
+            idx > 0
+        }
+        (None, _) => false,
+    };
+    if let Some(h) = obs.height {
+        summary.last_height = Some(h);
+    }
+    if progressed {
+        if let Some(i) = st.stall.take() {
+            if let Finding::Stall {
+                until_ms,
+                intervals,
+                ..
+            } = &mut a.findings[i]
+            {
+                *until_ms = Some(t_ms);
+                *intervals = idx - 1 - st.last_progress;
+            }
+        }
+        st.last_height = obs.height;
+        st.last_progress = idx;
+        st.last_progress_ms = t_ms;
+    } else if st.stall.is_none() && idx - st.last_progress >= stall_intervals {
+        st.stall = Some(a.findings.len());
+        a.findings.push(Finding::Stall {
+            node: obs.name.clone(),
+            height: st.last_height,
+            since_ms: st.last_progress_ms,
+            until_ms: None,
+            intervals: idx - st.last_progress,
+        });
+    }
+}
+
+fn collect_forks(
+    a: &mut Analysis,
+    seen: &BTreeMap<u64, BTreeMap<String, BTreeSet<String>>>,
+    first_ms: &BTreeMap<u64, u64>,
+) {
+    // One finding per distinct way of splitting the nodes, so a lasting fork is one finding
+    // covering many heights rather than one per check.
+    let mut by_partition: BTreeMap<Vec<Vec<String>>, usize> = BTreeMap::new();
+    for (&height, hashes) in seen {
+        if hashes.len() < 2 {
+            continue;
+        }
+        let mut partition: Vec<Vec<String>> = hashes
+            .values()
+            .map(|nodes| nodes.iter().cloned().collect())
+            .collect();
+        partition.sort();
+        let t = first_ms.get(&height).copied().unwrap_or_default();
+        match by_partition.get(&partition) {
+            Some(&i) => {
+                if let Finding::Fork {
+                    last_height,
+                    heights_checked,
+                    ..
+                } = &mut a.findings[i]
+                {
+                    *last_height = height;
+                    *heights_checked += 1;
+                }
+            }
+            None => {
+                by_partition.insert(partition, a.findings.len());
+                a.findings.push(Finding::Fork {
+                    first_height: height,
+                    last_height: height,
+                    heights_checked: 1,
+                    first_seen_ms: t,
+                    hashes: hashes
+                        .iter()
+                        .map(|(h, n)| (h.clone(), n.iter().cloned().collect()))
+                        .collect(),
+                });
+            }
+        }
+    }
+}
+
+fn collect_probes(
+    a: &mut Analysis,
+    sent: &BTreeMap<u64, &ProbeSent>,
+    results: &BTreeMap<u64, &ProbeResult>,
+    timeout_ms: u64,
+) {
+    let mut latencies = Vec::new();
+    for (&id, p) in sent {
+        let Some(txid) = &p.txid else {
+            a.probes.send_failed += 1;
+            a.findings.push(Finding::ProbeSendFailed {
+                id,
+                from: p.from.clone(),
+                t_ms: p.t_ms,
+                error: p.error.clone().unwrap_or_default(),
+            });
+            continue;
+        };
+        a.probes.sent += 1;
+        match results.get(&id) {
+            Some(r) if r.finalized && r.latency_ms.is_none_or(|l| l <= timeout_ms) => {
+                a.probes.finalized += 1;
+                if let Some(l) = r.latency_ms {
+                    latencies.push(l);
+                }
+            }
+            Some(r) => {
+                a.probes.lost += 1;
+                a.findings.push(Finding::LostTx {
+                    id,
+                    txid: txid.clone(),
+                    from: p.from.clone(),
+                    checker: p.checker.clone(),
+                    sent_ms: p.t_ms,
+                    status: r.status.clone(),
+                });
+            }
+            None => {
+                a.probes.pending += 1;
+                if a.ended.is_some() {
+                    a.findings.push(Finding::ProbeUnverified {
+                        id,
+                        txid: txid.clone(),
+                        sent_ms: p.t_ms,
+                    });
+                }
+            }
+        }
+    }
+    latencies.sort_unstable();
+    a.probes.latency_p50_ms = percentile(&latencies, 0.5);
+    a.probes.latency_max_ms = latencies.last().copied();
+}
+
+/// Probes sent but not yet resolved: what a resumed run goes on tracking.
+pub fn outstanding_probes(records: &[Record]) -> Vec<ProbeSent> {
+    let done: BTreeSet<u64> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::ProbeResult(p) => Some(p.id),
+            _ => None,
+        })
+        .collect();
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::ProbeSent(p) if p.txid.is_some() && !done.contains(&p.id) => Some(p.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Where a resumed run picks up: next tick number and probe id.
+pub fn next_counters(records: &[Record]) -> (u64, u64) {
+    let mut seq = 0;
+    let mut id = 0;
+    for r in records {
+        match r {
+            Record::Tick(t) => seq = seq.max(t.seq + 1),
+            Record::ProbeSent(p) => id = id.max(p.id + 1),
+            _ => {}
+        }
+    }
+    (seq, id)
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+
+    pub fn start(nodes: &[&str]) -> Record {
+        Record::Start(Start {
+            version: LOG_VERSION,
+            started_ms: 1_000_000,
+            hours: 1.0,
+            interval_secs: 10.0,
+            stall_intervals: 3,
+            probe_every: 3,
+            probe_timeout_secs: 60.0,
+            network: "test".into(),
+            inventory: "inventories/test.toml".into(),
+            nodes: nodes.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    /// A tick where node i is at heights[i] (None: unreachable) and, at the common height,
+    /// has hash hashes[i].
+    pub fn tick(seq: u64, heights: &[Option<u64>], hashes: &[&str]) -> Record {
+        let names = ["n1", "n2", "n3", "n4"];
+        let nodes: Vec<NodeObs> = heights
+            .iter()
+            .enumerate()
+            .map(|(i, h)| NodeObs {
+                name: names[i].into(),
+                reachable: h.is_some(),
+                height: *h,
+                mempool: h.map(|_| seq % 4),
+                error: h.is_none().then(|| "unreachable: Connection refused".into()),
+                latency_ms: 2,
+                rss_bytes: h.map(|_| 50_000_000 + seq * 1000),
+                cpu_seconds: h.map(|_| seq as f64 * 0.1),
+            })
+            .collect();
+        let common = heights.iter().flatten().min().copied();
+        let checks = common
+            .map(|c| HashCheck {
+                height: c,
+                recheck: false,
+                hashes: heights
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, h)| h.is_some())
+                    .map(|(i, _)| (names[i].to_string(), hashes[i].to_string()))
+                    .collect(),
+                errors: BTreeMap::new(),
+            })
+            .into_iter()
+            .collect();
+        Record::Tick(Tick {
+            seq,
+            t_ms: 1_000_000 + seq * 10_000,
+            nodes,
+            checks,
+        })
+    }
+
+    fn sent(id: u64, seq: u64) -> Record {
+        Record::ProbeSent(ProbeSent {
+            id,
+            t_ms: 1_000_000 + seq * 10_000 + 100,
+            from: "n1".into(),
+            to: "n2".into(),
+            checker: "n2".into(),
+            txid: Some(format!("{id:064x}")),
+            error: None,
+        })
+    }
+
+    fn result(id: u64, seq: u64, finalized: bool, latency_ms: u64) -> Record {
+        Record::ProbeResult(ProbeResult {
+            id,
+            t_ms: 1_000_000 + seq * 10_000 + 100 + latency_ms,
+            finalized,
+            status: if finalized { "finalized" } else { "pending" }.into(),
+            latency_ms: finalized.then_some(latency_ms),
+            node_finality_ms: None,
+        })
+    }
+
+    /// A clean three-node run: heights grow, hashes agree, probes finalize.
+    pub fn clean_run() -> Vec<Record> {
+        let mut r = vec![start(&["n1", "n2", "n3"])];
+        for s in 0..12u64 {
+            // Heights differ between nodes (one lags by a block) but never fork.
+            r.push(tick(s, &[Some(s + 1), Some(s + 1), Some(s)], &["a", "a", "a"]));
+            if s % 3 == 0 {
+                r.push(sent(s / 3, s));
+                r.push(result(s / 3, s, true, 800 + s * 10));
+            }
+        }
+        r.push(Record::End {
+            t_ms: 1_120_000,
+            reason: "completed".into(),
+        });
+        r
+    }
+
+    #[test]
+    fn clean_run_has_no_findings() {
+        let a = analyze(&clean_run());
+        assert_eq!(a.findings, vec![], "{:#?}", a.findings);
+        assert!(a.passed());
+        assert_eq!(a.ticks, 12);
+        assert_eq!(a.probes.sent, 4);
+        assert_eq!(a.probes.finalized, 4);
+        assert_eq!(a.probes.latency_max_ms, Some(890));
+        assert_eq!(a.nodes["n3"].last_height, Some(11));
+        assert_eq!(a.duration_secs, 120);
+    }
+
+    #[test]
+    fn same_height_different_hash_is_a_fork() {
+        let mut r = vec![start(&["n1", "n2", "n3"])];
+        r.push(tick(0, &[Some(5), Some(5), Some(5)], &["a", "a", "a"]));
+        r.push(tick(1, &[Some(6), Some(6), Some(6)], &["b", "b", "x"]));
+        r.push(tick(2, &[Some(7), Some(7), Some(7)], &["c", "c", "y"]));
+        let a = analyze(&r);
+        assert_eq!(a.count("fork"), 1, "{:#?}", a.findings);
+        match &a.findings[0] {
+            Finding::Fork {
+                first_height,
+                last_height,
+                heights_checked,
+                first_seen_ms,
+                hashes,
+            } => {
+                assert_eq!((*first_height, *last_height, *heights_checked), (6, 7, 2));
+                assert_eq!(*first_seen_ms, 1_010_000);
+                assert_eq!(hashes["b"], vec!["n1", "n2"]);
+                assert_eq!(hashes["x"], vec!["n3"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!a.passed());
+    }
+
+    #[test]
+    fn different_heights_alone_are_not_a_fork() {
+        let mut r = vec![start(&["n1", "n2", "n3"])];
+        for s in 0..6 {
+            // n3 is two blocks behind, but agrees at the common height.
+            r.push(tick(s, &[Some(s + 2), Some(s + 3), Some(s + 1)], &["h", "h", "h"]));
+        }
+        let a = analyze(&r);
+        assert_eq!(a.count("fork"), 0, "{:#?}", a.findings);
+        assert!(a.passed());
+    }
+
+    #[test]
+    fn a_node_changing_its_hash_at_a_height_later_is_a_fork() {
+        let mut r = vec![start(&["n1", "n2"])];
+        r.push(tick(0, &[Some(5), Some(5)], &["a", "a"]));
+        let mut t = tick(1, &[Some(6), Some(6)], &["b", "b"]);
+        if let Record::Tick(t) = &mut t {
+            t.checks.push(HashCheck {
+                height: 5,
+                recheck: true,
+                hashes: [("n1".into(), "a".into()), ("n2".into(), "z".into())].into(),
+                errors: BTreeMap::new(),
+            });
+        }
+        r.push(t);
+        let a = analyze(&r);
+        assert_eq!(a.count("fork"), 1, "{:#?}", a.findings);
+    }
+
+    #[test]
+    fn stall_detected_after_n_intervals() {
+        let mut r = vec![start(&["n1", "n2"])];
+        // n2 stops at height 3 from tick 2 on; n1 keeps going.
+        for s in 0..8u64 {
+            let h2 = s.min(3);
+            r.push(tick(s, &[Some(s + 1), Some(h2)], &["a", "a"]));
+        }
+        let a = analyze(&r);
+        assert_eq!(a.count("stall"), 1, "{:#?}", a.findings);
+        match &a.findings[0] {
+            Finding::Stall {
+                node,
+                height,
+                since_ms,
+                until_ms,
+                intervals,
+            } => {
+                assert_eq!(node, "n2");
+                assert_eq!(*height, Some(3));
+                assert_eq!(*since_ms, 1_030_000);
+                assert_eq!(*until_ms, None);
+                assert_eq!(*intervals, 4);
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // Two intervals without progress is below the threshold of 3.
+        let mut r = vec![start(&["n1"])];
+        for (s, h) in [1, 2, 2, 2, 3, 4].iter().enumerate() {
+            r.push(tick(s as u64, &[Some(*h)], &["a"]));
+        }
+        assert_eq!(analyze(&r).count("stall"), 0);
+    }
+
+    #[test]
+    fn stall_that_recovers_is_closed_but_still_an_error() {
+        let mut r = vec![start(&["n1"])];
+        for (s, h) in [1, 2, 2, 2, 2, 2, 3].iter().enumerate() {
+            r.push(tick(s as u64, &[Some(*h)], &["a"]));
+        }
+        let a = analyze(&r);
+        match &a.findings[..] {
+            [Finding::Stall {
+                until_ms: Some(u),
+                intervals,
+                ..
+            }] => {
+                assert_eq!(*u, 1_060_000);
+                assert_eq!(*intervals, 4);
+            }
+            other => panic!("{other:#?}"),
+        }
+        assert!(!a.passed());
+    }
+
+    #[test]
+    fn unreachable_node_is_reported_and_stalls() {
+        let mut r = vec![start(&["n1", "n2"])];
+        for s in 0..6u64 {
+            let h2 = (s < 2).then_some(s + 1);
+            r.push(tick(s, &[Some(s + 1), h2], &["a", "a"]));
+        }
+        let a = analyze(&r);
+        assert_eq!(a.count("unreachable"), 1, "{:#?}", a.findings);
+        assert_eq!(a.count("stall"), 1);
+        assert_eq!(a.nodes["n2"].unreachable_ticks, 4);
+        let un = a.findings.iter().find(|f| f.kind() == "unreachable").unwrap();
+        assert!(un.describe().contains("n2 unreachable for 4 intervals"), "{}", un.describe());
+    }
+
+    #[test]
+    fn probe_not_final_is_lost_and_send_failure_is_a_warning() {
+        let mut r = clean_run();
+        r.insert(r.len() - 1, sent(10, 11));
+        r.insert(r.len() - 1, result(10, 11, false, 0));
+        r.insert(
+            r.len() - 1,
+            Record::ProbeSent(ProbeSent {
+                id: 11,
+                t_ms: 1_115_000,
+                from: "n3".into(),
+                to: "n1".into(),
+                checker: "n1".into(),
+                txid: None,
+                error: Some("rpc error -6: insufficient funds".into()),
+            }),
+        );
+        let a = analyze(&r);
+        assert_eq!(a.count("lost tx"), 1, "{:#?}", a.findings);
+        assert_eq!(a.count("probe send failed"), 1);
+        assert_eq!(a.probes.lost, 1);
+        assert_eq!(a.probes.send_failed, 1);
+        assert_eq!(a.errors(), 1);
+        // Finalized, but later than the timeout, is lost too.
+        let mut r = clean_run();
+        r.insert(r.len() - 1, sent(10, 11));
+        r.insert(r.len() - 1, result(10, 11, true, 61_000));
+        assert_eq!(analyze(&r).count("lost tx"), 1);
+    }
+
+    #[test]
+    fn pending_probe_is_unverified_only_after_end() {
+        let mut r = clean_run();
+        let end = r.pop().unwrap();
+        r.push(sent(10, 11));
+        let a = analyze(&r);
+        assert_eq!(a.probes.pending, 1);
+        assert!(a.findings.is_empty());
+        assert_eq!(outstanding_probes(&r).len(), 1);
+        r.push(end);
+        assert_eq!(analyze(&r).count("probe unverified"), 1);
+    }
+
+    #[test]
+    fn resume_reads_back_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.jsonl");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let mut run = clean_run();
+        run.pop();
+        run.push(sent(9, 11));
+        for rec in &run {
+            append(&mut f, rec).unwrap();
+        }
+        // A crash mid-line leaves a torn record at the end.
+        f.write_all(br#"{"kind":"tick","seq":12,"t_"#).unwrap();
+        drop(f);
+        let back = read_log(&path).unwrap();
+        assert_eq!(back, run);
+        assert_eq!(next_counters(&back), (12, 10));
+        assert_eq!(outstanding_probes(&back)[0].id, 9);
+        assert_eq!(analyze(&back).started_ms, 1_000_000);
+
+        // Garbage in the middle is an error naming the line.
+        std::fs::write(&path, "{\"kind\":\"resume\",\"t_ms\":1}\n").unwrap();
+        assert!(matches!(read_log(&path), Err(LogError::NoStart { .. })));
+        let mut text = serde_json::to_string(&run[0]).unwrap();
+        text.push_str("\nnot json\n{\"kind\":\"resume\",\"t_ms\":1}\n");
+        std::fs::write(&path, text).unwrap();
+        match read_log(&path) {
+            Err(LogError::Bad { line, .. }) => assert_eq!(line, 2),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! Node configuration: command-line flags over an optional TOML file over defaults. With no
+//! file and no genesis, the flags alone describe a devnet (see [`GenesisSource::Devnet`]).
+
+use crate::chain::genesis::{valid_validator_id, GenesisConfig};
+use clap::Parser;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_P2P_PORT: u16 = 8001;
+pub const DEFAULT_RPC_BIND: &str = "127.0.0.1:8080";
+pub const DEFAULT_BLOCK_TIME: u64 = 10;
+
+#[derive(Parser, Debug, Clone, Default)]
+#[command(
+    name = "timed",
+    version,
+    about = "TIME Coin validator node",
+    after_help = "Examples:\n  \
+    timed --validator-id validator1 --port 8001 --peers localhost:8002,localhost:8003 --rpc-bind 127.0.0.1:8081\n  \
+    timed --config /etc/timed/timed.toml\n  \
+    timed keygen --data-dir /var/lib/timed\n\n\
+    Without --genesis, the node runs a devnet of validator1..validatorN whose keys anyone can derive (insecure, devnet only);\n\
+    N is --devnet-validators, or 1 + the number of --peers."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// TOML file with the same keys as these flags (snake_case); flags override it.
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// This validator's id in the genesis (devnet: validator1..validatorN).
+    #[arg(long)]
+    pub validator_id: Option<String>,
+    /// P2P listen port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// P2P listen address (port from --port).
+    #[arg(long)]
+    pub p2p_bind: Option<std::net::IpAddr>,
+    /// Peers to dial at start, comma-separated host:port.
+    #[arg(long, value_delimiter = ',')]
+    pub peers: Option<Vec<String>>,
+    /// JSON-RPC (HTTP and WebSocket) listen address; also serves /metrics.
+    #[arg(long)]
+    pub rpc_bind: Option<SocketAddr>,
+    /// Directory for the chain database, keys and the RPC cookie.
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Seconds per slot (devnet genesis only; a genesis file sets its own).
+    #[arg(long)]
+    pub block_time: Option<u64>,
+    /// Genesis file (TOML). Without it the node derives a devnet genesis.
+    #[arg(long)]
+    pub genesis: Option<PathBuf>,
+    /// Number of devnet validators (default: 1 + number of --peers).
+    #[arg(long)]
+    pub devnet_validators: Option<usize>,
+    /// RPC user for wallet methods (with --rpc-password); otherwise a cookie file is used.
+    #[arg(long)]
+    pub rpc_user: Option<String>,
+    #[arg(long, env = "TIMED_RPC_PASSWORD", hide_env_values = true)]
+    pub rpc_password: Option<String>,
+    #[arg(long)]
+    pub rpc_max_connections: Option<u32>,
+    #[arg(long)]
+    pub rpc_max_request_bytes: Option<u32>,
+    #[arg(long)]
+    pub rpc_max_batch: Option<u32>,
+    /// Seconds between masternode heartbeats (default: the block time).
+    #[arg(long)]
+    pub heartbeat_secs: Option<u64>,
+    /// Milliseconds a slot leader has before the next-ranked backup may propose.
+    #[arg(long)]
+    pub propose_timeout_ms: Option<u64>,
+    #[arg(long)]
+    pub avalanche_k: Option<usize>,
+    #[arg(long)]
+    pub avalanche_alpha_preference: Option<usize>,
+    #[arg(long)]
+    pub avalanche_alpha_confidence: Option<usize>,
+    #[arg(long)]
+    pub avalanche_beta: Option<u32>,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Create (or show) this node's validator and wallet keys in --data-dir and print the
+    /// public key and wallet address, for writing a genesis file.
+    Keygen,
+    /// Print the genesis this configuration would use, as TOML.
+    ShowGenesis,
+}
+
+/// The file form: the same settings as the flags.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub validator_id: Option<String>,
+    pub port: Option<u16>,
+    pub p2p_bind: Option<std::net::IpAddr>,
+    pub peers: Option<Vec<String>>,
+    pub rpc_bind: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub block_time: Option<u64>,
+    pub genesis: Option<PathBuf>,
+    pub devnet_validators: Option<usize>,
+    pub rpc_user: Option<String>,
+    pub rpc_max_connections: Option<u32>,
+    pub rpc_max_request_bytes: Option<u32>,
+    pub rpc_max_batch: Option<u32>,
+    pub heartbeat_secs: Option<u64>,
+    pub propose_timeout_ms: Option<u64>,
+    pub avalanche_k: Option<usize>,
+    pub avalanche_alpha_preference: Option<usize>,
+    pub avalanche_alpha_confidence: Option<usize>,
+    pub avalanche_beta: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("cannot read genesis file {path}")]
+    ReadGenesis { path: PathBuf, source: std::io::Error },
+    #[error("genesis file {path} is not valid: {message}")]
+    ParseGenesis { path: PathBuf, message: String },
+    #[error("genesis is not valid")]
+    Genesis(#[from] crate::chain::genesis::GenesisError),
+    #[error("--validator-id is required")]
+    MissingValidatorId,
+    #[error("validator id {0:?} must be 1-64 characters of [A-Za-z0-9._-]")]
+    BadValidatorId(String),
+    #[error("validator {id:?} is not in the genesis (its validators: {known})")]
+    NotInGenesis { id: String, known: String },
+    #[error("--rpc-user and --rpc-password must be given together")]
+    PartialCredentials,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Where the genesis came from; devnets have public keys that anyone can derive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GenesisSource {
+    Devnet,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub validator_id: String,
+    pub p2p_listen: SocketAddr,
+    pub peers: Vec<String>,
+    pub rpc_bind: SocketAddr,
+    pub data_dir: PathBuf,
+    pub genesis: GenesisConfig,
+    pub genesis_source: GenesisSource,
+    pub rpc_credentials: Option<(String, String)>,
+    pub rpc_max_connections: u32,
+    pub rpc_max_request_bytes: u32,
+    pub rpc_max_batch: u32,
+    pub heartbeat_ms: u64,
+    pub propose_timeout_ms: u64,
+    pub avalanche: crate::consensus::snowball::SnowballParams,
+}
+
+impl NodeConfig {
+    pub fn is_devnet(&self) -> bool {
+        self.genesis_source == GenesisSource::Devnet
+    }
+}
+
+fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, (bool, String)> {
+    let text = std::fs::read_to_string(path).map_err(|e| (true, e.to_string()))?;
+    toml::from_str(&text).map_err(|e| (false, e.to_string()))
+}
+
+pub fn load_genesis(path: &Path) -> Result<GenesisConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::ReadGenesis { path: path.into(), source })?;
+    let g: GenesisConfig = toml::from_str(&text)
+        .map_err(|e| ConfigError::ParseGenesis { path: path.into(), message: e.to_string() })?;
+    g.validate()?;
+    Ok(g)
+}
+
+fn default_data_dir(validator_id: &str) -> PathBuf {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".timecoin").join(validator_id)
+}
+
+impl Cli {
+    /// Merges flags, file and defaults into a checked configuration.
+    pub fn resolve(&self) -> Result<NodeConfig, ConfigError> {
+        let file: FileConfig = match &self.config {
+            Some(path) => read_toml(path).map_err(|(io, message)| {
+                if io {
+                    ConfigError::Read { path: path.clone(), source: std::io::Error::other(message) }
+                } else {
+                    ConfigError::Parse { path: path.clone(), message }
+                }
+            })?,
+            None => FileConfig::default(),
+        };
+        let validator_id =
+            self.validator_id.clone().or(file.validator_id).ok_or(ConfigError::MissingValidatorId)?;
+        if !valid_validator_id(&validator_id) {
+            return Err(ConfigError::BadValidatorId(validator_id));
+        }
+        let peers: Vec<String> = self.peers.clone().or(file.peers).unwrap_or_default();
+        let peers: Vec<String> = peers.into_iter().map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect();
+        for p in &peers {
+            let ok = p.rsplit_once(':').is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                return Err(ConfigError::Invalid(format!("peer {p:?} is not host:port")));
+            }
+        }
+        let port = self.port.or(file.port).unwrap_or(DEFAULT_P2P_PORT);
+        let p2p_ip = self.p2p_bind.or(file.p2p_bind).unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        let rpc_bind =
+            self.rpc_bind.or(file.rpc_bind).unwrap_or_else(|| DEFAULT_RPC_BIND.parse().expect("valid default"));
+        let block_time = self.block_time.or(file.block_time);
+        let genesis_path = self.genesis.clone().or(file.genesis);
+        let (genesis, genesis_source) = match genesis_path {
+            Some(path) => {
+                let g = load_genesis(&path)?;
+                if let Some(bt) = block_time {
+                    if bt != g.block_time_secs {
+                        return Err(ConfigError::Invalid(format!(
+                            "--block-time {bt} differs from the genesis block time {}; the genesis decides",
+                            g.block_time_secs
+                        )));
+                    }
+                }
+                (g, GenesisSource::File(path))
+            }
+            None => {
+                let n = self.devnet_validators.or(file.devnet_validators).unwrap_or(peers.len() + 1);
+                if !(1..=100).contains(&n) {
+                    return Err(ConfigError::Invalid(format!("--devnet-validators must be 1..=100, got {n}")));
+                }
+                let g = GenesisConfig::devnet(n, block_time.unwrap_or(DEFAULT_BLOCK_TIME));
+                g.validate()?;
+                (g, GenesisSource::Devnet)
+            }
+        };
+        if genesis.validator_index(&validator_id).is_none() {
+            let known: Vec<&str> = genesis.validators.iter().map(|v| v.id.as_str()).collect();
+            let mut known = known.join(", ");
+            if genesis_source == GenesisSource::Devnet {
+                known.push_str("; pass --devnet-validators N for a larger devnet");
+            }
+            return Err(ConfigError::NotInGenesis { id: validator_id, known });
+        }
+        let rpc_credentials = match (self.rpc_user.clone().or(file.rpc_user), self.rpc_password.clone()) {
+            (Some(u), Some(p)) => Some((u, p)),
+            (None, None) => None,
+            _ => return Err(ConfigError::PartialCredentials),
+        };
+        let bt_ms = genesis.block_time_secs * 1000;
+        let heartbeat_ms = self.heartbeat_secs.or(file.heartbeat_secs).map(|s| s * 1000).unwrap_or(bt_ms).max(500);
+        // The leader gets 40% of a slot before the first backup may step in.
+        let propose_timeout_ms =
+            self.propose_timeout_ms.or(file.propose_timeout_ms).unwrap_or((bt_ms * 2 / 5).max(500));
+        let mut avalanche = crate::consensus::snowball::SnowballParams::default();
+        if let Some(k) = self.avalanche_k.or(file.avalanche_k) {
+            avalanche.k = k;
+        }
+        if let Some(a) = self.avalanche_alpha_preference.or(file.avalanche_alpha_preference) {
+            avalanche.alpha_preference = a;
+        }
+        if let Some(a) = self.avalanche_alpha_confidence.or(file.avalanche_alpha_confidence) {
+            avalanche.alpha_confidence = a;
+        }
+        if let Some(b) = self.avalanche_beta.or(file.avalanche_beta) {
+            avalanche.beta = b;
+        }
+        avalanche.validate().map_err(|e| ConfigError::Invalid(format!("avalanche parameters: {e}")))?;
+        Ok(NodeConfig {
+            data_dir: self.data_dir.clone().or(file.data_dir).unwrap_or_else(|| default_data_dir(&validator_id)),
+            validator_id,
+            p2p_listen: SocketAddr::new(p2p_ip, port),
+            peers,
+            rpc_bind,
+            genesis,
+            genesis_source,
+            rpc_credentials,
+            rpc_max_connections: self.rpc_max_connections.or(file.rpc_max_connections).unwrap_or(128),
+            rpc_max_request_bytes: self.rpc_max_request_bytes.or(file.rpc_max_request_bytes).unwrap_or(1024 * 1024),
+            rpc_max_batch: self.rpc_max_batch.or(file.rpc_max_batch).unwrap_or(100),
+            heartbeat_ms,
+            propose_timeout_ms,
+            avalanche,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::parse_from(std::iter::once("timed").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn plan_command_line_gives_a_devnet_of_three() {
+        let c = cli(&["--validator-id", "validator1", "--port", "8001", "--peers", "localhost:8002,localhost:8003", "--rpc-bind", "0.0.0.0:8081"])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.genesis.validators.len(), 3);
+        assert_eq!(c.peers, vec!["localhost:8002", "localhost:8003"]);
+        assert_eq!(c.p2p_listen.port(), 8001);
+        assert!(c.is_devnet());
+        let other = cli(&["--validator-id", "validator3", "--peers", "a:1,b:2"]).resolve().unwrap();
+        assert_eq!(c.genesis.genesis_hash(), other.genesis.genesis_hash());
+    }
+
+    #[test]
+    fn flags_override_file_and_unknown_keys_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("t.toml");
+        std::fs::write(&f, "validator_id = \"validator2\"\nport = 9000\ndevnet_validators = 4\n").unwrap();
+        let c = cli(&["--config", f.to_str().unwrap(), "--port", "9100"]).resolve().unwrap();
+        assert_eq!(c.validator_id, "validator2");
+        assert_eq!(c.p2p_listen.port(), 9100);
+        assert_eq!(c.genesis.validators.len(), 4);
+        std::fs::write(&f, "validator_id = \"validator2\"\nrpc_pasword = \"x\"\n").unwrap();
+        let err = cli(&["--config", f.to_str().unwrap()]).resolve().unwrap_err();
+        assert!(err.to_string().contains("t.toml"), "{err}");
+    }
+
+    #[test]
+    fn bad_input_is_refused_clearly() {
+        assert!(matches!(cli(&[]).resolve(), Err(ConfigError::MissingValidatorId)));
+        assert!(matches!(cli(&["--validator-id", "validator9"]).resolve(), Err(ConfigError::NotInGenesis { .. })));
+        assert!(matches!(cli(&["--validator-id", "validator1", "--peers", "nohost"]).resolve(), Err(ConfigError::Invalid(_))));
+        assert!(matches!(cli(&["--validator-id", "bad id"]).resolve(), Err(ConfigError::BadValidatorId(_))));
+        assert!(matches!(cli(&["--validator-id", "validator1", "--rpc-user", "u"]).resolve(), Err(ConfigError::PartialCredentials)));
+    }
+}

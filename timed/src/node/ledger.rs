@@ -1,0 +1,299 @@
+//! Chain rules that need the stored chain: who may lead a slot, what a valid next block is,
+//! and building one. Pure checks over the store; the engine decides when to call them.
+
+use crate::chain::amount::checked_sum;
+use crate::chain::block::{last_commit_hash, merkle_root, BlockHeader, BLOCK_VERSION, MAX_BLOCK_SIZE};
+use crate::chain::genesis::{reward_outputs, BLOCK_REWARD};
+use crate::chain::validate::{check_transaction, TxError, UtxoView};
+use crate::chain::{Block, CommitCert, GenesisConfig, Hash256, Keypair, OutPoint, PublicKey, Signature, Transaction, TxOut, ValidatorIndex};
+use crate::consensus::leader;
+use crate::p2p::message::verify_cert;
+use crate::storage::{Store, StoreError};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// How far a peer's clock may run ahead of ours before its block counts as "from the future".
+pub const MAX_CLOCK_DRIFT_MS: u64 = 2_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error("block height {got} does not follow the tip {tip}")]
+    WrongHeight { got: u64, tip: u64 },
+    #[error("block does not build on the tip")]
+    WrongParent,
+    #[error("block version {0} is not supported")]
+    BadVersion(u32),
+    #[error("block slot {got} is not the slot {expected} of this height")]
+    WrongSlot { got: u64, expected: u64 },
+    #[error("block is for a future slot")]
+    FutureSlot,
+    #[error("block timestamp is out of range")]
+    BadTimestamp,
+    #[error("producer {got} is not the proposer {expected} of round {round}")]
+    WrongProducer { got: ValidatorIndex, expected: ValidatorIndex, round: u32 },
+    #[error("producer signature is invalid")]
+    BadProducerSignature,
+    #[error("merkle root does not match the transactions")]
+    BadMerkleRoot,
+    #[error("last commit certificate is missing, invalid or for another block")]
+    BadLastCommit,
+    #[error("block is larger than {MAX_BLOCK_SIZE} bytes")]
+    TooLarge,
+    #[error("block has no coinbase or a wrong one")]
+    BadCoinbase,
+    #[error("block contains transaction {txid} twice")]
+    DuplicateTx { txid: Hash256 },
+    #[error("transaction {txid} is invalid: {reason}")]
+    BadTx { txid: Hash256, reason: TxError },
+    #[error("transaction {0} conflicts with a transaction this node finalized")]
+    ConflictsWithFinalized(Hash256),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct Ledger {
+    pub store: Arc<Store>,
+    pub genesis: GenesisConfig,
+    pub genesis_hash: Hash256,
+    pub pubkeys: Vec<PublicKey>,
+}
+
+/// Spendable outputs while walking a block: the chain's, plus outputs created earlier in the
+/// block, minus outputs spent earlier in the block.
+struct BlockView<'a> {
+    store: &'a Store,
+    created: HashMap<OutPoint, TxOut>,
+    spent: HashSet<OutPoint>,
+}
+
+impl UtxoView for BlockView<'_> {
+    fn get_utxo(&self, op: &OutPoint) -> Option<TxOut> {
+        if self.spent.contains(op) {
+            return None;
+        }
+        self.created.get(op).cloned().or_else(|| self.store.get_utxo(op).ok().flatten())
+    }
+}
+
+impl Ledger {
+    pub fn new(store: Arc<Store>, genesis: GenesisConfig) -> Self {
+        let pubkeys = genesis.validators.iter().map(|v| v.pubkey).collect();
+        let genesis_hash = genesis.genesis_hash();
+        Ledger { store, genesis, genesis_hash, pubkeys }
+    }
+
+    pub fn chain_id(&self) -> &str {
+        &self.genesis.chain_id
+    }
+
+    pub fn tip_block(&self) -> Result<Block, StoreError> {
+        let (h, _) = self.store.tip()?;
+        self.store
+            .block_by_height(h)?
+            .ok_or_else(|| StoreError::Corrupt(format!("tip block {h} is missing")))
+    }
+
+    /// The slot a block on top of `parent` belongs to: the first slot after both the parent's
+    /// slot and the parent's timestamp, so a chain that stalled resumes at the current slot
+    /// instead of replaying the missed ones.
+    pub fn slot_after(&self, parent: &BlockHeader) -> u64 {
+        parent.slot.max(self.genesis.slot_at(parent.timestamp_ms)) + 1
+    }
+
+    /// Validators that may lead the block after `parent`: those whose precommits appear in
+    /// any of the last three on-chain commit certificates (everyone while the chain is young).
+    pub fn eligible_after(&self, parent: &Block) -> Result<Vec<ValidatorIndex>, StoreError> {
+        let mut recent = Vec::new();
+        let mut h = parent.height();
+        let mut block = Some(parent.clone());
+        while recent.len() < 3 {
+            let Some(b) = block.take() else { break };
+            let Some(cert) = &b.last_commit else { break };
+            recent.push(cert.signers().collect::<Vec<_>>());
+            if h == 0 {
+                break;
+            }
+            h -= 1;
+            block = self.store.block_by_height(h)?;
+        }
+        Ok(leader::eligible(self.genesis.validators.len(), &recent))
+    }
+
+    pub fn ranking_after(&self, parent: &Block) -> Result<Vec<ValidatorIndex>, StoreError> {
+        let eligible = self.eligible_after(parent)?;
+        Ok(leader::ranking(&parent.hash(), self.slot_after(&parent.header), &eligible))
+    }
+
+    fn coinbase(&self, height: u64, eligible: &[ValidatorIndex], producer: ValidatorIndex, fees: u64) -> Transaction {
+        Transaction {
+            version: crate::chain::tx::TX_VERSION,
+            inputs: vec![],
+            outputs: reward_outputs(&self.genesis.validators, eligible, producer, BLOCK_REWARD + fees),
+            lock_time: height,
+            memo: None,
+        }
+    }
+
+    /// Builds and signs the block after `parent`. `txs` must be valid in order (the mempool's
+    /// finalized candidates); any that are not are left out.
+    #[allow(clippy::too_many_arguments)]
+    pub fn build_block(
+        &self,
+        parent: &Block,
+        round: u32,
+        producer: ValidatorIndex,
+        key: &Keypair,
+        candidates: Vec<Transaction>,
+        last_commit: Option<CommitCert>,
+        now_ms: u64,
+    ) -> Result<Block, StoreError> {
+        let height = parent.height() + 1;
+        let mut view = BlockView { store: &self.store, created: HashMap::new(), spent: HashSet::new() };
+        let mut txs = Vec::new();
+        let mut fees: u64 = 0;
+        let mut size = 1024usize;
+        for tx in candidates {
+            let Ok(fee) = check_transaction(&tx, &view, self.chain_id(), self.genesis.network_byte(), height) else {
+                continue;
+            };
+            if size + tx.size() > MAX_BLOCK_SIZE - 64 * 1024 {
+                break;
+            }
+            size += tx.size();
+            fees += fee;
+            apply(&mut view, &tx);
+            txs.push(tx);
+        }
+        let eligible = self.eligible_after(parent)?;
+        let mut all = vec![self.coinbase(height, &eligible, producer, fees)];
+        all.extend(txs);
+        let header = BlockHeader {
+            version: BLOCK_VERSION,
+            height,
+            prev_hash: parent.hash(),
+            merkle_root: merkle_root(&all.iter().map(|t| t.txid()).collect::<Vec<_>>()),
+            timestamp_ms: now_ms.max(parent.header.timestamp_ms + 1),
+            slot: self.slot_after(&parent.header),
+            round,
+            producer,
+            last_commit_hash: last_commit_hash(&last_commit),
+        };
+        let mut block = Block { header, producer_sig: Signature([0; 64]), txs: all, last_commit };
+        block.sign(key, self.chain_id());
+        Ok(block)
+    }
+
+    /// Full check of a block on top of `parent`. With `now_ms` (a live proposal) the slot and
+    /// timestamp must not be in the future; synced blocks carry a certificate instead.
+    /// `finalized_conflict` says whether a transaction conflicts with one this node finalized.
+    pub fn check_block(
+        &self,
+        block: &Block,
+        parent: &Block,
+        now_ms: Option<u64>,
+        finalized_conflict: &dyn Fn(&Transaction) -> bool,
+    ) -> Result<(), BlockError> {
+        let h = &block.header;
+        if h.version != BLOCK_VERSION {
+            return Err(BlockError::BadVersion(h.version));
+        }
+        if h.height != parent.height() + 1 {
+            return Err(BlockError::WrongHeight { got: h.height, tip: parent.height() });
+        }
+        if h.prev_hash != parent.hash() {
+            return Err(BlockError::WrongParent);
+        }
+        let slot = self.slot_after(&parent.header);
+        if h.slot != slot {
+            return Err(BlockError::WrongSlot { got: h.slot, expected: slot });
+        }
+        if h.timestamp_ms <= parent.header.timestamp_ms || h.timestamp_ms < self.genesis.slot_start_ms(slot) {
+            return Err(BlockError::BadTimestamp);
+        }
+        if let Some(now) = now_ms {
+            if self.genesis.slot_start_ms(slot) > now + MAX_CLOCK_DRIFT_MS {
+                return Err(BlockError::FutureSlot);
+            }
+            if h.timestamp_ms > now + MAX_CLOCK_DRIFT_MS {
+                return Err(BlockError::BadTimestamp);
+            }
+        }
+        let eligible = self.eligible_after(parent)?;
+        let ranking = leader::ranking(&parent.hash(), slot, &eligible);
+        let expected = ranking[h.round as usize % ranking.len()];
+        if h.producer != expected {
+            return Err(BlockError::WrongProducer { got: h.producer, expected, round: h.round });
+        }
+        let Some(pk) = self.pubkeys.get(h.producer as usize) else {
+            return Err(BlockError::BadProducerSignature);
+        };
+        if !block.verify_producer(pk, self.chain_id()) {
+            return Err(BlockError::BadProducerSignature);
+        }
+        if h.last_commit_hash != last_commit_hash(&block.last_commit) {
+            return Err(BlockError::BadLastCommit);
+        }
+        match (&block.last_commit, parent.height()) {
+            (None, 0) => {}
+            (Some(cert), ph) if ph > 0 => {
+                if cert.height != ph
+                    || cert.block_hash != parent.hash()
+                    || !verify_cert(cert, &self.pubkeys, self.genesis.quorum(), self.chain_id())
+                {
+                    return Err(BlockError::BadLastCommit);
+                }
+            }
+            _ => return Err(BlockError::BadLastCommit),
+        }
+        if block.size() > MAX_BLOCK_SIZE {
+            return Err(BlockError::TooLarge);
+        }
+        let txids: Vec<Hash256> = block.txids();
+        if merkle_root(&txids) != h.merkle_root {
+            return Err(BlockError::BadMerkleRoot);
+        }
+        let mut seen = HashSet::new();
+        for id in &txids {
+            if !seen.insert(*id) {
+                return Err(BlockError::DuplicateTx { txid: *id });
+            }
+        }
+        let Some((coinbase, rest)) = block.txs.split_first() else {
+            return Err(BlockError::BadCoinbase);
+        };
+        let mut view = BlockView { store: &self.store, created: HashMap::new(), spent: HashSet::new() };
+        let mut fees: Vec<u64> = Vec::with_capacity(rest.len());
+        for tx in rest {
+            let txid = tx.txid();
+            if tx.is_coinbase() {
+                return Err(BlockError::BadCoinbase);
+            }
+            if self.store.tx_location(&txid)?.is_some() {
+                return Err(BlockError::BadTx { txid, reason: TxError::AlreadyInChain });
+            }
+            let fee = check_transaction(tx, &view, self.chain_id(), self.genesis.network_byte(), h.height)
+                .map_err(|reason| BlockError::BadTx { txid, reason })?;
+            if finalized_conflict(tx) {
+                return Err(BlockError::ConflictsWithFinalized(txid));
+            }
+            fees.push(fee);
+            apply(&mut view, tx);
+        }
+        let fees = checked_sum(fees).ok_or(BlockError::BadCoinbase)?;
+        if *coinbase != self.coinbase(h.height, &eligible, h.producer, fees) {
+            return Err(BlockError::BadCoinbase);
+        }
+        Ok(())
+    }
+}
+
+fn apply(view: &mut BlockView<'_>, tx: &Transaction) {
+    let txid = tx.txid();
+    for i in &tx.inputs {
+        view.created.remove(&i.prevout);
+        view.spent.insert(i.prevout);
+    }
+    for (n, o) in tx.outputs.iter().enumerate() {
+        view.created.insert(OutPoint { txid, vout: n as u32 }, o.clone());
+    }
+}

@@ -1,0 +1,618 @@
+//! One TCP connection: handshake, registration, then a reader loop (this task) and a writer
+//! task fed by the peer's bounded send queue.
+
+use super::ban::BanKey;
+use super::message::{handshake_payload, Hello, HelloAck, Message, MAX_FRAME_BYTES, PROTOCOL_VERSION};
+use super::{Inbound, Inner, MAX_PEERS_PER_MESSAGE};
+use crate::api::PeerInfo;
+use crate::chain::block::ValidatorIndex;
+use crate::chain::crypto::{self, Domain, Hash256, PublicKey};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Bytes of the length prefix in front of every frame (LengthDelimitedCodec's default).
+const FRAME_HEADER: u64 = 4;
+/// Frames written before one flush, so a busy writer still flushes regularly.
+const WRITE_BATCH: usize = 64;
+
+type Reader = FramedRead<OwnedReadHalf, LengthDelimitedCodec>;
+type Writer = FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>;
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME_BYTES).new_codec()
+}
+
+/// Which end opened the connection.
+pub(super) enum Side {
+    Inbound,
+    Outbound { target: String },
+}
+
+/// How a connection ended, for the dialer's schedule.
+pub(super) enum Outcome {
+    /// The handshake failed.
+    Refused,
+    /// We dialled ourselves.
+    Ourselves,
+    /// The handshake succeeded; the connection has since closed (or lost a duplicate race).
+    Ended,
+}
+
+/// Why a connection is refused or closed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Refusal {
+    #[error("protocol version {0} (ours is {PROTOCOL_VERSION})")]
+    Version(u32),
+    #[error("chain id {0:?} is not ours")]
+    ChainId(String),
+    #[error("genesis hash {0} is not ours")]
+    Genesis(Hash256),
+    #[error("validator index {0} is not in the genesis")]
+    UnknownValidator(ValidatorIndex),
+    #[error("public key does not match genesis validator {0}")]
+    KeyMismatch(ValidatorIndex),
+    #[error("bad handshake signature")]
+    BadSignature,
+    #[error("connection to ourselves")]
+    Ourselves,
+    #[error("expected {expected}, got {got}")]
+    Unexpected { expected: &'static str, got: &'static str },
+    #[error("undecodable frame: {0}")]
+    Garbage(String),
+    #[error("bad framing: {0}")]
+    Framing(std::io::Error),
+    #[error("handshake timed out")]
+    Timeout,
+    #[error("peer is banned")]
+    Banned,
+    #[error("connection closed by peer")]
+    Closed,
+    #[error("i/o error: {0}")]
+    Io(std::io::Error),
+}
+
+impl Refusal {
+    /// Protocol violations count toward a ban; closed sockets, bans and self-dials do not.
+    fn is_offence(&self) -> bool {
+        !matches!(self, Refusal::Ourselves | Refusal::Banned | Refusal::Closed | Refusal::Io(_))
+    }
+}
+
+/// Who the peer claimed to be, once its Hello was read.
+#[derive(Clone, Copy)]
+struct Claimed {
+    pubkey: PublicKey,
+    /// Observed IP + announced listen port.
+    listen: SocketAddr,
+}
+
+/// Byte counters of one connection, also feeding the node totals.
+#[derive(Default)]
+struct Counts {
+    sent: AtomicU64,
+    recv: AtomicU64,
+}
+
+impl Counts {
+    fn add_sent(&self, inner: &Inner, n: u64) {
+        self.sent.fetch_add(n, Ordering::Relaxed);
+        inner.bytes_sent.fetch_add(n, Ordering::Relaxed);
+    }
+    fn add_recv(&self, inner: &Inner, n: u64) {
+        self.recv.fetch_add(n, Ordering::Relaxed);
+        inner.bytes_recv.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// What `peer_info` reports about a connection.
+pub(super) struct PeerStats {
+    pub(super) id: u64,
+    addr: SocketAddr,
+    listen: SocketAddr,
+    inbound: bool,
+    validator_id: String,
+    conntime: u64,
+    version: u32,
+    counts: Counts,
+    best_height: AtomicU64,
+    /// Last round trip in microseconds; `u64::MAX` until the first pong.
+    ping_micros: AtomicU64,
+    #[cfg(test)]
+    pub(super) local: SocketAddr,
+}
+
+impl PeerStats {
+    pub(super) fn info(&self) -> PeerInfo {
+        let ping = self.ping_micros.load(Ordering::Relaxed);
+        PeerInfo {
+            id: self.id,
+            addr: self.addr.to_string(),
+            listen_addr: self.listen.to_string(),
+            inbound: self.inbound,
+            validator_id: self.validator_id.clone(),
+            bytessent: self.counts.sent.load(Ordering::Relaxed),
+            bytesrecv: self.counts.recv.load(Ordering::Relaxed),
+            pingtime: (ping != u64::MAX).then(|| ping as f64 / 1e6),
+            conntime: self.conntime,
+            version: self.version,
+            best_height: self.best_height.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A registered connection, as the rest of the transport sees it.
+pub(super) struct PeerHandle {
+    pub(super) stats: Arc<PeerStats>,
+    queue: mpsc::Sender<Bytes>,
+    cancel: CancellationToken,
+    /// Validator index of the side that dialled: decides which duplicate survives.
+    dialer: ValidatorIndex,
+    peer: ValidatorIndex,
+}
+
+impl PeerHandle {
+    /// Queues a frame without waiting. See the module docs: a full queue disconnects.
+    pub(super) fn push(&self, frame: Bytes) -> bool {
+        push(&self.queue, &self.cancel, self.peer, frame)
+    }
+}
+
+fn push(queue: &mpsc::Sender<Bytes>, cancel: &CancellationToken, peer: ValidatorIndex, frame: Bytes) -> bool {
+    match queue.try_send(frame) {
+        Ok(()) => true,
+        Err(TrySendError::Full(_)) => {
+            if !cancel.is_cancelled() {
+                warn!(peer, capacity = queue.max_capacity(), "send queue full: peer too slow, disconnecting");
+            }
+            cancel.cancel();
+            false
+        }
+        Err(TrySendError::Closed(_)) => false,
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Runs a connection from the first byte to the end.
+pub(super) async fn run(inner: Arc<Inner>, stream: TcpStream, side: Side, slot: OwnedSemaphorePermit) -> Outcome {
+    let (Ok(observed), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
+        return Outcome::Refused;
+    };
+    // Consensus messages are small and latency-bound.
+    let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    let mut reader = FramedRead::new(rd, codec());
+    let mut writer = FramedWrite::new(wr, codec());
+    let conn_id = inner.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let inbound = matches!(side, Side::Inbound);
+    let counts = Counts::default();
+    let mut claimed = None;
+
+    let shake = handshake(&inner, &mut reader, &mut writer, observed, inbound, &counts, &mut claimed);
+    let result = tokio::select! {
+        _ = inner.cancel.cancelled() => return Outcome::Refused,
+        r = tokio::time::timeout(inner.tuning.handshake_timeout, shake) => r.unwrap_or(Err(Refusal::Timeout)),
+    };
+    drop(slot);
+    let hello = match result {
+        Ok(h) => h,
+        Err(refusal) => {
+            refused(&inner, observed, inbound, claimed, &refusal);
+            return match refusal {
+                Refusal::Ourselves => Outcome::Ourselves,
+                _ => Outcome::Refused,
+            };
+        }
+    };
+
+    let peer = hello.validator_index;
+    let listen = SocketAddr::new(observed.ip(), hello.listen_port);
+    let validator_id = inner.validators[peer as usize].0.clone();
+    let token = inner.cancel.child_token();
+    let (queue_tx, queue_rx) = mpsc::channel(inner.tuning.send_queue.max(1));
+    let stats = Arc::new(PeerStats {
+        id: conn_id,
+        addr: observed,
+        listen,
+        inbound,
+        validator_id: validator_id.clone(),
+        conntime: unix_now(),
+        version: hello.protocol_version,
+        counts,
+        best_height: AtomicU64::new(hello.best_height),
+        ping_micros: AtomicU64::new(u64::MAX),
+        #[cfg(test)]
+        local,
+    });
+    #[cfg(not(test))]
+    let _ = local;
+    let handle = PeerHandle {
+        stats: stats.clone(),
+        queue: queue_tx.clone(),
+        cancel: token.clone(),
+        dialer: if inbound { peer } else { inner.me },
+        peer,
+    };
+    // The address others can dial this peer at.
+    let dialable = if inbound { listen } else { observed };
+
+    // Reserve the event slot before taking the lock, so that Connected/Disconnected of one
+    // validator reach the application in the order the peer table changed.
+    let permit = reserve(&inner).await;
+    if token.is_cancelled() {
+        return Outcome::Ended;
+    }
+    let registration = {
+        let mut st = inner.state();
+        st.book.bind(&dialable.to_string(), peer);
+        if let Side::Outbound { target } = &side {
+            st.book.bind(target, peer);
+        }
+        match st.peers.get(&peer) {
+            Some(existing) if !keep_new(&inner, existing, handle.dialer) => Registration::Lost,
+            Some(existing) => {
+                existing.cancel.cancel();
+                st.peers.insert(peer, handle);
+                Registration::Replaced
+            }
+            None => {
+                st.peers.insert(peer, handle);
+                if let Some(p) = permit {
+                    p.send(Inbound::Connected { peer, best_height: hello.best_height });
+                }
+                Registration::New
+            }
+        }
+    };
+    match registration {
+        Registration::Lost => {
+            debug!(peer, conn = conn_id, inbound, "duplicate connection; keeping the other one");
+            return Outcome::Ended;
+        }
+        Registration::Replaced => {
+            debug!(peer, conn = conn_id, inbound, "duplicate connection; this one replaces the other");
+        }
+        Registration::New => {
+            info!(peer, id = %validator_id, addr = %observed, inbound, agent = %hello.user_agent, "peer connected");
+            // Tell the others right away, so the mesh closes without waiting for their next
+            // peer exchange round.
+            if let Some(frame) = super::encode(&Message::Peers(vec![dialable.to_string()])) {
+                inner.enqueue_all(&frame, Some(peer));
+            }
+        }
+    }
+
+    tokio::spawn(write_loop(writer, queue_rx, token.clone(), stats.clone(), inner.clone()));
+    let keys = BanKey::for_offence(observed, Some(hello.pubkey), Some(listen));
+    let end = session(&inner, &mut reader, &queue_tx, &token, &stats, peer).await;
+    token.cancel();
+    match &end {
+        End::Refused(r) => {
+            warn!(peer, addr = %observed, reason = %r, "disconnecting peer");
+            inner.offence(&keys, &r.to_string());
+        }
+        End::PingTimeout => warn!(peer, addr = %observed, "peer stopped answering pings; disconnecting"),
+        End::Closed | End::Cancelled => {}
+    }
+
+    let permit = reserve(&inner).await;
+    let mut st = inner.state();
+    if st.peers.get(&peer).is_some_and(|h| h.stats.id == conn_id) {
+        st.peers.remove(&peer);
+        st.book.validator_lost(peer, inner.backoff());
+        if let Some(p) = permit {
+            p.send(Inbound::Disconnected { peer });
+        }
+        drop(st);
+        info!(peer, id = %validator_id, addr = %observed, "peer disconnected");
+        inner.dial_wakeup.notify_one();
+    }
+    Outcome::Ended
+}
+
+enum Registration {
+    New,
+    Replaced,
+    Lost,
+}
+
+/// Whether a new connection to a validator replaces the registered one. Both ends must pick
+/// the same survivor: the connection dialled by the lower validator index. When both were
+/// dialled by the same side, that side only redials once it thinks the old one is dead, so
+/// the new one wins.
+fn keep_new(inner: &Inner, existing: &PeerHandle, new_dialer: ValidatorIndex) -> bool {
+    if existing.dialer == new_dialer {
+        return true;
+    }
+    new_dialer == inner.me.min(existing.peer)
+}
+
+/// A slot in the application's event queue; `None` if nobody listens or we are shutting down.
+async fn reserve(inner: &Inner) -> Option<mpsc::Permit<'_, Inbound>> {
+    tokio::select! {
+        biased;
+        _ = inner.cancel.cancelled() => None,
+        p = inner.events.reserve() => p.ok(),
+    }
+}
+
+/// Logs a failed handshake and counts it against the peer if it broke the protocol.
+fn refused(inner: &Inner, observed: SocketAddr, inbound: bool, claimed: Option<Claimed>, refusal: &Refusal) {
+    match refusal {
+        Refusal::Ourselves => {
+            info!(addr = %observed, "connected to ourselves; forgetting that address");
+            let own = if inbound { claimed.map(|c| c.listen) } else { Some(observed) };
+            if let Some(a) = own {
+                inner.state().book.mark_self(a);
+            }
+        }
+        r if r.is_offence() => {
+            warn!(addr = %observed, inbound, reason = %r, "refusing peer");
+            // A dialled address is dialable whatever the peer said; an inbound peer is only
+            // identifiable on loopback once its Hello was read.
+            let listen = if inbound { claimed.map(|c| c.listen) } else { Some(observed) };
+            let keys = BanKey::for_offence(observed, claimed.map(|c| c.pubkey), listen);
+            inner.offence(&keys, &r.to_string());
+        }
+        r => debug!(addr = %observed, inbound, reason = %r, "handshake aborted"),
+    }
+}
+
+async fn read_frame(inner: &Inner, reader: &mut Reader, counts: &Counts) -> Result<Message, Refusal> {
+    match reader.next().await {
+        None => Err(Refusal::Closed),
+        Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => Err(Refusal::Framing(e)),
+        Some(Err(e)) => Err(Refusal::Io(e)),
+        Some(Ok(frame)) => {
+            counts.add_recv(inner, frame.len() as u64 + FRAME_HEADER);
+            Message::decode(&frame).map_err(|e| Refusal::Garbage(e.to_string()))
+        }
+    }
+}
+
+async fn write_now(inner: &Inner, writer: &mut Writer, counts: &Counts, msg: &Message) -> Result<(), Refusal> {
+    let frame = Bytes::from(msg.encode());
+    let n = frame.len() as u64 + FRAME_HEADER;
+    writer.send(frame).await.map_err(Refusal::Io)?;
+    counts.add_sent(inner, n);
+    Ok(())
+}
+
+/// Both sides send Hello at once, check the other's, then prove their key by signing the
+/// other's nonce.
+async fn handshake(
+    inner: &Inner,
+    reader: &mut Reader,
+    writer: &mut Writer,
+    observed: SocketAddr,
+    inbound: bool,
+    counts: &Counts,
+    claimed: &mut Option<Claimed>,
+) -> Result<Hello, Refusal> {
+    let my_key = inner.identity.public();
+    let nonce: [u8; 32] = rand::random();
+    let mine = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        chain_id: inner.chain_id.clone(),
+        genesis_hash: inner.genesis_hash,
+        validator_index: inner.me,
+        validator_id: inner.validators[inner.me as usize].0.clone(),
+        pubkey: my_key,
+        nonce,
+        listen_port: inner.local_addr.port(),
+        best_height: *inner.best_height.borrow(),
+        user_agent: inner.user_agent.clone(),
+    };
+    write_now(inner, writer, counts, &Message::Hello(Box::new(mine))).await?;
+
+    let hello = match read_frame(inner, reader, counts).await? {
+        Message::Hello(h) => *h,
+        other => return Err(Refusal::Unexpected { expected: "hello", got: other.kind() }),
+    };
+    let listen = SocketAddr::new(observed.ip(), hello.listen_port);
+    *claimed = Some(Claimed { pubkey: hello.pubkey, listen });
+    let ban_addr = if inbound { listen } else { observed };
+    if inner.state().bans.refuses_node(&hello.pubkey, ban_addr, Instant::now()) {
+        return Err(Refusal::Banned);
+    }
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return Err(Refusal::Version(hello.protocol_version));
+    }
+    if hello.chain_id != inner.chain_id {
+        return Err(Refusal::ChainId(hello.chain_id));
+    }
+    if hello.genesis_hash != inner.genesis_hash {
+        return Err(Refusal::Genesis(hello.genesis_hash));
+    }
+    let idx = hello.validator_index;
+    if idx == inner.me && hello.pubkey == my_key {
+        return Err(Refusal::Ourselves);
+    }
+    let Some((_, genesis_key)) = inner.validators.get(idx as usize) else {
+        return Err(Refusal::UnknownValidator(idx));
+    };
+    if *genesis_key != hello.pubkey || idx == inner.me {
+        return Err(Refusal::KeyMismatch(idx));
+    }
+
+    let signature = inner.identity.sign(
+        Domain::Handshake,
+        &inner.chain_id,
+        &handshake_payload(&hello.nonce, &my_key, &hello.pubkey),
+    );
+    write_now(inner, writer, counts, &Message::HelloAck(HelloAck { signature })).await?;
+    let ack = match read_frame(inner, reader, counts).await? {
+        Message::HelloAck(a) => a,
+        other => return Err(Refusal::Unexpected { expected: "hello_ack", got: other.kind() }),
+    };
+    let payload = handshake_payload(&nonce, &hello.pubkey, &my_key);
+    if !crypto::verify(&hello.pubkey, Domain::Handshake, &inner.chain_id, &payload, &ack.signature) {
+        return Err(Refusal::BadSignature);
+    }
+    Ok(hello)
+}
+
+/// Why an established connection ended.
+enum End {
+    /// The peer closed it (or the socket failed).
+    Closed,
+    /// We closed it: shutdown, replaced by a duplicate, or too slow.
+    Cancelled,
+    PingTimeout,
+    /// The peer broke the protocol.
+    Refused(Refusal),
+}
+
+/// Reads frames until the connection ends; answers transport messages itself and passes
+/// application messages on.
+async fn session(
+    inner: &Inner,
+    reader: &mut Reader,
+    queue: &mpsc::Sender<Bytes>,
+    token: &CancellationToken,
+    stats: &PeerStats,
+    peer: ValidatorIndex,
+) -> End {
+    let tuning = &inner.tuning;
+    let send = |msg: &Message| super::encode(msg).is_some_and(|f| push(queue, token, peer, f));
+    let mut ping = tokio::time::interval(tuning.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first exchange happens right away; the interval only drives the later ones.
+    let start = tokio::time::Instant::now() + tuning.peer_exchange_interval;
+    let mut exchange = tokio::time::interval_at(start, tuning.peer_exchange_interval);
+    exchange.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    send(&Message::GetPeers);
+    let pong_deadline = tuning.ping_interval.saturating_mul(tuning.missed_pongs.max(1));
+    // One ping in flight at a time: (nonce, sent at).
+    let mut pending: Option<(u64, Instant)> = None;
+
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = token.cancelled() => return End::Cancelled,
+            _ = ping.tick() => {
+                match pending {
+                    Some((_, at)) if at.elapsed() >= pong_deadline => return End::PingTimeout,
+                    Some(_) => {}
+                    None => {
+                        let nonce = rand::random();
+                        pending = Some((nonce, Instant::now()));
+                        send(&Message::Ping(nonce));
+                    }
+                }
+                continue;
+            }
+            _ = exchange.tick() => {
+                send(&Message::GetPeers);
+                continue;
+            }
+            f = read_frame(inner, reader, &stats.counts) => f,
+        };
+        let msg = match frame {
+            Ok(m) => m,
+            Err(Refusal::Closed) | Err(Refusal::Io(_)) => return End::Closed,
+            Err(r) => return End::Refused(r),
+        };
+        match msg {
+            Message::Ping(n) => {
+                send(&Message::Pong(n));
+            }
+            Message::Pong(n) => {
+                if let Some((expected, at)) = pending {
+                    if n == expected {
+                        let rtt = at.elapsed().as_micros().min(u64::MAX as u128 - 1) as u64;
+                        stats.ping_micros.store(rtt, Ordering::Relaxed);
+                        pending = None;
+                    }
+                }
+            }
+            Message::GetPeers => {
+                let addrs = inner.state().book.shareable(MAX_PEERS_PER_MESSAGE);
+                send(&Message::Peers(addrs));
+            }
+            Message::Peers(addrs) => learn(inner, &addrs),
+            m @ (Message::Hello(_) | Message::HelloAck(_)) => {
+                return End::Refused(Refusal::Unexpected { expected: "no handshake message", got: m.kind() });
+            }
+            msg => {
+                if let Message::Status(s) = &msg {
+                    stats.best_height.store(s.height, Ordering::Relaxed);
+                }
+                tokio::select! {
+                    biased;
+                    _ = token.cancelled() => return End::Cancelled,
+                    // If the application dropped its receiver there is nobody to tell.
+                    _ = inner.events.send(Inbound::Message { from: peer, msg }) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Adds gossiped addresses to the book; wakes the dialer if any is new.
+fn learn(inner: &Inner, addrs: &[String]) {
+    let mut new = 0usize;
+    {
+        let mut st = inner.state();
+        for a in addrs.iter().take(MAX_PEERS_PER_MESSAGE) {
+            if let Ok(addr) = a.parse::<SocketAddr>() {
+                if st.book.learn(addr) {
+                    new += 1;
+                }
+            }
+        }
+    }
+    if new > 0 {
+        debug!(new, "learned peer addresses");
+        inner.dial_wakeup.notify_one();
+    }
+}
+
+/// Drains the send queue into the socket until the connection is cancelled or fails.
+async fn write_loop(
+    mut sink: Writer,
+    mut rx: mpsc::Receiver<Bytes>,
+    token: CancellationToken,
+    stats: Arc<PeerStats>,
+    inner: Arc<Inner>,
+) {
+    let work = async {
+        while let Some(first) = rx.recv().await {
+            let mut n = first.len() as u64 + FRAME_HEADER;
+            sink.feed(first).await?;
+            for _ in 1..WRITE_BATCH {
+                let Ok(more) = rx.try_recv() else { break };
+                n += more.len() as u64 + FRAME_HEADER;
+                sink.feed(more).await?;
+            }
+            SinkExt::<Bytes>::flush(&mut sink).await?;
+            stats.counts.add_sent(&inner, n);
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    tokio::select! {
+        _ = token.cancelled() => {}
+        r = work => {
+            if let Err(e) = r {
+                debug!(conn = stats.id, error = %e, "write failed");
+            }
+        }
+    }
+    // Make the reader stop too.
+    token.cancel();
+    // Give a peer being closed on purpose a moment to receive what was already queued.
+    let _ = tokio::time::timeout(Duration::from_millis(100), SinkExt::<Bytes>::close(&mut sink)).await;
+}

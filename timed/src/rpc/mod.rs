@@ -1,0 +1,99 @@
+//! The JSON-RPC server: the [`crate::api`] trait implemented over the node, behind the HTTP
+//! front door (paths, content type, credentials, /metrics) and the guard middleware.
+
+pub mod guard;
+pub mod http;
+pub mod methods;
+
+use crate::api::TimeRpcServer;
+use crate::metrics::Snapshot;
+use crate::node::Shared;
+use anyhow::Context;
+use jsonrpsee::server::middleware::rpc::RpcServiceBuilder;
+use jsonrpsee::server::{BatchRequestConfig, ServerConfig, ServerHandle};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen for RPC on {addr}"))
+}
+
+/// Writes a bitcoind-style cookie (`__cookie__:<random>`, mode 0600) and returns it.
+fn write_cookie(data_dir: &Path) -> anyhow::Result<(String, String)> {
+    use rand::RngCore;
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let pass = hex::encode(secret);
+    let path = data_dir.join(".cookie");
+    let tmp = data_dir.join(".cookie.tmp");
+    {
+        use std::io::Write;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        write!(f, "__cookie__:{pass}")?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    Ok(("__cookie__".into(), pass))
+}
+
+pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) -> anyhow::Result<ServerHandle> {
+    let cfg = &shared.cfg;
+    let mut credentials = vec![write_cookie(&cfg.data_dir)?];
+    if let Some(c) = &cfg.rpc_credentials {
+        credentials.push(c.clone());
+    }
+    let local = listener.local_addr()?;
+    let require_auth = !local.ip().is_loopback();
+    if require_auth {
+        tracing::warn!(
+            rpc = %local,
+            "RPC listens beyond loopback: wallet methods need credentials (cookie {}), read methods are open",
+            cfg.data_dir.join(".cookie").display()
+        );
+    }
+    let metrics_shared = shared.clone();
+    let door = http::FrontDoor {
+        credentials: Arc::new(credentials),
+        metrics: Arc::new(move || {
+            let s = &metrics_shared;
+            let (height, mempool) = {
+                let st = s.state();
+                (s.ledger.store.tip().map(|t| t.0).unwrap_or(0), st.mempool.len())
+            };
+            s.metrics.render(Snapshot {
+                height,
+                peers: s.p2p.connected().len(),
+                mempool,
+                p2p_sent: s.p2p.bytes_sent(),
+                p2p_received: s.p2p.bytes_received(),
+            })
+        }),
+    };
+    let metrics = shared.metrics.clone();
+    let rpc_mw = RpcServiceBuilder::new().layer_fn(move |inner| guard::Guard {
+        inner,
+        require_auth,
+        metrics: metrics.clone(),
+    });
+    let config = ServerConfig::builder()
+        .max_connections(cfg.rpc_max_connections)
+        .max_request_body_size(cfg.rpc_max_request_bytes)
+        .max_response_body_size(16 * 1024 * 1024)
+        .set_batch_request_config(BatchRequestConfig::Limit(cfg.rpc_max_batch))
+        .build();
+    let server = jsonrpsee::server::Server::builder()
+        .set_config(config)
+        .set_http_middleware(tower::ServiceBuilder::new().layer(door))
+        .set_rpc_middleware(rpc_mw)
+        .build_from_tcp(listener.into_std()?)
+        .context("cannot start the RPC server")?;
+    let module = methods::RpcImpl { s: shared }.into_rpc();
+    Ok(server.start(module))
+}

@@ -1,0 +1,127 @@
+//! Fixed-width, big-endian table keys. redb compares `&[u8; N]` keys bytewise, so big-endian
+//! numbers make key order equal numeric order (heights ascend, an outpoint's vouts ascend) and an
+//! address's outputs sit next to each other in the address index.
+
+use crate::chain::{Address, Hash256, OutPoint};
+
+pub(super) const HEIGHT_LEN: usize = 8;
+pub(super) const HASH_LEN: usize = 32;
+pub(super) const OUTPOINT_LEN: usize = HASH_LEN + 4;
+pub(super) const ADDRESS_LEN: usize = 21;
+pub(super) const ADDRESS_OUTPOINT_LEN: usize = ADDRESS_LEN + OUTPOINT_LEN;
+/// Tip as stored in the meta table: height then block hash.
+pub(super) const TIP_LEN: usize = HEIGHT_LEN + HASH_LEN;
+
+pub(super) fn height(h: u64) -> [u8; HEIGHT_LEN] {
+    h.to_be_bytes()
+}
+
+pub(super) fn height_from(key: &[u8; HEIGHT_LEN]) -> u64 {
+    u64::from_be_bytes(*key)
+}
+
+pub(super) fn outpoint(op: &OutPoint) -> [u8; OUTPOINT_LEN] {
+    let mut k = [0u8; OUTPOINT_LEN];
+    k[..HASH_LEN].copy_from_slice(&op.txid.0);
+    k[HASH_LEN..].copy_from_slice(&op.vout.to_be_bytes());
+    k
+}
+
+pub(super) fn outpoint_from(key: &[u8]) -> OutPoint {
+    let mut txid = [0u8; HASH_LEN];
+    txid.copy_from_slice(&key[..HASH_LEN]);
+    let mut vout = [0u8; 4];
+    vout.copy_from_slice(&key[HASH_LEN..OUTPOINT_LEN]);
+    OutPoint {
+        txid: Hash256(txid),
+        vout: u32::from_be_bytes(vout),
+    }
+}
+
+pub(super) fn address(a: &Address) -> [u8; ADDRESS_LEN] {
+    let mut k = [0u8; ADDRESS_LEN];
+    k[0] = a.network_byte;
+    k[1..].copy_from_slice(&a.hash);
+    k
+}
+
+pub(super) fn address_outpoint(a: &Address, op: &OutPoint) -> [u8; ADDRESS_OUTPOINT_LEN] {
+    let mut k = [0u8; ADDRESS_OUTPOINT_LEN];
+    k[..ADDRESS_LEN].copy_from_slice(&address(a));
+    k[ADDRESS_LEN..].copy_from_slice(&outpoint(op));
+    k
+}
+
+/// First and last possible key of one address in the address index (both inclusive).
+pub(super) fn address_bounds(
+    a: &Address,
+) -> ([u8; ADDRESS_OUTPOINT_LEN], [u8; ADDRESS_OUTPOINT_LEN]) {
+    let mut lo = [0u8; ADDRESS_OUTPOINT_LEN];
+    let mut hi = [0xffu8; ADDRESS_OUTPOINT_LEN];
+    lo[..ADDRESS_LEN].copy_from_slice(&address(a));
+    hi[..ADDRESS_LEN].copy_from_slice(&address(a));
+    (lo, hi)
+}
+
+pub(super) fn tip(h: u64, hash: &Hash256) -> [u8; TIP_LEN] {
+    let mut k = [0u8; TIP_LEN];
+    k[..HEIGHT_LEN].copy_from_slice(&h.to_be_bytes());
+    k[HEIGHT_LEN..].copy_from_slice(&hash.0);
+    k
+}
+
+/// None when the stored value has the wrong length.
+pub(super) fn tip_from(bytes: &[u8]) -> Option<(u64, Hash256)> {
+    if bytes.len() != TIP_LEN {
+        return None;
+    }
+    let h = u64::from_be_bytes(bytes[..HEIGHT_LEN].try_into().ok()?);
+    let hash = Hash256(bytes[HEIGHT_LEN..].try_into().ok()?);
+    Some((h, hash))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::Network;
+
+    #[test]
+    fn byte_order_is_numeric_order() {
+        assert!(height(255) < height(256));
+        assert_eq!(height_from(&height(1 << 40)), 1 << 40);
+        let t = Hash256::digest(b"t");
+        let a = OutPoint { txid: t, vout: 255 };
+        let b = OutPoint { txid: t, vout: 256 };
+        assert!(outpoint(&a) < outpoint(&b));
+        assert_eq!(outpoint_from(&outpoint(&b)), b);
+        assert_eq!(tip_from(&tip(7, &t)), Some((7, t)));
+        assert_eq!(tip_from(&[0u8; 3]), None);
+    }
+
+    #[test]
+    fn address_bounds_cover_exactly_one_address() {
+        let a = Address {
+            network_byte: Network::Testnet as u8,
+            hash: [7; 20],
+        };
+        let b = Address {
+            network_byte: Network::Testnet as u8,
+            hash: [8; 20],
+        };
+        let (lo, hi) = address_bounds(&a);
+        let op = OutPoint {
+            txid: Hash256([0xff; 32]),
+            vout: u32::MAX,
+        };
+        let k = address_outpoint(&a, &op);
+        assert!(lo <= k && k <= hi);
+        let other = address_outpoint(
+            &b,
+            &OutPoint {
+                txid: Hash256::ZERO,
+                vout: 0,
+            },
+        );
+        assert!(other > hi);
+    }
+}

@@ -1,0 +1,630 @@
+//! Crash-safe chain storage on redb: blocks, their commit certificates, the UTXO set with an
+//! address index, a transaction index, and the transactions Avalanche finalized that no block
+//! holds yet.
+//!
+//! Every change is one redb write transaction committed with `Durability::Immediate`, so after a
+//! crash the database is exactly as it was after the last call that returned `Ok`: a block is
+//! either fully applied (UTXOs, indexes, tip) or not at all.
+//!
+//! Tables (keys are fixed-width big-endian, see `keys.rs`; values are bincode of chain types):
+//!
+//! | table               | key                          | value                              |
+//! |---------------------|------------------------------|------------------------------------|
+//! | `meta`              | name (`&str`)                | format version, genesis, chain id, tip |
+//! | `blocks`            | height (8)                   | `Block`                            |
+//! | `block_hashes`      | height (8)                   | block hash (32)                    |
+//! | `block_heights`     | block hash (32)              | height (`u64`)                     |
+//! | `certs`             | height (8)                   | `CommitCert` that finalized it     |
+//! | `tx_index`          | txid (32)                    | (height, position in block)        |
+//! | `utxos`             | txid (32) ++ vout (4)        | `TxOut`                            |
+//! | `address_utxos`     | address (21) ++ outpoint (36)| height that created the output     |
+//! | `finalized_pending` | txid (32)                    | (`Transaction`, finalized at ms)   |
+
+mod keys;
+#[cfg(test)]
+mod tests;
+
+use crate::api::TxOutSetInfo;
+use crate::chain::amount::to_time;
+use crate::chain::{
+    Address, Block, BlockHash, CommitCert, GenesisConfig, Hash256, OutPoint, Transaction, TxOut,
+    Txid, UtxoView,
+};
+use keys::{ADDRESS_OUTPOINT_LEN, HASH_LEN, HEIGHT_LEN, OUTPOINT_LEN};
+use redb::{
+    Database, DatabaseError, Durability, ReadTransaction, ReadableTable, TableDefinition,
+    TableError, WriteTransaction,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Layout version of the tables above. Bump it (and add a migration) when the layout changes.
+pub const STORE_FORMAT_VERSION: u32 = 1;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const BLOCKS: TableDefinition<&[u8; HEIGHT_LEN], &[u8]> = TableDefinition::new("blocks");
+const BLOCK_HASHES: TableDefinition<&[u8; HEIGHT_LEN], &[u8; HASH_LEN]> =
+    TableDefinition::new("block_hashes");
+const BLOCK_HEIGHTS: TableDefinition<&[u8; HASH_LEN], u64> = TableDefinition::new("block_heights");
+const CERTS: TableDefinition<&[u8; HEIGHT_LEN], &[u8]> = TableDefinition::new("certs");
+const TX_INDEX: TableDefinition<&[u8; HASH_LEN], (u64, u32)> = TableDefinition::new("tx_index");
+const UTXOS: TableDefinition<&[u8; OUTPOINT_LEN], &[u8]> = TableDefinition::new("utxos");
+const ADDRESS_UTXOS: TableDefinition<&[u8; ADDRESS_OUTPOINT_LEN], u64> =
+    TableDefinition::new("address_utxos");
+const FINALIZED_PENDING: TableDefinition<&[u8; HASH_LEN], &[u8]> =
+    TableDefinition::new("finalized_pending");
+
+const META_FORMAT_VERSION: &str = "format_version";
+const META_GENESIS_HASH: &str = "genesis_hash";
+const META_CHAIN_ID: &str = "chain_id";
+const META_TIP: &str = "tip";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {} is in use by another process (is another timed running on this data dir?)", path.display())]
+    InUse { path: PathBuf },
+    #[error("database {} belongs to another chain: its genesis is {stored}, this node's is {expected}", path.display())]
+    GenesisMismatch {
+        stored: Hash256,
+        expected: Hash256,
+        path: PathBuf,
+    },
+    #[error("database {} has format version {found}, newer than the {supported} this build supports; upgrade timed", path.display())]
+    NewerFormat {
+        found: u32,
+        supported: u32,
+        path: PathBuf,
+    },
+    #[error("database is corrupt: {0}")]
+    Corrupt(String),
+    #[error("block at height {got} does not extend the tip at height {tip}")]
+    WrongHeight { tip: u64, got: u64 },
+    #[error("block at height {height} has parent {got}, but the tip is {expected}")]
+    WrongParent {
+        height: u64,
+        expected: BlockHash,
+        got: BlockHash,
+    },
+    #[error("certificate for {cert_hash} at height {cert_height} does not match block {block_hash} at height {height}")]
+    CertMismatch {
+        height: u64,
+        block_hash: BlockHash,
+        cert_height: u64,
+        cert_hash: BlockHash,
+    },
+    #[error("block at height {height} spends {outpoint}, which is missing or already spent")]
+    MissingInput { height: u64, outpoint: OutPoint },
+    #[error("block at height {height} contains transaction {txid}, which is already in the chain")]
+    DuplicateTx { height: u64, txid: Txid },
+    #[error("I/O error on {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Boxed: redb's error is large and would bloat every `Result` of this module.
+    #[error("database error: {0}")]
+    Db(Box<redb::Error>),
+}
+
+// redb has one error type per operation; all of them convert into `redb::Error`.
+macro_rules! db_error_from {
+    ($($t:ty),*) => {
+        $(impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(Box::new(e.into()))
+            }
+        })*
+    };
+}
+db_error_from!(
+    redb::Error,
+    DatabaseError,
+    redb::TransactionError,
+    TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// What `gettxoutsetinfo` reports, computed in one read transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UtxoSetInfo {
+    pub height: u64,
+    pub tip: BlockHash,
+    pub txouts: u64,
+    pub total_units: u64,
+    /// SHA-256d over every unspent output in outpoint order; see [`Store::utxo_set_info`].
+    pub hash: Hash256,
+}
+
+impl UtxoSetInfo {
+    pub fn to_rpc(&self) -> TxOutSetInfo {
+        TxOutSetInfo {
+            height: self.height,
+            bestblock: self.tip.to_hex(),
+            txouts: self.txouts,
+            total_amount: to_time(self.total_units),
+            total_units: self.total_units,
+            hash_serialized: self.hash.to_hex(),
+        }
+    }
+}
+
+/// The node's chain database. `Send + Sync`; share it behind an `Arc`.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    bincode::serialize(value).expect("in-memory serialization cannot fail")
+}
+
+fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    bincode::deserialize(bytes).map_err(|e| StoreError::Corrupt(format!("undecodable {what}: {e}")))
+}
+
+fn read_tip<T: ReadableTable<&'static str, &'static [u8]>>(
+    meta: &T,
+) -> Result<(u64, BlockHash), StoreError> {
+    let raw = meta
+        .get(META_TIP)?
+        .ok_or_else(|| StoreError::Corrupt("no tip recorded".into()))?;
+    keys::tip_from(raw.value())
+        .ok_or_else(|| StoreError::Corrupt("tip record has the wrong length".into()))
+}
+
+impl Store {
+    /// Creates the database with the genesis block committed, or opens an existing one after checking
+    /// its format version and genesis hash against `genesis`. A store of another genesis or a newer
+    /// format is refused.
+    pub fn open(path: &Path, genesis: &GenesisConfig) -> Result<Store, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| StoreError::Io {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        // redb holds an exclusive file lock for as long as the database is open.
+        let db = Database::create(path).map_err(|e| match e {
+            DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+                path: path.to_path_buf(),
+            },
+            other => other.into(),
+        })?;
+        let store = Store {
+            db,
+            path: path.to_path_buf(),
+        };
+        // Initialization is one transaction, so a meta table exists iff the store is complete.
+        let initialized = match store.db.begin_read()?.open_table(META) {
+            Ok(_) => true,
+            Err(TableError::TableDoesNotExist(_)) => false,
+            Err(e) => return Err(e.into()),
+        };
+        if initialized {
+            store.check_identity(genesis)?;
+        } else {
+            store.initialize(genesis)?;
+        }
+        Ok(store)
+    }
+
+    fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        // Already redb's default; set explicitly because callers rely on "durable on return".
+        txn.set_durability(Durability::Immediate);
+        Ok(txn)
+    }
+
+    fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
+        Ok(self.db.begin_read()?)
+    }
+
+    fn initialize(&self, genesis: &GenesisConfig) -> Result<(), StoreError> {
+        let block = genesis.genesis_block();
+        let txn = self.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(
+                META_FORMAT_VERSION,
+                STORE_FORMAT_VERSION.to_be_bytes().as_slice(),
+            )?;
+            meta.insert(META_GENESIS_HASH, block.hash().0.as_slice())?;
+            meta.insert(META_CHAIN_ID, genesis.chain_id.as_bytes())?;
+        }
+        // Create every table now so read transactions never meet a missing one.
+        txn.open_table(BLOCKS)?;
+        txn.open_table(BLOCK_HASHES)?;
+        txn.open_table(BLOCK_HEIGHTS)?;
+        txn.open_table(CERTS)?;
+        txn.open_table(TX_INDEX)?;
+        txn.open_table(UTXOS)?;
+        txn.open_table(ADDRESS_UTXOS)?;
+        txn.open_table(FINALIZED_PENDING)?;
+        write_block(&txn, &block, None)?;
+        txn.commit()?;
+        tracing::info!(path = %self.path.display(), genesis = %block.hash(), "created chain database");
+        Ok(())
+    }
+
+    fn check_identity(&self, genesis: &GenesisConfig) -> Result<(), StoreError> {
+        let rtx = self.begin_read()?;
+        let meta = rtx.open_table(META)?;
+        let version = meta
+            .get(META_FORMAT_VERSION)?
+            .ok_or_else(|| StoreError::Corrupt("no format version recorded".into()))?;
+        let version: [u8; 4] = version
+            .value()
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("format version has the wrong length".into()))?;
+        let found = u32::from_be_bytes(version);
+        if found > STORE_FORMAT_VERSION {
+            return Err(StoreError::NewerFormat {
+                found,
+                supported: STORE_FORMAT_VERSION,
+                path: self.path.clone(),
+            });
+        }
+        if found < STORE_FORMAT_VERSION {
+            // Version 1 is the first layout; anything lower was never written by timed.
+            return Err(StoreError::Corrupt(format!(
+                "unknown format version {found}"
+            )));
+        }
+        let stored = meta
+            .get(META_GENESIS_HASH)?
+            .ok_or_else(|| StoreError::Corrupt("no genesis hash recorded".into()))?;
+        let stored = Hash256(
+            stored
+                .value()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("genesis hash has the wrong length".into()))?,
+        );
+        let expected = genesis.genesis_hash();
+        if stored != expected {
+            return Err(StoreError::GenesisMismatch {
+                stored,
+                expected,
+                path: self.path.clone(),
+            });
+        }
+        read_tip(&meta)?;
+        Ok(())
+    }
+
+    pub fn tip(&self) -> Result<(u64, BlockHash), StoreError> {
+        read_tip(&self.begin_read()?.open_table(META)?)
+    }
+
+    pub fn block_by_height(&self, h: u64) -> Result<Option<Block>, StoreError> {
+        let table = self.begin_read()?.open_table(BLOCKS)?;
+        let raw = table.get(&keys::height(h))?;
+        raw.map(|v| decode("block", v.value())).transpose()
+    }
+
+    pub fn block_hash_at(&self, h: u64) -> Result<Option<BlockHash>, StoreError> {
+        let table = self.begin_read()?.open_table(BLOCK_HASHES)?;
+        let hash = table.get(&keys::height(h))?.map(|v| Hash256(*v.value()));
+        Ok(hash)
+    }
+
+    pub fn block_by_hash(&self, hash: &BlockHash) -> Result<Option<Block>, StoreError> {
+        let rtx = self.begin_read()?;
+        let Some(h) = rtx
+            .open_table(BLOCK_HEIGHTS)?
+            .get(&hash.0)?
+            .map(|v| v.value())
+        else {
+            return Ok(None);
+        };
+        let raw = rtx.open_table(BLOCKS)?.get(&keys::height(h))?;
+        match raw {
+            Some(v) => Ok(Some(decode("block", v.value())?)),
+            None => Err(StoreError::Corrupt(format!(
+                "block {hash} indexed at height {h} but not stored"
+            ))),
+        }
+    }
+
+    pub fn height_of(&self, hash: &BlockHash) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .begin_read()?
+            .open_table(BLOCK_HEIGHTS)?
+            .get(&hash.0)?
+            .map(|v| v.value()))
+    }
+
+    /// The certificate that finalized block `h` (none for genesis).
+    pub fn cert_at(&self, h: u64) -> Result<Option<CommitCert>, StoreError> {
+        let table = self.begin_read()?.open_table(CERTS)?;
+        let raw = table.get(&keys::height(h))?;
+        raw.map(|v| decode("certificate", v.value())).transpose()
+    }
+
+    /// Blocks `from..=to` with their certificates, for sync replies. Stops at the tip; genesis has
+    /// no certificate and is never returned (every node computes it). The caller bounds the span.
+    pub fn blocks_range(&self, from: u64, to: u64) -> Result<Vec<(Block, CommitCert)>, StoreError> {
+        let from = from.max(1);
+        if from > to {
+            return Ok(Vec::new());
+        }
+        let rtx = self.begin_read()?;
+        let blocks = rtx.open_table(BLOCKS)?;
+        let certs = rtx.open_table(CERTS)?;
+        let (lo, hi) = (keys::height(from), keys::height(to));
+        let mut out = Vec::new();
+        for entry in blocks.range::<&[u8; HEIGHT_LEN]>(&lo..=&hi)? {
+            let (k, v) = entry?;
+            let h = keys::height_from(k.value());
+            let block: Block = decode("block", v.value())?;
+            let cert = certs.get(k.value())?.ok_or_else(|| {
+                StoreError::Corrupt(format!("block at height {h} has no certificate"))
+            })?;
+            out.push((block, decode("certificate", cert.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Applies a block at tip+1 in ONE write transaction: block bytes, hash→height index, cert, tx
+    /// index (txid → height, position), UTXO removals (inputs) and additions (outputs), address
+    /// index, tip, and removal of these txids from the finalized-pending table. Fails (and changes
+    /// nothing) if the height is not tip+1, the parent hash is wrong, the certificate is for another
+    /// block, or an input is missing. Durable on return.
+    ///
+    /// Only storage consistency is checked here; signatures, amounts and the certificate's votes
+    /// are the caller's to verify before committing.
+    pub fn commit_block(&self, block: &Block, cert: &CommitCert) -> Result<(), StoreError> {
+        let height = block.height();
+        let hash = block.hash();
+        if cert.height != height || cert.block_hash != hash {
+            return Err(StoreError::CertMismatch {
+                height,
+                block_hash: hash,
+                cert_height: cert.height,
+                cert_hash: cert.block_hash,
+            });
+        }
+        let txn = self.begin_write()?;
+        let (tip_height, tip_hash) = read_tip(&txn.open_table(META)?)?;
+        if tip_height.checked_add(1) != Some(height) {
+            return Err(StoreError::WrongHeight {
+                tip: tip_height,
+                got: height,
+            });
+        }
+        if block.header.prev_hash != tip_hash {
+            return Err(StoreError::WrongParent {
+                height,
+                expected: tip_hash,
+                got: block.header.prev_hash,
+            });
+        }
+        // On any error below, dropping `txn` uncommitted rolls every write back.
+        write_block(&txn, block, Some(cert))?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn get_utxo(&self, op: &OutPoint) -> Result<Option<TxOut>, StoreError> {
+        let table = self.begin_read()?.open_table(UTXOS)?;
+        let raw = table.get(&keys::outpoint(op))?;
+        raw.map(|v| decode("output", v.value())).transpose()
+    }
+
+    /// Unspent outputs paying to `addr`, in outpoint order, with the height that created each.
+    pub fn utxos_for_address(
+        &self,
+        addr: &Address,
+    ) -> Result<Vec<(OutPoint, TxOut, u64)>, StoreError> {
+        let rtx = self.begin_read()?;
+        let index = rtx.open_table(ADDRESS_UTXOS)?;
+        let utxos = rtx.open_table(UTXOS)?;
+        let (lo, hi) = keys::address_bounds(addr);
+        let mut out = Vec::new();
+        for entry in index.range::<&[u8; ADDRESS_OUTPOINT_LEN]>(&lo..=&hi)? {
+            let (k, height) = entry?;
+            let op = keys::outpoint_from(&k.value()[keys::ADDRESS_LEN..]);
+            let raw = utxos.get(&keys::outpoint(&op))?.ok_or_else(|| {
+                StoreError::Corrupt(format!("address index lists {op}, which is not unspent"))
+            })?;
+            out.push((op, decode("output", raw.value())?, height.value()));
+        }
+        Ok(out)
+    }
+
+    /// Height of the block holding `txid` and the transaction's position in it.
+    pub fn tx_location(&self, txid: &Txid) -> Result<Option<(u64, u32)>, StoreError> {
+        Ok(self
+            .begin_read()?
+            .open_table(TX_INDEX)?
+            .get(&txid.0)?
+            .map(|v| v.value()))
+    }
+
+    /// A transaction in the chain with the height of its block.
+    pub fn get_tx(&self, txid: &Txid) -> Result<Option<(Transaction, u64)>, StoreError> {
+        let rtx = self.begin_read()?;
+        let Some((height, pos)) = rtx.open_table(TX_INDEX)?.get(&txid.0)?.map(|v| v.value()) else {
+            return Ok(None);
+        };
+        let raw = rtx
+            .open_table(BLOCKS)?
+            .get(&keys::height(height))?
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("tx {txid} indexed at missing height {height}"))
+            })?;
+        let block: Block = decode("block", raw.value())?;
+        let tx = block
+            .txs
+            .into_iter()
+            .nth(pos as usize)
+            .filter(|tx| tx.txid() == *txid)
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("tx {txid} not at position {pos} of block {height}"))
+            })?;
+        Ok(Some((tx, height)))
+    }
+
+    /// Count, total value and a SHA-256d over all (outpoint, output) pairs in key order, so two
+    /// nodes at the same tip can compare UTXO sets, with the tip it was computed at (one read
+    /// transaction). Each pair is hashed as txid (32) ++ vout (4, BE) ++ value (8, BE) ++ address
+    /// (21): fixed width, so the hash does not depend on any serializer's framing.
+    pub fn utxo_set_info(&self) -> Result<UtxoSetInfo, StoreError> {
+        let rtx = self.begin_read()?;
+        let (height, tip) = read_tip(&rtx.open_table(META)?)?;
+        let utxos = rtx.open_table(UTXOS)?;
+        let mut hasher = Sha256::new();
+        let mut txouts: u64 = 0;
+        let mut total_units: u64 = 0;
+        for entry in utxos.iter()? {
+            let (k, v) = entry?;
+            let out: TxOut = decode("output", v.value())?;
+            hasher.update(k.value());
+            hasher.update(out.value.to_be_bytes());
+            hasher.update(keys::address(&out.address));
+            txouts += 1;
+            total_units = total_units
+                .checked_add(out.value)
+                .ok_or_else(|| StoreError::Corrupt("unspent outputs add up past u64".into()))?;
+        }
+        let hash = Hash256(Sha256::digest(hasher.finalize()).into());
+        Ok(UtxoSetInfo {
+            height,
+            tip,
+            txouts,
+            total_units,
+            hash,
+        })
+    }
+
+    /// Persists a transaction that Avalanche finalized but no block holds yet. Durable before
+    /// return: the node reports finality only after this returns. A transaction already in a block
+    /// is left out, as nothing would ever remove it from the pending table.
+    pub fn put_finalized(&self, tx: &Transaction, finalized_ms: u64) -> Result<(), StoreError> {
+        let txid = tx.txid();
+        let txn = self.begin_write()?;
+        if txn.open_table(TX_INDEX)?.get(&txid.0)?.is_none() {
+            txn.open_table(FINALIZED_PENDING)?
+                .insert(&txid.0, encode(&(tx, finalized_ms)).as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Finalized transactions no block holds yet, with when each was finalized, oldest first (a
+    /// child is finalized after its parent, so replaying in this order respects dependencies).
+    pub fn finalized_pending(&self) -> Result<Vec<(Transaction, u64)>, StoreError> {
+        let table = self.begin_read()?.open_table(FINALIZED_PENDING)?;
+        let mut out: Vec<(Transaction, u64)> = Vec::new();
+        for entry in table.iter()? {
+            let (_, v) = entry?;
+            out.push(decode("finalized transaction", v.value())?);
+        }
+        out.sort_by_key(|(_, ms)| *ms);
+        Ok(out)
+    }
+
+    pub fn is_finalized_pending(&self, txid: &Txid) -> Result<bool, StoreError> {
+        Ok(self
+            .begin_read()?
+            .open_table(FINALIZED_PENDING)?
+            .get(&txid.0)?
+            .is_some())
+    }
+
+    /// Size of the database file in bytes (0 if it cannot be read).
+    pub fn size_on_disk(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Writes everything a block changes inside `txn`. The caller has checked that it extends the tip.
+fn write_block(
+    txn: &WriteTransaction,
+    block: &Block,
+    cert: Option<&CommitCert>,
+) -> Result<(), StoreError> {
+    let height = block.height();
+    let hash = block.hash();
+    let hkey = keys::height(height);
+    txn.open_table(BLOCKS)?
+        .insert(&hkey, block.to_bytes().as_slice())?;
+    txn.open_table(BLOCK_HASHES)?.insert(&hkey, &hash.0)?;
+    txn.open_table(BLOCK_HEIGHTS)?.insert(&hash.0, height)?;
+    if let Some(cert) = cert {
+        txn.open_table(CERTS)?
+            .insert(&hkey, encode(cert).as_slice())?;
+    }
+    let mut tx_index = txn.open_table(TX_INDEX)?;
+    let mut utxos = txn.open_table(UTXOS)?;
+    let mut by_address = txn.open_table(ADDRESS_UTXOS)?;
+    let mut pending = txn.open_table(FINALIZED_PENDING)?;
+    for (pos, tx) in block.txs.iter().enumerate() {
+        let txid = tx.txid();
+        // A repeated txid would overwrite live outputs and the index entry of the first copy.
+        if tx_index.insert(&txid.0, (height, pos as u32))?.is_some() {
+            return Err(StoreError::DuplicateTx { height, txid });
+        }
+        // Inputs before outputs, in block order, so a transaction may spend an earlier one of
+        // the same block but never its own outputs, and a double spend finds the output gone.
+        for input in &tx.inputs {
+            let op = input.prevout;
+            let spent: TxOut = match utxos.remove(&keys::outpoint(&op))? {
+                Some(v) => decode("output", v.value())?,
+                None => {
+                    return Err(StoreError::MissingInput {
+                        height,
+                        outpoint: op,
+                    })
+                }
+            };
+            by_address.remove(&keys::address_outpoint(&spent.address, &op))?;
+        }
+        for (vout, out) in tx.outputs.iter().enumerate() {
+            let op = OutPoint {
+                txid,
+                vout: vout as u32,
+            };
+            if utxos
+                .insert(&keys::outpoint(&op), encode(out).as_slice())?
+                .is_some()
+            {
+                return Err(StoreError::DuplicateTx { height, txid });
+            }
+            by_address.insert(&keys::address_outpoint(&out.address, &op), height)?;
+        }
+        pending.remove(&txid.0)?;
+    }
+    txn.open_table(META)?
+        .insert(META_TIP, keys::tip(height, &hash).as_slice())?;
+    Ok(())
+}
+
+impl UtxoView for Store {
+    fn get_utxo(&self, outpoint: &OutPoint) -> Option<TxOut> {
+        match Store::get_utxo(self, outpoint) {
+            Ok(out) => out,
+            Err(e) => {
+                // Validation can only say "missing"; make the real cause visible to the operator.
+                tracing::error!(%outpoint, error = %e, "UTXO lookup failed; treating the output as missing");
+                None
+            }
+        }
+    }
+}
