@@ -85,8 +85,8 @@ pub struct Cli {
 
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum Command {
-    /// Create (or show) this node's validator and wallet keys in --data-dir and print the
-    /// public key and wallet address, for writing a genesis file.
+    /// Create (or show) random validator and wallet keys in --data-dir and print this
+    /// validator's [[validators]] entry for a genesis file.
     Keygen,
     /// Print the genesis this configuration would use, as TOML.
     ShowGenesis,

@@ -44,9 +44,13 @@ fn hint(e: &anyhow::Error) -> Option<String> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::Keygen) = cli.command {
+        let dir = cli.data_dir.clone().ok_or_else(|| anyhow::anyhow!("keygen needs --data-dir"))?;
+        return timed::node::keygen(&dir, cli.validator_id.as_deref().unwrap_or("validator"));
+    }
     let cfg = cli.resolve()?;
     match cli.command {
-        Some(Command::Keygen) => return timed::node::keygen(&cfg),
+        Some(Command::Keygen) => unreachable!("handled above"),
         Some(Command::ShowGenesis) => {
             print!("{}", toml::to_string(&cfg.genesis)?);
             return Ok(());

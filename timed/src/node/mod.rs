@@ -269,26 +269,17 @@ fn write_node_file(shared: &Shared) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `timed keygen`: creates or shows the keys in the data dir, for writing a genesis file.
-pub fn keygen(cfg: &NodeConfig) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir)?;
-    let devnet = cfg.is_devnet();
-    let id = cfg.validator_id.clone();
-    let key = load_or_create_key(&cfg.data_dir.join("validator.key"), || {
-        if devnet {
-            devnet_validator_key(&id)
-        } else {
-            Keypair::generate()
-        }
-    })?;
-    let wallet = load_or_create_key(&cfg.data_dir.join("wallet.key"), || {
-        if devnet {
-            devnet_wallet_key(&id)
-        } else {
-            Keypair::generate()
-        }
-    })?;
-    let address = crate::chain::Address::from_pubkey(cfg.genesis.network, &wallet.public());
-    println!("validator_id = {:?}\npubkey = {:?}\nreward_address = {:?}", cfg.validator_id, key.public().to_hex(), address.to_string());
+/// `timed keygen`: creates (or shows) random validator and wallet keys in `dir` and prints
+/// the lines a genesis file needs for this validator. Never devnet keys.
+pub fn keygen(dir: &std::path::Path, validator_id: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let key = load_or_create_key(&dir.join("validator.key"), Keypair::generate)?;
+    let wallet = load_or_create_key(&dir.join("wallet.key"), Keypair::generate)?;
+    let address = crate::chain::Address::from_pubkey(crate::chain::Network::Testnet, &wallet.public());
+    println!("[[validators]]");
+    println!("id = {validator_id:?}");
+    println!("pubkey = {:?}", key.public().to_hex());
+    println!("tier = \"free\"");
+    println!("reward_address = {:?}", address.to_string());
     Ok(())
 }

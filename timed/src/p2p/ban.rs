@@ -60,7 +60,12 @@ const MAX_TRACKED: usize = 4096;
 
 impl BanList {
     /// Records one offence under each key; returns the keys that became banned by it.
-    pub(crate) fn offence(&mut self, keys: &[BanKey], policy: BanPolicy, now: Instant) -> Vec<BanKey> {
+    pub(crate) fn offence(
+        &mut self,
+        keys: &[BanKey],
+        policy: BanPolicy,
+        now: Instant,
+    ) -> Vec<BanKey> {
         self.prune(policy, now);
         let mut banned = Vec::new();
         for key in keys {
@@ -81,7 +86,10 @@ impl BanList {
     fn prune(&mut self, policy: BanPolicy, now: Instant) {
         self.bans.retain(|_, until| *until > now);
         self.offences.retain(|_, times| {
-            while times.front().is_some_and(|t| now.duration_since(*t) > policy.window) {
+            while times
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > policy.window)
+            {
                 times.pop_front();
             }
             !times.is_empty()
@@ -89,7 +97,10 @@ impl BanList {
     }
 
     fn active(&self, now: Instant) -> impl Iterator<Item = &BanKey> {
-        self.bans.iter().filter(move |(_, until)| **until > now).map(|(k, _)| k)
+        self.bans
+            .iter()
+            .filter(move |(_, until)| **until > now)
+            .map(|(k, _)| k)
     }
 
     fn ip_banned(&self, ip: IpAddr, now: Instant) -> bool {
@@ -103,10 +114,18 @@ impl BanList {
 
     /// Whether a node that claimed `pubkey` and listens on `listen` is banned. A ban recorded
     /// without a key (a dialled address that never said Hello) covers any key there.
-    pub(crate) fn refuses_node(&self, pubkey: &PublicKey, listen: SocketAddr, now: Instant) -> bool {
+    pub(crate) fn refuses_node(
+        &self,
+        pubkey: &PublicKey,
+        listen: SocketAddr,
+        now: Instant,
+    ) -> bool {
         self.ip_banned(listen.ip(), now)
             || self.active(now).any(|k| match k {
-                BanKey::Node { pubkey: p, listen: l } => *l == listen && p.as_ref().map_or(true, |p| p == pubkey),
+                BanKey::Node {
+                    pubkey: p,
+                    listen: l,
+                } => *l == listen && p.as_ref().map_or(true, |p| p == pubkey),
                 BanKey::Ip(_) => false,
             })
     }
@@ -114,7 +133,9 @@ impl BanList {
     /// Whether dialling `addr` is off limits: any node ban on that address, or its IP.
     pub(crate) fn refuses_dial(&self, addr: SocketAddr, now: Instant) -> bool {
         self.ip_banned(addr.ip(), now)
-            || self.active(now).any(|k| matches!(k, BanKey::Node { listen, .. } if *listen == addr))
+            || self
+                .active(now)
+                .any(|k| matches!(k, BanKey::Node { listen, .. } if *listen == addr))
     }
 
     #[cfg(test)]
@@ -127,8 +148,11 @@ impl BanList {
 mod tests {
     use super::*;
 
-    const POLICY: BanPolicy =
-        BanPolicy { threshold: 3, window: Duration::from_secs(600), duration: Duration::from_secs(60) };
+    const POLICY: BanPolicy = BanPolicy {
+        threshold: 3,
+        window: Duration::from_secs(600),
+        duration: Duration::from_secs(60),
+    };
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -166,7 +190,9 @@ mod tests {
         let t0 = Instant::now();
         bans.offence(&keys, POLICY, t0);
         bans.offence(&keys, POLICY, t0 + Duration::from_secs(1));
-        assert!(bans.offence(&keys, POLICY, t0 + Duration::from_secs(700)).is_empty());
+        assert!(bans
+            .offence(&keys, POLICY, t0 + Duration::from_secs(700))
+            .is_empty());
         let t1 = t0 + Duration::from_secs(701);
         assert_eq!(bans.offence(&keys, POLICY, t1).len(), 0);
         assert_eq!(bans.offence(&keys, POLICY, t1).len(), 2);

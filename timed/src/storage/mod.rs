@@ -134,8 +134,10 @@ db_error_from!(
 pub struct UtxoSetInfo {
     pub height: u64,
     pub tip: BlockHash,
-    pub txouts: u64,
-    pub total_units: u64,
+    /// Number of unspent outputs.
+    pub count: u64,
+    /// Sum of their values in base units.
+    pub total: u64,
     /// SHA-256d over every unspent output in outpoint order; see [`Store::utxo_set_info`].
     pub hash: Hash256,
 }
@@ -145,9 +147,9 @@ impl UtxoSetInfo {
         TxOutSetInfo {
             height: self.height,
             bestblock: self.tip.to_hex(),
-            txouts: self.txouts,
-            total_amount: to_time(self.total_units),
-            total_units: self.total_units,
+            txouts: self.count,
+            total_amount: to_time(self.total),
+            total_units: self.total,
             hash_serialized: self.hash.to_hex(),
         }
     }
@@ -486,16 +488,16 @@ impl Store {
         let (height, tip) = read_tip(&rtx.open_table(META)?)?;
         let utxos = rtx.open_table(UTXOS)?;
         let mut hasher = Sha256::new();
-        let mut txouts: u64 = 0;
-        let mut total_units: u64 = 0;
+        let mut count: u64 = 0;
+        let mut total: u64 = 0;
         for entry in utxos.iter()? {
             let (k, v) = entry?;
             let out: TxOut = decode("output", v.value())?;
             hasher.update(k.value());
             hasher.update(out.value.to_be_bytes());
             hasher.update(keys::address(&out.address));
-            txouts += 1;
-            total_units = total_units
+            count += 1;
+            total = total
                 .checked_add(out.value)
                 .ok_or_else(|| StoreError::Corrupt("unspent outputs add up past u64".into()))?;
         }
@@ -503,8 +505,8 @@ impl Store {
         Ok(UtxoSetInfo {
             height,
             tip,
-            txouts,
-            total_units,
+            count,
+            total,
             hash,
         })
     }

@@ -167,7 +167,7 @@ fn genesis_is_created_and_reopened() {
     );
     let info = store.utxo_set_info().unwrap();
     assert_eq!(
-        (info.height, info.tip, info.txouts, info.total_units),
+        (info.height, info.tip, info.count, info.total),
         (0, g.genesis_hash(), 60, 3 * 20 * 50_000 * COIN)
     );
     assert!(store.size_on_disk() > 0);
@@ -275,10 +275,7 @@ fn commit_updates_utxos_and_indexes() {
     // minus what the spends burned as fees.
     let info = store.utxo_set_info().unwrap();
     let fees = COIN + COIN + COIN;
-    assert_eq!(
-        info.total_units,
-        3 * 20 * 50_000 * COIN + 2 * BLOCK_REWARD - fees
-    );
+    assert_eq!(info.total, 3 * 20 * 50_000 * COIN + 2 * BLOCK_REWARD - fees);
     assert_eq!(info.height, 2);
 }
 
@@ -528,15 +525,12 @@ fn utxo_hash_tracks_content() {
     let different = build("bob");
     assert_eq!(a, same);
     // Same count and total; only one output's address differs.
-    assert_eq!(
-        (a.txouts, a.total_units),
-        (different.txouts, different.total_units)
-    );
+    assert_eq!((a.count, a.total), (different.count, different.total));
     assert_ne!(a.hash, different.hash);
     let rpc = a.to_rpc();
     assert_eq!(rpc.hash_serialized, a.hash.to_hex());
     assert_eq!(rpc.bestblock, a.tip.to_hex());
-    assert_eq!(rpc.txouts, a.txouts);
+    assert_eq!(rpc.txouts, a.count);
 }
 
 #[test]

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs on a fresh Debian machine (run as root).
+# Idempotent: installed packages are skipped quickly.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+need_apt=()
+for pkg in curl jq systemd python3-pip; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+# A real Prometheus text parser checks what /metrics serves.
+if ! python3 -c 'import prometheus_client' 2>/dev/null; then
+  python3 -m pip install -q 'prometheus-client>=0.17' 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages 'prometheus-client>=0.17'
+fi
