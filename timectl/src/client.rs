@@ -51,11 +51,7 @@ pub fn compact_error(e: &ClientError) -> String {
 
 /// Runs `f` against every node concurrently, each bounded by `timeout`, keeping inventory
 /// order. Latency is measured per node.
-pub async fn fan_out<T, F, Fut>(
-    nodes: &[Node],
-    timeout: Duration,
-    f: F,
-) -> Vec<(Result<T, String>, Duration)>
+pub async fn fan_out<T, F, Fut>(nodes: &[Node], timeout: Duration, f: F) -> Vec<(Result<T, String>, Duration)>
 where
     F: Fn(Node) -> Fut,
     Fut: Future<Output = Result<T, String>>,
@@ -78,31 +74,19 @@ where
 /// Prometheus text without pulling in an HTTP client stack.
 pub async fn http_get(host_port: &str, path: &str, timeout: Duration) -> Result<String, String> {
     let work = async {
-        let mut s = tokio::net::TcpStream::connect(host_port)
-            .await
-            .map_err(|e| format!("unreachable: {e}"))?;
-        let req = format!(
-            "GET {path} HTTP/1.0\r\nHost: {host_port}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
-        );
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| format!("write: {e}"))?;
+        let mut s = tokio::net::TcpStream::connect(host_port).await.map_err(|e| format!("unreachable: {e}"))?;
+        let req =
+            format!("GET {path} HTTP/1.0\r\nHost: {host_port}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
         let mut buf = Vec::new();
-        s.read_to_end(&mut buf)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
+        s.read_to_end(&mut buf).await.map_err(|e| format!("read: {e}"))?;
         parse_http_response(&buf)
     };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| "timeout".to_string())?
+    tokio::time::timeout(timeout, work).await.map_err(|_| "timeout".to_string())?
 }
 
 fn parse_http_response(buf: &[u8]) -> Result<String, String> {
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("malformed HTTP response")?;
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").ok_or("malformed HTTP response")?;
     let head = String::from_utf8_lossy(&buf[..split]);
     let body = &buf[split + 4..];
     let mut lines = head.lines();
@@ -115,21 +99,14 @@ fn parse_http_response(buf: &[u8]) -> Result<String, String> {
         let l = l.to_ascii_lowercase();
         l.starts_with("transfer-encoding:") && l.contains("chunked")
     });
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_vec()
-    };
+    let body = if chunked { dechunk(body)? } else { body.to_vec() };
     String::from_utf8(body).map_err(|_| "response is not UTF-8".to_string())
 }
 
 fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     loop {
-        let eol = b
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("bad chunk")?;
+        let eol = b.windows(2).position(|w| w == b"\r\n").ok_or("bad chunk")?;
         let size_text = String::from_utf8_lossy(&b[..eol]);
         let size_text = size_text.split(';').next().unwrap_or_default().trim();
         let size = usize::from_str_radix(size_text, 16).map_err(|_| "bad chunk size")?;
@@ -153,8 +130,7 @@ mod tests {
     fn parses_plain_and_chunked_responses() {
         let plain = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\na 1\n";
         assert_eq!(parse_http_response(plain).unwrap(), "a 1\n");
-        let chunked =
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\na 1\n\r\n3\r\nb 2\r\n0\r\n\r\n";
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\na 1\n\r\n3\r\nb 2\r\n0\r\n\r\n";
         assert_eq!(parse_http_response(chunked).unwrap(), "a 1\nb 2");
         let missing = b"HTTP/1.1 404 Not Found\r\n\r\n";
         assert!(parse_http_response(missing).unwrap_err().contains("404"));
@@ -171,9 +147,7 @@ mod tests {
             assert!(buf[..n].starts_with(b"GET /metrics HTTP/1.0\r\n"));
             s.write_all(b"HTTP/1.0 200 OK\r\n\r\nup 1\n").await.unwrap();
         });
-        let body = http_get(&addr, "/metrics", Duration::from_secs(5))
-            .await
-            .unwrap();
+        let body = http_get(&addr, "/metrics", Duration::from_secs(5)).await.unwrap();
         assert_eq!(body, "up 1\n");
     }
 }

@@ -41,11 +41,7 @@ fn hint_of(e: &(dyn std::error::Error + 'static)) -> Option<String> {
 }
 
 pub fn report(e: &anyhow::Error, color: bool) {
-    let (red, yellow, reset) = if color {
-        ("\x1b[31m", "\x1b[33m", "\x1b[0m")
-    } else {
-        ("", "", "")
-    };
+    let (red, yellow, reset) = if color { ("\x1b[31m", "\x1b[33m", "\x1b[0m") } else { ("", "", "") };
     eprintln!("{red}error{reset}: {e}");
     let mut hint = hint_of(e.as_ref());
     for cause in e.chain().skip(1) {

@@ -69,10 +69,6 @@ impl Node {
     pub fn rpc_url(&self) -> String {
         format!("http://{}/", self.rpc)
     }
-
-    pub fn metrics_url(&self) -> String {
-        format!("http://{}/metrics", self.rpc)
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,12 +82,7 @@ pub enum InventoryError {
         source: std::io::Error,
     },
     #[error("{path}:{line}:{column}: {message}")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
+    Parse { path: PathBuf, line: usize, column: usize, message: String },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
     #[error("cannot write inventory {path}")]
@@ -101,26 +92,19 @@ pub enum InventoryError {
         source: std::io::Error,
     },
     #[error("inventory {path} has no node named {name:?} (it has: {known})")]
-    UnknownNode {
-        path: PathBuf,
-        name: String,
-        known: String,
-    },
+    UnknownNode { path: PathBuf, name: String, known: String },
 }
 
 impl InventoryError {
     pub fn hint(&self) -> Option<String> {
         match self {
-            InventoryError::NoneGiven => Some(
-                "no inventory given: pass --inventory FILE or --network NAME, or run `timectl local up`"
-                    .into(),
+            InventoryError::NoneGiven => {
+                Some("no inventory given: pass --inventory FILE or --network NAME, or run `timectl local up`".into())
+            }
+            InventoryError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Some(
+                "list the inventories with `ls inventories/`, or start a local network with `timectl local up`".into(),
             ),
-            InventoryError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                Some("list the inventories with `ls inventories/`, or start a local network with `timectl local up`".into())
-            }
-            InventoryError::Parse { .. } => {
-                Some("the format is described in docs/inventory.md".into())
-            }
+            InventoryError::Parse { .. } => Some("the format is described in docs/inventory.md".into()),
             _ => None,
         }
     }
@@ -138,17 +122,14 @@ fn line_col(src: &str, offset: usize) -> (usize, usize) {
 /// "host:port" with a non-empty host and a numeric port; hosts may be names (static inventories
 /// often use DNS) or IPv6 in brackets.
 pub fn check_host_port(s: &str) -> Result<(), String> {
-    let (host, port) = s
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{s:?} is not host:port"))?;
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("{s:?} is not host:port"))?;
     if host.is_empty() || host.contains(char::is_whitespace) {
         return Err(format!("{s:?} has no valid host"));
     }
     if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
         return Err(format!("{s:?}: IPv6 hosts need brackets, like [::1]:8080"));
     }
-    port.parse::<u16>()
-        .map_err(|_| format!("{s:?} has no valid port"))?;
+    port.parse::<u16>().map_err(|_| format!("{s:?} has no valid port"))?;
     Ok(())
 }
 
@@ -156,26 +137,15 @@ impl Inventory {
     pub fn parse(src: &str, path: &Path) -> Result<Self, InventoryError> {
         let inv: Inventory = toml::from_str(src).map_err(|e| {
             let (line, column) = e.span().map_or((1, 1), |s| line_col(src, s.start));
-            InventoryError::Parse {
-                path: path.to_path_buf(),
-                line,
-                column,
-                message: e.message().trim().to_string(),
-            }
+            InventoryError::Parse { path: path.to_path_buf(), line, column, message: e.message().trim().to_string() }
         })?;
-        inv.validate()
-            .map_err(|message| InventoryError::Invalid {
-                path: path.to_path_buf(),
-                message,
-            })?;
+        inv.validate().map_err(|message| InventoryError::Invalid { path: path.to_path_buf(), message })?;
         Ok(inv)
     }
 
     pub fn load(path: &Path) -> Result<Self, InventoryError> {
-        let src = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let src = std::fs::read_to_string(path)
+            .map_err(|source| InventoryError::Read { path: path.to_path_buf(), source })?;
         Self::parse(&src, path)
     }
 
@@ -193,10 +163,7 @@ impl Inventory {
                 return Err(format!("node name {:?} appears more than once", n.name));
             }
             if !ids.insert(n.validator_id.as_str()) {
-                return Err(format!(
-                    "validator_id {:?} appears more than once (node {:?})",
-                    n.validator_id, n.name
-                ));
+                return Err(format!("validator_id {:?} appears more than once (node {:?})", n.validator_id, n.name));
             }
             check_host_port(&n.p2p).map_err(|e| format!("node {:?}: p2p: {e}", n.name))?;
             check_host_port(&n.rpc).map_err(|e| format!("node {:?}: rpc: {e}", n.name))?;
@@ -206,10 +173,7 @@ impl Inventory {
 
     /// Writes atomically (temp file + rename) so a crash never leaves half an inventory.
     pub fn save(&self, path: &Path) -> Result<(), InventoryError> {
-        let werr = |source| InventoryError::Write {
-            path: path.to_path_buf(),
-            source,
-        };
+        let werr = |source| InventoryError::Write { path: path.to_path_buf(), source };
         let text = toml::to_string_pretty(self).expect("inventory serializes");
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(werr)?;
@@ -226,30 +190,18 @@ impl Inventory {
                 return Err(InventoryError::UnknownNode {
                     path: path.to_path_buf(),
                     name: name.clone(),
-                    known: self
-                        .nodes
-                        .iter()
-                        .map(|n| n.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    known: self.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
                 });
             }
         }
-        Ok(self
-            .nodes
-            .iter()
-            .filter(|n| names.is_empty() || names.contains(&n.name))
-            .cloned()
-            .collect())
+        Ok(self.nodes.iter().filter(|n| names.is_empty() || names.contains(&n.name)).cloned().collect())
     }
 }
 
 /// Where `--network NAME` looks: `inventories/` under the working directory unless
 /// `TIMECTL_INVENTORY_DIR` says otherwise.
 pub fn inventory_dir() -> PathBuf {
-    std::env::var_os("TIMECTL_INVENTORY_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("inventories"))
+    std::env::var_os("TIMECTL_INVENTORY_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("inventories"))
 }
 
 pub fn network_path(name: &str) -> PathBuf {
@@ -294,10 +246,7 @@ pub fn last_used() -> Option<PathBuf> {
 }
 
 /// The inventory a command should use: `--inventory`, else `--network`, else the last used.
-pub fn resolve_path(
-    file: Option<&Path>,
-    network: Option<&str>,
-) -> Result<PathBuf, InventoryError> {
+pub fn resolve_path(file: Option<&Path>, network: Option<&str>) -> Result<PathBuf, InventoryError> {
     if let Some(f) = file {
         return Ok(f.to_path_buf());
     }
@@ -308,10 +257,7 @@ pub fn resolve_path(
 }
 
 /// Resolves, loads and remembers the inventory.
-pub fn open(
-    file: Option<&Path>,
-    network: Option<&str>,
-) -> Result<(PathBuf, Inventory), InventoryError> {
+pub fn open(file: Option<&Path>, network: Option<&str>) -> Result<(PathBuf, Inventory), InventoryError> {
     let path = resolve_path(file, network)?;
     let inv = Inventory::load(&path)?;
     remember(&path);
@@ -366,10 +312,8 @@ validator_id = "validator2"
 
     #[test]
     fn secret_is_rejected_as_unknown_key() {
-        let src = GOOD.replace(
-            "validator_id = \"validator1\"",
-            "validator_id = \"validator1\"\npassword = \"hunter2\"",
-        );
+        let src =
+            GOOD.replace("validator_id = \"validator1\"", "validator_id = \"validator1\"\npassword = \"hunter2\"");
         let e = Inventory::parse(&src, p()).unwrap_err();
         match &e {
             InventoryError::Parse { line, message, .. } => {
@@ -397,15 +341,9 @@ validator_id = "validator2"
             .to_string()
             .contains("node name \"a\" appears more than once"));
         let dup_id = GOOD.replace("\"validator2\"", "\"validator1\"");
-        assert!(Inventory::parse(&dup_id, p())
-            .unwrap_err()
-            .to_string()
-            .contains("validator_id \"validator1\""));
+        assert!(Inventory::parse(&dup_id, p()).unwrap_err().to_string().contains("validator_id \"validator1\""));
         let bad = GOOD.replace("192.0.2.1:8001", "192.0.2.1");
-        assert!(Inventory::parse(&bad, p())
-            .unwrap_err()
-            .to_string()
-            .contains("p2p"));
+        assert!(Inventory::parse(&bad, p()).unwrap_err().to_string().contains("p2p"));
         let bad_port = GOOD.replace("127.0.0.1:8080", "127.0.0.1:99999");
         assert!(Inventory::parse(&bad_port, p()).is_err());
     }

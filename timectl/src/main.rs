@@ -25,11 +25,8 @@ fn main() -> std::process::ExitCode {
         .with_ansi(stderr_color)
         .init();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
     match runtime.block_on(commands::run(cli)) {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {

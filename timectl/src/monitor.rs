@@ -14,11 +14,16 @@ pub const LOG_VERSION: u32 = 1;
 pub enum Record {
     Start(Start),
     /// A later invocation continued the run (`--resume`).
-    Resume { t_ms: u64 },
+    Resume {
+        t_ms: u64,
+    },
     Tick(Tick),
     ProbeSent(ProbeSent),
     ProbeResult(ProbeResult),
-    End { t_ms: u64, reason: String },
+    End {
+        t_ms: u64,
+        reason: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -115,11 +120,7 @@ pub enum LogError {
         source: std::io::Error,
     },
     #[error("{path}:{line}: not a run-log record: {message}")]
-    Bad {
-        path: String,
-        line: usize,
-        message: String,
-    },
+    Bad { path: String, line: usize, message: String },
     #[error("{path} does not start with a start record")]
     NoStart { path: String },
     #[error("{path} was written by log version {found}; this timectl reads version {LOG_VERSION}")]
@@ -130,15 +131,9 @@ pub enum LogError {
 /// anything else malformed is an error naming the line.
 pub fn read_log(path: &Path) -> Result<Vec<Record>, LogError> {
     let p = path.display().to_string();
-    let io = |source| LogError::Io {
-        path: p.clone(),
-        source,
-    };
+    let io = |source| LogError::Io { path: p.clone(), source };
     let file = std::fs::File::open(path).map_err(io)?;
-    let lines: Vec<String> = std::io::BufReader::new(file)
-        .lines()
-        .collect::<Result<_, _>>()
-        .map_err(io)?;
+    let lines: Vec<String> = std::io::BufReader::new(file).lines().collect::<Result<_, _>>().map_err(io)?;
     let last = lines.iter().rposition(|l| !l.trim().is_empty());
     let mut out = Vec::new();
     for (i, line) in lines.iter().enumerate() {
@@ -150,20 +145,11 @@ pub fn read_log(path: &Path) -> Result<Vec<Record>, LogError> {
             Err(e) if Some(i) == last && e.is_eof() => {
                 tracing::warn!("{p}:{}: ignoring a torn last line", i + 1);
             }
-            Err(e) => {
-                return Err(LogError::Bad {
-                    path: p,
-                    line: i + 1,
-                    message: e.to_string(),
-                })
-            }
+            Err(e) => return Err(LogError::Bad { path: p, line: i + 1, message: e.to_string() }),
         }
     }
     match out.first() {
-        Some(Record::Start(s)) if s.version != LOG_VERSION => Err(LogError::Version {
-            path: p,
-            found: s.version,
-        }),
+        Some(Record::Start(s)) if s.version != LOG_VERSION => Err(LogError::Version { path: p, found: s.version }),
         Some(Record::Start(_)) => Ok(out),
         _ => Err(LogError::NoStart { path: p }),
     }
@@ -229,7 +215,11 @@ pub enum Finding {
         error: String,
     },
     /// The run ended before a probe's fate was known.
-    ProbeUnverified { id: u64, txid: String, sent_ms: u64 },
+    ProbeUnverified {
+        id: u64,
+        txid: String,
+        sent_ms: u64,
+    },
     HeightDecreased {
         node: String,
         from: u64,
@@ -241,9 +231,7 @@ pub enum Finding {
 impl Finding {
     pub fn severity(&self) -> Severity {
         match self {
-            Finding::Fork { .. } | Finding::Stall { .. } | Finding::LostTx { .. } => {
-                Severity::Error
-            }
+            Finding::Fork { .. } | Finding::Stall { .. } | Finding::LostTx { .. } => Severity::Error,
             _ => Severity::Warning,
         }
     }
@@ -273,13 +261,7 @@ impl Finding {
     /// One line for tables.
     pub fn describe(&self) -> String {
         match self {
-            Finding::Fork {
-                first_height,
-                last_height,
-                heights_checked,
-                hashes,
-                ..
-            } => {
+            Finding::Fork { first_height, last_height, heights_checked, hashes, .. } => {
                 let sides: Vec<String> = hashes
                     .iter()
                     .map(|(h, nodes)| format!("{} on {}", crate::output::short_hash(h), nodes.join(",")))
@@ -291,45 +273,26 @@ impl Finding {
                 };
                 format!("{span}: {}", sides.join(" vs "))
             }
-            Finding::Stall {
-                node,
-                height,
-                intervals,
-                until_ms,
-                ..
-            } => format!(
+            Finding::Stall { node, height, intervals, until_ms, .. } => format!(
                 "{node} made no progress for {intervals} intervals (height {}){}",
                 height.map_or("unknown".into(), |h| h.to_string()),
                 if until_ms.is_some() { ", then resumed" } else { ", still stalled" }
             ),
-            Finding::Unreachable {
-                node,
-                intervals,
-                error,
-                until_ms,
-                ..
-            } => format!(
-                "{node} unreachable for {intervals} intervals{}: {error}",
-                if until_ms.is_some() { " (recovered)" } else { "" }
+            Finding::Unreachable { node, intervals, error, until_ms, .. } => format!(
+                "{node} unreachable for {intervals} intervals{}: {}",
+                if until_ms.is_some() { " (recovered)" } else { "" },
+                error.strip_prefix("unreachable: ").unwrap_or(error)
             ),
-            Finding::LostTx {
-                id,
-                txid,
-                from,
-                checker,
-                status,
-                ..
-            } => format!(
+            Finding::LostTx { id, txid, from, checker, status, .. } => format!(
                 "probe {id} {} sent by {from} not final on {checker} (last status: {status})",
                 crate::output::short_hash(txid)
             ),
             Finding::ProbeSendFailed { id, from, error, .. } => {
                 format!("probe {id} from {from} not sent: {error}")
             }
-            Finding::ProbeUnverified { id, txid, .. } => format!(
-                "probe {id} {} still being tracked when the run ended",
-                crate::output::short_hash(txid)
-            ),
+            Finding::ProbeUnverified { id, txid, .. } => {
+                format!("probe {id} {} still being tracked when the run ended", crate::output::short_hash(txid))
+            }
             Finding::HeightDecreased { node, from, to, .. } => {
                 format!("{node} height went from {from} down to {to}")
             }
@@ -376,10 +339,7 @@ impl Analysis {
     }
 
     pub fn errors(&self) -> usize {
-        self.findings
-            .iter()
-            .filter(|f| f.severity() == Severity::Error)
-            .count()
+        self.findings.iter().filter(|f| f.severity() == Severity::Error).count()
     }
 
     pub fn passed(&self) -> bool {
@@ -407,10 +367,7 @@ fn percentile(sorted: &[u64], q: f64) -> Option<u64> {
 }
 
 pub fn analyze(records: &[Record]) -> Analysis {
-    let mut a = Analysis {
-        records: records.len(),
-        ..Default::default()
-    };
+    let mut a = Analysis { records: records.len(), ..Default::default() };
     let mut stall_intervals = 3u64;
     let mut probe_timeout_ms = 60_000u64;
     let mut states: BTreeMap<String, NodeState> = BTreeMap::new();
@@ -530,12 +487,7 @@ fn observe_node(
     // Progress and stalls. The first observation sets the baseline.
     let progressed = match (obs.height, st.last_height) {
         (Some(h), Some(prev)) if h < prev => {
-            a.findings.push(Finding::HeightDecreased {
-                node: obs.name.clone(),
-                from: prev,
-                to: h,
-                t_ms,
-            });
+            a.findings.push(Finding::HeightDecreased { node: obs.name.clone(), from: prev, to: h, t_ms });
             st.last_height = Some(h);
             false
         }
@@ -551,12 +503,7 @@ fn observe_node(
     }
     if progressed {
         if let Some(i) = st.stall.take() {
-            if let Finding::Stall {
-                until_ms,
-                intervals,
-                ..
-            } = &mut a.findings[i]
-            {
+            if let Finding::Stall { until_ms, intervals, .. } = &mut a.findings[i] {
                 *until_ms = Some(t_ms);
                 *intervals = idx - 1 - st.last_progress;
             }
@@ -588,20 +535,12 @@ fn collect_forks(
         if hashes.len() < 2 {
             continue;
         }
-        let mut partition: Vec<Vec<String>> = hashes
-            .values()
-            .map(|nodes| nodes.iter().cloned().collect())
-            .collect();
+        let mut partition: Vec<Vec<String>> = hashes.values().map(|nodes| nodes.iter().cloned().collect()).collect();
         partition.sort();
         let t = first_ms.get(&height).copied().unwrap_or_default();
         match by_partition.get(&partition) {
             Some(&i) => {
-                if let Finding::Fork {
-                    last_height,
-                    heights_checked,
-                    ..
-                } = &mut a.findings[i]
-                {
+                if let Finding::Fork { last_height, heights_checked, .. } = &mut a.findings[i] {
                     *last_height = height;
                     *heights_checked += 1;
                 }
@@ -613,10 +552,7 @@ fn collect_forks(
                     last_height: height,
                     heights_checked: 1,
                     first_seen_ms: t,
-                    hashes: hashes
-                        .iter()
-                        .map(|(h, n)| (h.clone(), n.iter().cloned().collect()))
-                        .collect(),
+                    hashes: hashes.iter().map(|(h, n)| (h.clone(), n.iter().cloned().collect())).collect(),
                 });
             }
         }
@@ -643,7 +579,7 @@ fn collect_probes(
         };
         a.probes.sent += 1;
         match results.get(&id) {
-            Some(r) if r.finalized && r.latency_ms.is_none_or(|l| l <= timeout_ms) => {
+            Some(r) if r.finalized && r.latency_ms.map_or(true, |l| l <= timeout_ms) => {
                 a.probes.finalized += 1;
                 if let Some(l) = r.latency_ms {
                     latencies.push(l);
@@ -663,11 +599,7 @@ fn collect_probes(
             None => {
                 a.probes.pending += 1;
                 if a.ended.is_some() {
-                    a.findings.push(Finding::ProbeUnverified {
-                        id,
-                        txid: txid.clone(),
-                        sent_ms: p.t_ms,
-                    });
+                    a.findings.push(Finding::ProbeUnverified { id, txid: txid.clone(), sent_ms: p.t_ms });
                 }
             }
         }
@@ -761,12 +693,7 @@ pub mod tests {
             })
             .into_iter()
             .collect();
-        Record::Tick(Tick {
-            seq,
-            t_ms: 1_000_000 + seq * 10_000,
-            nodes,
-            checks,
-        })
+        Record::Tick(Tick { seq, t_ms: 1_000_000 + seq * 10_000, nodes, checks })
     }
 
     fn sent(id: u64, seq: u64) -> Record {
@@ -803,10 +730,7 @@ pub mod tests {
                 r.push(result(s / 3, s, true, 800 + s * 10));
             }
         }
-        r.push(Record::End {
-            t_ms: 1_120_000,
-            reason: "completed".into(),
-        });
+        r.push(Record::End { t_ms: 1_120_000, reason: "completed".into() });
         r
     }
 
@@ -832,13 +756,7 @@ pub mod tests {
         let a = analyze(&r);
         assert_eq!(a.count("fork"), 1, "{:#?}", a.findings);
         match &a.findings[0] {
-            Finding::Fork {
-                first_height,
-                last_height,
-                heights_checked,
-                first_seen_ms,
-                hashes,
-            } => {
+            Finding::Fork { first_height, last_height, heights_checked, first_seen_ms, hashes } => {
                 assert_eq!((*first_height, *last_height, *heights_checked), (6, 7, 2));
                 assert_eq!(*first_seen_ms, 1_010_000);
                 assert_eq!(hashes["b"], vec!["n1", "n2"]);
@@ -890,13 +808,7 @@ pub mod tests {
         let a = analyze(&r);
         assert_eq!(a.count("stall"), 1, "{:#?}", a.findings);
         match &a.findings[0] {
-            Finding::Stall {
-                node,
-                height,
-                since_ms,
-                until_ms,
-                intervals,
-            } => {
+            Finding::Stall { node, height, since_ms, until_ms, intervals } => {
                 assert_eq!(node, "n2");
                 assert_eq!(*height, Some(3));
                 assert_eq!(*since_ms, 1_030_000);
@@ -922,11 +834,7 @@ pub mod tests {
         }
         let a = analyze(&r);
         match &a.findings[..] {
-            [Finding::Stall {
-                until_ms: Some(u),
-                intervals,
-                ..
-            }] => {
+            [Finding::Stall { until_ms: Some(u), intervals, .. }] => {
                 assert_eq!(*u, 1_060_000);
                 assert_eq!(*intervals, 4);
             }

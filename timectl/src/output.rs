@@ -71,18 +71,13 @@ impl Ui {
             return ProgressBar::hidden();
         }
         let pb = ProgressBar::new(len);
-        pb.set_style(
-            ProgressStyle::with_template("{bar:30} {percent:>3}% {msg}").expect("template"),
-        );
+        pb.set_style(ProgressStyle::with_template("{bar:30} {percent:>3}% {msg}").expect("template"));
         pb.set_message(msg.into());
         pb
     }
 
     pub fn print_json<T: Serialize + ?Sized>(&self, value: &T) {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(value).expect("serializable output")
-        );
+        println!("{}", serde_json::to_string_pretty(value).expect("serializable output"));
     }
 }
 
@@ -114,9 +109,7 @@ impl Verdict {
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// RFC 3339 UTC with seconds, from Unix milliseconds (std has no calendar, so the civil date
@@ -126,12 +119,7 @@ pub fn rfc3339(ms: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// Compact form for file names: 20251223T093000Z.

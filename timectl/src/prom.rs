@@ -70,10 +70,7 @@ pub fn parse(text: &str) -> Result<Metrics, ParseError> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let err = |message: String| ParseError {
-            line: i + 1,
-            message,
-        };
+        let err = |message: String| ParseError { line: i + 1, message };
         let name_end = line.find(['{', ' ', '\t']).unwrap_or(line.len());
         let name = line[..name_end].to_string();
         if name.is_empty() {
@@ -88,17 +85,9 @@ pub fn parse(text: &str) -> Result<Metrics, ParseError> {
         }
         // OpenMetrics exemplars follow " # "; they are not part of the value.
         let rest = rest.split(" # ").next().unwrap_or_default();
-        let value_text = rest
-            .split_whitespace()
-            .next()
-            .ok_or_else(|| err(format!("{name} has no value")))?;
-        let value =
-            parse_value(value_text).ok_or_else(|| err(format!("bad value {value_text:?}")))?;
-        samples.push(Sample {
-            name,
-            labels,
-            value,
-        });
+        let value_text = rest.split_whitespace().next().ok_or_else(|| err(format!("{name} has no value")))?;
+        let value = parse_value(value_text).ok_or_else(|| err(format!("bad value {value_text:?}")))?;
+        samples.push(Sample { name, labels, value });
     }
     Ok(Metrics { samples })
 }
@@ -174,27 +163,15 @@ impl Metrics {
         let bucket_name = format!("{name}_bucket");
         let mut per_series: BTreeMap<Vec<(String, String)>, Histogram> = BTreeMap::new();
         for s in &self.samples {
-            let mut key: Vec<(String, String)> = s
-                .labels
-                .iter()
-                .filter(|(k, _)| k.as_str() != "le")
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
+            let mut key: Vec<(String, String)> =
+                s.labels.iter().filter(|(k, _)| k.as_str() != "le").map(|(k, v)| (k.clone(), v.clone())).collect();
             key.sort();
-            let entry = || Histogram {
-                buckets: Vec::new(),
-                sum: 0.0,
-                count: 0.0,
-            };
+            let entry = || Histogram { buckets: Vec::new(), sum: 0.0, count: 0.0 };
             if s.name == bucket_name {
                 let Some(le) = s.labels.get("le").and_then(|v| parse_value(v)) else {
                     continue;
                 };
-                per_series
-                    .entry(key)
-                    .or_insert_with(entry)
-                    .buckets
-                    .push((le, s.value));
+                per_series.entry(key).or_insert_with(entry).buckets.push((le, s.value));
             } else if s.name == format!("{name}_sum") {
                 per_series.entry(key).or_insert_with(entry).sum = s.value;
             } else if s.name == format!("{name}_count") {

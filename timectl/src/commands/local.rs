@@ -81,11 +81,7 @@ pub enum LocalError {
     #[error("cannot find the timed binary (looked at: {})", tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
     TimedNotFound { tried: Vec<PathBuf> },
     #[error("network {network:?} is already running ({node} has pid {pid})")]
-    AlreadyRunning {
-        network: String,
-        node: String,
-        pid: u32,
-    },
+    AlreadyRunning { network: String, node: String, pid: u32 },
     #[error("{path} is a {provider} inventory, not a local one")]
     NotLocal { path: PathBuf, provider: String },
     #[error("cannot start {node}")]
@@ -95,19 +91,9 @@ pub enum LocalError {
         source: std::io::Error,
     },
     #[error("{node} exited during start-up ({status}); last lines of {log}:\n{tail}")]
-    Exited {
-        node: String,
-        status: String,
-        log: PathBuf,
-        tail: String,
-    },
+    Exited { node: String, status: String, log: PathBuf, tail: String },
     #[error("{node} did not write {path} within {secs:.0} s")]
-    NoNodeJson {
-        node: String,
-        path: PathBuf,
-        secs: f64,
-        log: PathBuf,
-    },
+    NoNodeJson { node: String, path: PathBuf, secs: f64, log: PathBuf },
     #[error("{path}: {message}")]
     BadNodeJson { path: PathBuf, message: String },
     #[error("no RPC answer within {secs:.0} s from {}", nodes.join(", "))]
@@ -125,9 +111,7 @@ pub enum LocalError {
 impl LocalError {
     pub fn hint(&self) -> Option<String> {
         Some(match self {
-            LocalError::TimedNotFound { .. } => {
-                "build it with `cargo build -p timed`, or pass --timed PATH".into()
-            }
+            LocalError::TimedNotFound { .. } => "build it with `cargo build -p timed`, or pass --timed PATH".into(),
             LocalError::AlreadyRunning { network, .. } => {
                 format!("stop it first with `timectl local down --network {network}`")
             }
@@ -140,9 +124,7 @@ impl LocalError {
             LocalError::NotReady { .. } => {
                 "the nodes keep running; look at their logs, then `timectl local down`".into()
             }
-            LocalError::StillRunning { .. } => {
-                "check with `ps`; nothing was wiped".into()
-            }
+            LocalError::StillRunning { .. } => "check with `ps`; nothing was wiped".into(),
             _ => return None,
         })
     }
@@ -171,9 +153,7 @@ fn find_timed(explicit: Option<&Path>) -> Result<PathBuf, LocalError> {
         return if p.is_file() {
             Ok(p.to_path_buf())
         } else {
-            Err(LocalError::TimedNotFound {
-                tried: vec![p.to_path_buf()],
-            })
+            Err(LocalError::TimedNotFound { tried: vec![p.to_path_buf()] })
         };
     }
     let mut tried = Vec::new();
@@ -183,18 +163,11 @@ fn find_timed(explicit: Option<&Path>) -> Result<PathBuf, LocalError> {
     if let Some(path) = std::env::var_os("PATH") {
         tried.extend(std::env::split_paths(&path).map(|d| d.join("timed")));
     }
-    tried
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or(LocalError::TimedNotFound { tried })
+    tried.iter().find(|p| p.is_file()).cloned().ok_or(LocalError::TimedNotFound { tried })
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LocalError + '_ {
-    move |source| LocalError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| LocalError::Io { path: path.to_path_buf(), source }
 }
 
 /// The state letter of a process from /proc/PID/stat, None when it does not exist.
@@ -217,19 +190,12 @@ fn is_our_timed(pid: u32, data_dir: Option<&Path>) -> bool {
     let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
-    let args: Vec<String> = raw
-        .split(|&b| b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    let exe_ok = args
-        .first()
-        .and_then(|a| Path::new(a).file_name())
-        .is_some_and(|n| n.to_string_lossy().starts_with("timed"));
+    let args: Vec<String> = raw.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let exe_ok =
+        args.first().and_then(|a| Path::new(a).file_name()).is_some_and(|n| n.to_string_lossy().starts_with("timed"));
     let dir_ok = match data_dir {
         None => true,
-        Some(d) => args
-            .windows(2)
-            .any(|w| w[0] == "--data-dir" && Path::new(&w[1]) == d),
+        Some(d) => args.windows(2).any(|w| w[0] == "--data-dir" && Path::new(&w[1]) == d),
     };
     exe_ok && dir_ok
 }
@@ -291,27 +257,15 @@ fn spawn_node(plan: &Plan, index: u32, base: &Path, peers: Option<&str>) -> Resu
     if let Some(p) = peers {
         cmd.arg("--peers").arg(p);
     }
-    cmd.env(
-        "RUST_LOG",
-        std::env::var("TIMECTL_NODE_LOG").unwrap_or_else(|_| "info".into()),
-    )
-    .stdin(Stdio::null())
-    .stdout(log_file)
-    .stderr(log_err)
-    // Own process group: a ctrl-c in this terminal later must not reach the nodes.
-    .process_group(0);
+    cmd.env("RUST_LOG", std::env::var("TIMECTL_NODE_LOG").unwrap_or_else(|_| "info".into()))
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(log_err)
+        // Own process group: a ctrl-c in this terminal later must not reach the nodes.
+        .process_group(0);
     tracing::info!("starting {name}: {cmd:?}");
-    let child = cmd.spawn().map_err(|source| LocalError::Spawn {
-        node: name.clone(),
-        source,
-    })?;
-    Ok(Started {
-        name,
-        child,
-        data_dir,
-        log,
-        info: None,
-    })
+    let child = cmd.spawn().map_err(|source| LocalError::Spawn { node: name.clone(), source })?;
+    Ok(Started { name, child, data_dir, log, info: None })
 }
 
 async fn wait_node_json(s: &mut Started, deadline: Instant, secs: f64) -> Result<(), LocalError> {
@@ -339,12 +293,7 @@ async fn wait_node_json(s: &mut Started, deadline: Instant, secs: f64) -> Result
             }
         }
         if Instant::now() >= deadline {
-            return Err(LocalError::NoNodeJson {
-                node: s.name.clone(),
-                path,
-                secs,
-                log: s.log.clone(),
-            });
+            return Err(LocalError::NoNodeJson { node: s.name.clone(), path, secs, log: s.log.clone() });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -401,22 +350,11 @@ async fn wait_rpc_ready(nodes: &[Node], started: &mut [Started], timeout: f64, u
         let probe: Vec<Node> = pending.iter().map(|&i| nodes[i].clone()).collect();
         let results = client::fan_out(&probe, Duration::from_secs(2), |n| async move {
             let c = client::rpc_client(&n, Duration::from_secs(2))?;
-            c.request::<u64, _>("getblockcount", jsonrpsee::rpc_params![])
-                .await
-                .map_err(|e| client::compact_error(&e))
+            c.request::<u64, _>("getblockcount", jsonrpsee::rpc_params![]).await.map_err(|e| client::compact_error(&e))
         })
         .await;
-        pending = pending
-            .into_iter()
-            .zip(results)
-            .filter(|(_, (r, _))| r.is_err())
-            .map(|(i, _)| i)
-            .collect();
-        spinner.set_message(format!(
-            "waiting for RPC: {}/{} nodes ready",
-            nodes.len() - pending.len(),
-            nodes.len()
-        ));
+        pending = pending.into_iter().zip(results).filter(|(_, (r, _))| r.is_err()).map(|(i, _)| i).collect();
+        spinner.set_message(format!("waiting for RPC: {}/{} nodes ready", nodes.len() - pending.len(), nodes.len()));
         if pending.is_empty() {
             break;
         }
@@ -435,11 +373,7 @@ async fn wait_rpc_ready(nodes: &[Node], started: &mut [Started], timeout: f64, u
 
 async fn up(a: UpArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
     let (inv_path, network) = match (&g.inventory, &g.network) {
-        (Some(p), _) => (
-            p.clone(),
-            p.file_stem()
-                .map_or("local".into(), |s| s.to_string_lossy().into_owned()),
-        ),
+        (Some(p), _) => (p.clone(), p.file_stem().map_or("local".into(), |s| s.to_string_lossy().into_owned())),
         (None, Some(n)) => (inventory::network_path(n), n.clone()),
         (None, None) => (inventory::network_path("local"), "local".to_string()),
     };
@@ -448,31 +382,17 @@ async fn up(a: UpArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
     if inv_path.exists() {
         let old = Inventory::load(&inv_path)?;
         if old.provider != Provider::Local {
-            return Err(LocalError::NotLocal {
-                path: inv_path,
-                provider: old.provider.name().into(),
-            }
-            .into());
+            return Err(LocalError::NotLocal { path: inv_path, provider: old.provider.name().into() }.into());
         }
-        if let Some(n) = old
-            .nodes
-            .iter()
-            .find(|n| n.pid.is_some_and(|p| is_our_timed(p, n.data_dir.as_deref())))
-        {
-            return Err(LocalError::AlreadyRunning {
-                network,
-                node: n.name.clone(),
-                pid: n.pid.unwrap_or_default(),
-            }
-            .into());
+        if let Some(n) = old.nodes.iter().find(|n| n.pid.is_some_and(|p| is_our_timed(p, n.data_dir.as_deref()))) {
+            return Err(
+                LocalError::AlreadyRunning { network, node: n.name.clone(), pid: n.pid.unwrap_or_default() }.into()
+            );
         }
     }
 
     let timed = find_timed(a.timed.as_deref())?;
-    let base = a
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("nodes").join(&network));
+    let base = a.data_dir.clone().unwrap_or_else(|| PathBuf::from("nodes").join(&network));
     let base = std::path::absolute(&base).map_err(io_err(&base))?;
     if !a.keep_data {
         for i in 1..=a.nodes {
@@ -484,11 +404,8 @@ async fn up(a: UpArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
     }
     std::fs::create_dir_all(&base).map_err(io_err(&base))?;
 
-    let plan = Plan {
-        timed: &timed,
-        block_time: a.block_time,
-        devnet_validators: a.devnet_validators.unwrap_or(a.nodes),
-    };
+    let plan =
+        Plan { timed: &timed, block_time: a.block_time, devnet_validators: a.devnet_validators.unwrap_or(a.nodes) };
     let deadline = Instant::now() + Duration::from_secs_f64(a.timeout);
     let spinner = ui.spinner(format!("starting {} nodes", a.nodes));
     let mut started: Vec<Started> = Vec::new();
@@ -573,11 +490,7 @@ struct DownRow {
 async fn down(a: DownArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
     let (path, inv) = crate::commands::open_inventory(g)?;
     if inv.provider != Provider::Local {
-        return Err(LocalError::NotLocal {
-            path,
-            provider: inv.provider.name().into(),
-        }
-        .into());
+        return Err(LocalError::NotLocal { path, provider: inv.provider.name().into() }.into());
     }
     let spinner = ui.spinner(format!("stopping {} nodes", inv.nodes.len()));
     let mut rows: Vec<DownRow> = Vec::new();
@@ -597,11 +510,7 @@ async fn down(a: DownArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
                 }
             },
         };
-        rows.push(DownRow {
-            node: n.name.clone(),
-            pid: n.pid,
-            result,
-        });
+        rows.push(DownRow { node: n.name.clone(), pid: n.pid, result });
     }
     let deadline = Instant::now() + Duration::from_secs_f64(a.timeout);
     while signalled.iter().any(|&(_, p)| alive(p)) && Instant::now() < deadline {
@@ -619,11 +528,8 @@ async fn down(a: DownArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     spinner.finish_and_clear();
-    let stuck: Vec<String> = signalled
-        .iter()
-        .filter(|&&(_, p)| alive(p))
-        .map(|&(row, _)| rows[row].node.clone())
-        .collect();
+    let stuck: Vec<String> =
+        signalled.iter().filter(|&&(_, p)| alive(p)).map(|&(row, _)| rows[row].node.clone()).collect();
 
     let mut wiped = false;
     if a.wipe && stuck.is_empty() {
@@ -655,11 +561,7 @@ async fn down(a: DownArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
     } else {
         let mut t = ui.table(&["node", "pid", "result"]);
         for r in &rows {
-            t.add_row(vec![
-                r.node.clone(),
-                r.pid.map(|p| p.to_string()).unwrap_or_default(),
-                r.result.to_string(),
-            ]);
+            t.add_row(vec![r.node.clone(), r.pid.map(|p| p.to_string()).unwrap_or_default(), r.result.to_string()]);
         }
         println!("{t}");
         if wiped {

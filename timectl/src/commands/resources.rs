@@ -86,7 +86,7 @@ impl ResourceSource for MetricsScrape {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
     Memory,
@@ -202,28 +202,13 @@ pub fn measure(a: &Snapshot, b: &Snapshot) -> Vec<(Metric, Option<f64>)> {
         _ => None,
     };
     vec![
-        (
-            Metric::BlockTime,
-            b.block_interval.as_ref().and_then(Histogram::mean),
-        ),
-        (
-            Metric::FinalityP50,
-            b.finality.as_ref().and_then(|h| h.quantile(0.5)),
-        ),
-        (
-            Metric::FinalityP99,
-            b.finality.as_ref().and_then(|h| h.quantile(0.99)),
-        ),
+        (Metric::BlockTime, b.block_interval.as_ref().and_then(Histogram::mean)),
+        (Metric::FinalityP50, b.finality.as_ref().and_then(|h| h.quantile(0.5))),
+        (Metric::FinalityP99, b.finality.as_ref().and_then(|h| h.quantile(0.99))),
         (Metric::Memory, b.rss_bytes.map(|r| r / (1024.0 * 1024.0))),
         (Metric::Cpu, rate(a.cpu_seconds, b.cpu_seconds).map(|c| c * 100.0)),
-        (
-            Metric::Network,
-            rate(a.p2p_bytes, b.p2p_bytes).map(|r| r * 8.0 / 1e6),
-        ),
-        (
-            Metric::RpcP95,
-            b.rpc.as_ref().and_then(|h| h.quantile(0.95)).map(|s| s * 1000.0),
-        ),
+        (Metric::Network, rate(a.p2p_bytes, b.p2p_bytes).map(|r| r * 8.0 / 1e6)),
+        (Metric::RpcP95, b.rpc.as_ref().and_then(|h| h.quantile(0.95)).map(|s| s * 1000.0)),
     ]
 }
 
@@ -258,16 +243,18 @@ pub fn judge_node(node: &str, r: Result<Vec<(Metric, Option<f64>)>, String>, t: 
                 })
                 .collect(),
         },
-        Err(e) => NodeResources {
-            node: node.into(),
-            error: Some(e),
-            values: Vec::new(),
-        },
+        Err(e) => NodeResources { node: node.into(), error: Some(e), values: Vec::new() },
     }
 }
 
 fn fmt_value(v: f64, unit: &str) -> String {
-    let digits = if v >= 100.0 { 0 } else if v >= 1.0 { 1 } else { 3 };
+    let digits = if v >= 100.0 {
+        0
+    } else if v >= 1.0 {
+        1
+    } else {
+        3
+    };
     format!("{v:.digits$} {unit}")
 }
 
@@ -277,23 +264,14 @@ pub fn render(rows: &[NodeResources], t: &Targets, ui: Ui) -> String {
     let mut table = ui.table(&header);
     for metric in METRICS {
         let (target, ok) = t.describe(metric);
-        let mut cells = vec![
-            comfy_table::Cell::new(t.label(metric)),
-            comfy_table::Cell::new(target),
-            comfy_table::Cell::new(ok),
-        ];
+        let mut cells =
+            vec![comfy_table::Cell::new(t.label(metric)), comfy_table::Cell::new(target), comfy_table::Cell::new(ok)];
         for r in rows {
             let cell = match (&r.error, r.values.iter().find(|v| v.metric == metric)) {
                 (Some(_), _) => ui.colored("unreachable", comfy_table::Color::Red),
-                (None, Some(Value {
-                    value: Some(v),
-                    unit,
-                    verdict: Some(verdict),
-                    ..
-                })) => ui.colored(
-                    format!("{} {}", fmt_value(*v, unit), verdict.label()),
-                    verdict.color(),
-                ),
+                (None, Some(Value { value: Some(v), unit, verdict: Some(verdict), .. })) => {
+                    ui.colored(format!("{} {}", fmt_value(*v, unit), verdict.label()), verdict.color())
+                }
                 _ => comfy_table::Cell::new("n/a"),
             };
             cells.push(cell);
@@ -331,9 +309,7 @@ pub async fn run(a: ResourcesArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
         async move { src.snapshot(&n).await }
     })
     .await;
-    let targets = Targets {
-        block_time_secs: configured_block_time(&nodes, timeout).await,
-    };
+    let targets = Targets { block_time_secs: configured_block_time(&nodes, timeout).await };
 
     let wait_ms = (a.interval * 1000.0) as u64;
     let bar = ui.bar(wait_ms, "between scrapes");
@@ -370,10 +346,7 @@ pub async fn run(a: ResourcesArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
     if down > 0 {
         return Err(Reported(format!("{down} of {} nodes could not be measured", rows.len())).into());
     }
-    let failing = rows
-        .iter()
-        .flat_map(|r| &r.values)
-        .any(|v| v.verdict == Some(Verdict::Fail));
+    let failing = rows.iter().flat_map(|r| &r.values).any(|v| v.verdict == Some(Verdict::Fail));
     Ok(if a.strict && failing { EXIT_RESOURCES } else { EXIT_OK })
 }
 

@@ -85,9 +85,7 @@ pub async fn run(a: RpcArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
             for v in params {
                 p.insert(v).map_err(|e| e.to_string())?;
             }
-            c.request::<Value, _>(&method, p)
-                .await
-                .map_err(|e| client::compact_error(&e))
+            c.request::<Value, _>(&method, p).await.map_err(|e| client::compact_error(&e))
         }
     })
     .await;
@@ -114,11 +112,7 @@ pub async fn run(a: RpcArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
                 (None, Some(e)) => ui.colored(format!("error: {e}"), comfy_table::Color::Red),
                 _ => comfy_table::Cell::new(""),
             };
-            t.add_row(vec![
-                comfy_table::Cell::new(&r.node),
-                cell,
-                comfy_table::Cell::new(r.latency_ms),
-            ]);
+            t.add_row(vec![comfy_table::Cell::new(&r.node), cell, comfy_table::Cell::new(r.latency_ms)]);
         }
         println!("{t}");
     }

@@ -63,18 +63,13 @@ async fn query(n: crate::inventory::Node, timeout: Duration) -> Result<NodeStatu
 }
 
 pub fn render(rows: &[NodeStatus], ui: Ui) -> String {
-    let mut t = ui.table(&[
-        "node", "reachable", "height", "tip", "peers", "mempool", "finality", "version", "uptime",
-    ]);
+    let mut t = ui.table(&["node", "reachable", "height", "tip", "peers", "mempool", "finality", "version", "uptime"]);
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     for r in rows {
         let reach = if r.reachable {
             ui.colored("yes", comfy_table::Color::Green)
         } else {
-            ui.colored(
-                format!("no: {}", r.error.clone().unwrap_or_default()),
-                comfy_table::Color::Red,
-            )
+            ui.colored(format!("no: {}", r.error.clone().unwrap_or_default()), comfy_table::Color::Red)
         };
         t.add_row(vec![
             comfy_table::Cell::new(&r.node),
@@ -134,11 +129,7 @@ mod tests {
 
     #[test]
     fn table_snapshot() {
-        let ui = Ui {
-            json: false,
-            color: false,
-            progress: false,
-        };
+        let ui = Ui { json: false, color: false, progress: false };
         let rows = vec![
             NodeStatus {
                 node: "node1".into(),

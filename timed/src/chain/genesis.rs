@@ -281,13 +281,12 @@ pub fn reward_outputs(
     let weight: u128 = recipients.iter().map(|i| validators[*i as usize].tier.reward_weight() as u128).sum();
     let mut shares: Vec<(ValidatorIndex, u64)> = Vec::new();
     let mut paid: u64 = 0;
-    if weight > 0 {
-        for i in &recipients {
-            let share = (total as u128 * validators[*i as usize].tier.reward_weight() as u128 / weight) as u64;
-            if share >= DUST_LIMIT {
-                shares.push((*i, share));
-                paid += share;
-            }
+    for i in &recipients {
+        let w = validators[*i as usize].tier.reward_weight() as u128;
+        let share = (total as u128 * w).checked_div(weight).unwrap_or(0) as u64;
+        if share >= DUST_LIMIT {
+            shares.push((*i, share));
+            paid += share;
         }
     }
     let rest = total - paid;

@@ -26,7 +26,7 @@ const MAX_PROPOSALS_PER_ROUND: usize = 2;
 /// Equivocation evidence kept for inspection.
 const MAX_EVIDENCE: usize = 64;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TimeoutKind {
     Propose,
     Prevote,
@@ -126,20 +126,22 @@ impl BftParams {
     }
 }
 
-/// What the caller must do.
+/// What the caller must do, at the machine's current height.
+// Blocks travel unboxed: a handful of actions per event, moved straight to the caller.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// This node proposes for `round`. With `block` set, re-broadcast that block (the valid
-    /// value) with `valid_round`; otherwise build and sign a new block. Either way feed the
-    /// proposal back through `on_proposal`.
-    Propose { height: u64, round: u32, valid_round: Option<u32>, block: Option<Box<Block>> },
+    /// This node proposes for `round`. With `valid_block` set, re-broadcast that block (the
+    /// valid value) with `valid_round`; otherwise build and sign a new block. Either way feed
+    /// the proposal back through `on_proposal`.
+    Propose { round: u32, valid_round: Option<u32>, valid_block: Option<Block> },
     /// Sign and broadcast this vote, and feed it back through `on_vote`.
-    Vote { kind: VoteKind, height: u64, round: u32, block_hash: Option<BlockHash> },
+    Vote { kind: VoteKind, round: u32, block_hash: Option<BlockHash> },
     /// Call `on_timeout(kind, height, round)` after `after_ms`.
     ScheduleTimeout { kind: TimeoutKind, height: u64, round: u32, after_ms: u64 },
     /// The height is decided: `cert_votes` are at least a quorum of precommits for `block`
     /// in `round`. Happens once per height.
-    Commit { height: u64, round: u32, block: Box<Block>, cert_votes: Vec<Vote> },
+    Commit { height: u64, round: u32, block: Block, cert_votes: Vec<Vote> },
 }
 
 /// Counters for getconsensusinfo.
@@ -216,12 +218,15 @@ struct RoundState {
     precommit_timeout_armed: bool,
 }
 
+/// Maps a round to its proposer.
+type ProposerFn = Box<dyn Fn(u32) -> ValidatorIndex + Send + Sync>;
+
 pub struct Bft {
     params: BftParams,
     height: u64,
     round: u32,
     step: Step,
-    ranking: Vec<ValidatorIndex>,
+    proposer_of: Option<ProposerFn>,
     /// (round, block hash): lockedRound/lockedValue and validRound/validValue.
     locked: Option<(u32, BlockHash)>,
     valid: Option<(u32, BlockHash)>,
@@ -234,14 +239,23 @@ pub struct Bft {
 }
 
 impl Bft {
-    pub fn new(params: BftParams) -> Result<Self, BftParamsError> {
+    /// Panics on parameters that [`BftParams::validate`] refuses: a quorum too small for
+    /// safety is a bug, never a state to run in. See [`Bft::try_new`].
+    pub fn new(params: BftParams) -> Self {
+        match Self::try_new(params) {
+            Ok(b) => b,
+            Err(e) => panic!("invalid BFT parameters: {e}"),
+        }
+    }
+
+    pub fn try_new(params: BftParams) -> Result<Self, BftParamsError> {
         params.validate()?;
         Ok(Bft {
             params,
             height: 0,
             round: 0,
             step: Step::Idle,
-            ranking: Vec::new(),
+            proposer_of: None,
             locked: None,
             valid: None,
             blocks: HashMap::new(),
@@ -285,9 +299,9 @@ impl Bft {
         self.step == Step::Committed
     }
 
-    /// The proposer of `round` at this height.
+    /// The proposer of `round` at this height (none before the first height starts).
     pub fn proposer(&self, round: u32) -> Option<ValidatorIndex> {
-        super::leader::proposer(&self.ranking, round)
+        self.proposer_of.as_ref().map(|f| f(round))
     }
 
     /// lockedRound and lockedValue.
@@ -301,10 +315,14 @@ impl Bft {
     }
 
     /// Starts `height` at round 0, forgetting everything about the previous one. Round `r` is
-    /// proposed by `ranking[r % len]` (see [`super::leader::ranking`]).
-    pub fn start_height(&mut self, height: u64, ranking: Vec<ValidatorIndex>) -> Vec<Action> {
+    /// proposed by `proposer_of(r)`, usually `ranking[r % len]` of [`super::leader::ranking`].
+    pub fn start_height(
+        &mut self,
+        height: u64,
+        proposer_of: impl Fn(u32) -> ValidatorIndex + Send + Sync + 'static,
+    ) -> Vec<Action> {
         self.height = height;
-        self.ranking = ranking;
+        self.proposer_of = Some(Box::new(proposer_of));
         self.locked = None;
         self.valid = None;
         self.blocks.clear();
@@ -423,11 +441,11 @@ impl Bft {
         self.step = Step::Propose;
         if let (Some(me), Some(p)) = (self.params.me, self.proposer(round)) {
             if me == p {
-                let (valid_round, block) = match self.valid {
-                    Some((vr, h)) => (Some(vr), self.blocks.get(&h).map(|b| Box::new(b.block.clone()))),
+                let (valid_round, valid_block) = match self.valid {
+                    Some((vr, h)) => (Some(vr), self.blocks.get(&h).map(|b| b.block.clone())),
                     None => (None, None),
                 };
-                out.push(Action::Propose { height: self.height, round, valid_round, block });
+                out.push(Action::Propose { round, valid_round, valid_block });
             }
         }
         // The paper arms this only on other nodes; arming it here too means a proposer that
@@ -446,7 +464,7 @@ impl Bft {
 
     fn vote(&self, kind: VoteKind, block_hash: Option<BlockHash>, out: &mut Vec<Action>) {
         if self.params.me.is_some() {
-            out.push(Action::Vote { kind, height: self.height, round: self.round, block_hash });
+            out.push(Action::Vote { kind, round: self.round, block_hash });
         }
     }
 
@@ -475,7 +493,7 @@ impl Bft {
             let cert_votes = self.rounds[&r].precommits.votes_for(Some(h));
             self.step = Step::Committed;
             self.stats.commits += 1;
-            out.push(Action::Commit { height: self.height, round: r, block: Box::new(block), cert_votes });
+            out.push(Action::Commit { height: self.height, round: r, block, cert_votes });
             return true;
         }
 
@@ -572,5 +590,666 @@ fn lock_permits(locked: Option<(u32, BlockHash)>, v: BlockHash, since: Option<u3
     match locked {
         None => true,
         Some((locked_round, locked_value)) => locked_value == v || since.is_some_and(|vr| locked_round <= vr),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::{BlockHeader, Hash256, Signature};
+    use crate::consensus::leader;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use std::collections::HashSet;
+
+    fn make_block(height: u64, round: u32, producer: ValidatorIndex, prev_hash: BlockHash, salt: u64) -> Block {
+        Block {
+            header: BlockHeader {
+                version: 1,
+                height,
+                prev_hash,
+                merkle_root: Hash256::ZERO,
+                timestamp_ms: salt,
+                slot: height,
+                round,
+                producer,
+                last_commit_hash: Hash256::ZERO,
+            },
+            producer_sig: Signature([0; 64]),
+            txs: vec![],
+            last_commit: None,
+        }
+    }
+
+    fn vote(kind: VoteKind, height: u64, round: u32, block_hash: Option<BlockHash>, validator: ValidatorIndex) -> Vote {
+        Vote { kind, height, round, block_hash, validator, signature: Signature([0; 64]) }
+    }
+
+    fn all(n: usize) -> Vec<ValidatorIndex> {
+        (0..n as ValidatorIndex).collect()
+    }
+
+    fn ranking_for(prev_hash: &BlockHash, height: u64, n: usize) -> Vec<ValidatorIndex> {
+        leader::ranking(prev_hash, height, &all(n))
+    }
+
+    /// Round r goes to `ranking[r % len]`, as the node does it.
+    fn rot(ranking: Vec<ValidatorIndex>) -> impl Fn(u32) -> ValidatorIndex + Send + Sync + 'static {
+        move |r| ranking[r as usize % ranking.len()]
+    }
+
+    /// Virtual time a simulation may take: hours of rounds, far beyond what any run needs.
+    const RUN_LIMIT_MS: u64 = 6 * 3_600_000;
+
+    #[derive(Clone, Debug)]
+    enum Msg {
+        Proposal { round: u32, block: Block, valid_round: Option<u32>, from: ValidatorIndex },
+        Vote(Vote),
+    }
+
+    impl Msg {
+        fn height(&self) -> u64 {
+            match self {
+                Msg::Proposal { block, .. } => block.height(),
+                Msg::Vote(v) => v.height,
+            }
+        }
+        fn round(&self) -> u32 {
+            match self {
+                Msg::Proposal { round, .. } => *round,
+                Msg::Vote(v) => v.round,
+            }
+        }
+    }
+
+    enum Event {
+        /// `catch_up`: a reply helping a laggard, which never triggers a reply itself.
+        Deliver { from: usize, to: usize, msg: Msg, catch_up: bool },
+        Timeout { node: usize, kind: TimeoutKind, height: u64, round: u32 },
+    }
+
+    /// Everything a node needs to help a laggard finish a height it already committed: the
+    /// proposal and the certificate (what block sync / gossip catch-up provide in the node).
+    #[derive(Clone)]
+    struct Committed {
+        round: u32,
+        block: Block,
+        proposer: ValidatorIndex,
+        cert: Vec<Vote>,
+    }
+
+    /// A deterministic network of Bft machines. Messages and timers are events on a virtual
+    /// clock; before `gst` messages between nodes may be dropped or delayed up to
+    /// `max_delay`, after it they arrive within `post_gst_delay`.
+    struct Net {
+        n: usize,
+        quorum: usize,
+        nodes: Vec<Bft>,
+        crashed: HashSet<usize>,
+        byzantine: Option<usize>,
+        byz_handled: HashSet<(u64, u32, Option<BlockHash>)>,
+        now: u64,
+        seq: u64,
+        queue: BTreeMap<(u64, u64), Event>,
+        rng: StdRng,
+        drop_prob: f64,
+        max_delay: u64,
+        gst: u64,
+        post_gst_delay: u64,
+        /// Messages for heights a node has not reached yet (the caller's buffer).
+        buffered: Vec<Vec<(usize, Msg, bool)>>,
+        commits: Vec<BTreeMap<u64, Committed>>,
+        target: u64,
+    }
+
+    impl Net {
+        fn new(n: usize, seed: u64, target: u64) -> Self {
+            let params = |i: usize| BftParams::new(n, Some(i as ValidatorIndex));
+            Net {
+                n,
+                quorum: params(0).quorum,
+                nodes: (0..n).map(|i| Bft::new(params(i))).collect(),
+                crashed: HashSet::new(),
+                byzantine: None,
+                byz_handled: HashSet::new(),
+                now: 0,
+                seq: 0,
+                queue: BTreeMap::new(),
+                rng: StdRng::seed_from_u64(seed),
+                drop_prob: 0.0,
+                max_delay: 0,
+                gst: 0,
+                post_gst_delay: 0,
+                buffered: vec![Vec::new(); n],
+                commits: vec![BTreeMap::new(); n],
+                target,
+            }
+        }
+
+        fn honest(&self) -> Vec<usize> {
+            (0..self.n).filter(|i| !self.crashed.contains(i) && self.byzantine != Some(*i)).collect()
+        }
+
+        fn push(&mut self, at: u64, ev: Event) {
+            self.seq += 1;
+            self.queue.insert((at, self.seq), ev);
+        }
+
+        fn send(&mut self, from: usize, to: usize, msg: Msg) {
+            self.send_as(from, to, msg, false);
+        }
+
+        fn send_as(&mut self, from: usize, to: usize, msg: Msg, catch_up: bool) {
+            let delay = if from == to {
+                0
+            } else if self.now < self.gst {
+                if self.rng.gen_bool(self.drop_prob) {
+                    return;
+                }
+                self.rng.gen_range(0..=self.max_delay)
+            } else {
+                self.rng.gen_range(0..=self.post_gst_delay)
+            };
+            self.push(self.now + delay, Event::Deliver { from, to, msg, catch_up });
+        }
+
+        fn broadcast(&mut self, from: usize, msg: Msg) {
+            for to in 0..self.n {
+                self.send(from, to, msg.clone());
+            }
+        }
+
+        /// The first hash any node committed at a height (the chain everyone builds on).
+        fn chain_hash(&self, height: u64) -> BlockHash {
+            if height == 0 {
+                return Hash256::digest(b"genesis");
+            }
+            self.commits.iter().find_map(|c| c.get(&height)).map(|c| c.block.hash()).expect("parent committed")
+        }
+
+        fn start(&mut self) {
+            for i in self.honest() {
+                let ranking = ranking_for(&self.chain_hash(0), 1, self.n);
+                let actions = self.nodes[i].start_height(1, rot(ranking));
+                self.handle(i, actions);
+            }
+        }
+
+        fn handle(&mut self, i: usize, actions: Vec<Action>) {
+            for a in actions {
+                match a {
+                    Action::Propose { round, valid_round, valid_block } => {
+                        let height = self.nodes[i].height();
+                        let block = match valid_block {
+                            Some(b) => b,
+                            None => make_block(height, round, i as ValidatorIndex, self.chain_hash(height - 1), 0),
+                        };
+                        let msg = Msg::Proposal { round, block, valid_round, from: i as ValidatorIndex };
+                        self.broadcast(i, msg);
+                    }
+                    Action::Vote { kind, round, block_hash } => {
+                        let height = self.nodes[i].height();
+                        self.broadcast(i, Msg::Vote(vote(kind, height, round, block_hash, i as ValidatorIndex)));
+                    }
+                    Action::ScheduleTimeout { kind, height, round, after_ms } => {
+                        self.push(self.now + after_ms, Event::Timeout { node: i, kind, height, round });
+                    }
+                    Action::Commit { height, round, block, cert_votes } => self.commit(i, height, round, block, cert_votes),
+                }
+            }
+        }
+
+        fn commit(&mut self, i: usize, height: u64, round: u32, block: Block, cert: Vec<Vote>) {
+            let hash = block.hash();
+            assert!(cert.len() >= self.quorum, "certificate below quorum");
+            let signers: HashSet<ValidatorIndex> = cert.iter().map(|v| v.validator).collect();
+            assert_eq!(signers.len(), cert.len(), "duplicate signer in certificate");
+            assert!(cert
+                .iter()
+                .all(|v| v.kind == VoteKind::Precommit && v.height == height && v.round == round && v.block_hash == Some(hash)));
+            // Safety: nobody committed anything else at this height.
+            for (j, c) in self.commits.iter().enumerate() {
+                if let Some(other) = c.get(&height) {
+                    assert_eq!(other.block.hash(), hash, "node {i} and node {j} committed different blocks at {height}");
+                }
+            }
+            assert!(self.commits[i].insert(height, Committed {
+                round,
+                proposer: block.header.producer,
+                block,
+                cert,
+            })
+            .is_none());
+            if height < self.target {
+                let ranking = ranking_for(&hash, height + 1, self.n);
+                let actions = self.nodes[i].start_height(height + 1, rot(ranking));
+                self.handle(i, actions);
+                for (from, msg, catch_up) in std::mem::take(&mut self.buffered[i]) {
+                    self.deliver(from, i, msg, catch_up);
+                }
+            }
+        }
+
+        fn deliver(&mut self, from: usize, to: usize, msg: Msg, catch_up: bool) {
+            if self.crashed.contains(&to) {
+                return;
+            }
+            if self.byzantine == Some(to) {
+                return self.byzantine_react(msg);
+            }
+            let height = self.nodes[to].height();
+            if msg.height() > height {
+                self.buffered[to].push((from, msg, catch_up));
+                return;
+            }
+            if msg.height() < height || (self.nodes[to].is_decided() && height == self.target) {
+                // The sender is behind: help it finish that height, as gossip catch-up does.
+                if let Some(c) = self.commits[to].get(&msg.height()).cloned() {
+                    if from != to && !catch_up && self.byzantine != Some(from) {
+                        let proposal =
+                            Msg::Proposal { round: c.round, block: c.block.clone(), valid_round: None, from: c.proposer };
+                        self.send_as(to, from, proposal, true);
+                        for v in c.cert {
+                            self.send_as(to, from, Msg::Vote(v), true);
+                        }
+                    }
+                }
+                return;
+            }
+            let actions = match msg {
+                Msg::Proposal { round, block, valid_round, from } => {
+                    let hash = block.hash();
+                    self.nodes[to].on_proposal(round, hash, block, valid_round, true, from)
+                }
+                Msg::Vote(v) => self.nodes[to].on_vote(&v),
+            };
+            self.handle(to, actions);
+        }
+
+        /// The faulty node proposes different blocks to different nodes when it leads, and
+        /// sends every node two different prevotes and precommits for every round it sees.
+        fn byzantine_react(&mut self, msg: Msg) {
+            let b = self.byzantine.expect("byzantine");
+            let (height, round) = (msg.height(), msg.round());
+            let seen_hash = match &msg {
+                Msg::Proposal { block, .. } => Some(block.hash()),
+                Msg::Vote(v) => v.block_hash,
+            };
+            if height == 0 || !self.byz_handled.insert((height, round, seen_hash)) {
+                return;
+            }
+            let Some(parent) = self.commits.iter().find_map(|c| c.get(&(height - 1))).map(|c| c.block.hash()).or_else(|| {
+                (height == 1).then(|| self.chain_hash(0))
+            }) else {
+                return;
+            };
+            let ranking = ranking_for(&parent, height, self.n);
+            let mut candidates = vec![None, seen_hash, Some(Hash256::digest(&self.rng.gen::<u64>().to_le_bytes()))];
+            if leader::proposer(&ranking, round) == Some(b as ValidatorIndex) && self.byz_handled.insert((height, round, None)) {
+                let x = make_block(height, round, b as ValidatorIndex, parent, 1);
+                let y = make_block(height, round, b as ValidatorIndex, parent, 2);
+                candidates.extend([Some(x.hash()), Some(y.hash())]);
+                for to in 0..self.n {
+                    let block = if to % 2 == 0 { x.clone() } else { y.clone() };
+                    self.send(b, to, Msg::Proposal { round, block, valid_round: None, from: b as ValidatorIndex });
+                }
+            }
+            for to in 0..self.n {
+                if to == b {
+                    continue;
+                }
+                for kind in [VoteKind::Prevote, VoteKind::Precommit] {
+                    let first = self.rng.gen_range(0..candidates.len());
+                    let second = (first + 1 + self.rng.gen_range(0..candidates.len() - 1)) % candidates.len();
+                    for pick in [first, second] {
+                        let v = vote(kind, height, round, candidates[pick], b as ValidatorIndex);
+                        self.send(b, to, Msg::Vote(v));
+                    }
+                }
+            }
+        }
+
+        fn done(&self) -> bool {
+            self.honest().iter().all(|&i| self.commits[i].contains_key(&self.target))
+        }
+
+        /// Runs until every honest node committed the target height or time runs out.
+        fn run(&mut self, until_ms: u64) {
+            while let Some(((t, _), ev)) = self.queue.pop_first() {
+                if t > until_ms || self.done() {
+                    break;
+                }
+                self.now = t;
+                match ev {
+                    Event::Deliver { from, to, msg, catch_up } => self.deliver(from, to, msg, catch_up),
+                    Event::Timeout { node, kind, height, round } => {
+                        if !self.crashed.contains(&node) {
+                            let actions = self.nodes[node].on_timeout(kind, height, round);
+                            self.handle(node, actions);
+                        }
+                    }
+                }
+            }
+        }
+
+        fn assert_all_committed_same(&self) {
+            let honest = self.honest();
+            for h in 1..=self.target {
+                let first = self.commits[honest[0]].get(&h).unwrap_or_else(|| panic!("height {h} not committed"));
+                for &i in &honest {
+                    let c = self.commits[i].get(&h).unwrap_or_else(|| panic!("node {i} missed height {h}"));
+                    assert_eq!(c.block.hash(), first.block.hash());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn all_honest_commit_in_round_zero() {
+        for n in [4, 5, 7] {
+            let mut net = Net::new(n, n as u64, 10);
+            net.start();
+            net.run(RUN_LIMIT_MS);
+            net.assert_all_committed_same();
+            for i in 0..n {
+                for (h, c) in &net.commits[i] {
+                    assert_eq!(c.round, 0, "n={n} height {h} needed round {}", c.round);
+                    let ranking = ranking_for(&net.chain_hash(h - 1), *h, n);
+                    assert_eq!(c.block.header.producer, ranking[0]);
+                }
+                assert_eq!(net.nodes[i].stats().rounds_timed_out, 0);
+                assert_eq!(net.nodes[i].stats().commits, 10);
+            }
+        }
+    }
+
+    #[test]
+    fn crashed_leader_is_replaced_by_the_backup() {
+        for n in [4, 5, 7] {
+            let mut net = Net::new(n, 1, 1);
+            let ranking = ranking_for(&net.chain_hash(0), 1, n);
+            net.crashed.insert(ranking[0] as usize);
+            net.start();
+            net.run(RUN_LIMIT_MS);
+            net.assert_all_committed_same();
+            for i in net.honest() {
+                let c = &net.commits[i][&1];
+                assert_eq!(c.round, 1);
+                assert_eq!(c.block.header.producer, ranking[1]);
+                assert_eq!(net.nodes[i].stats().rounds_timed_out, 1);
+            }
+        }
+    }
+
+    #[test]
+    fn lossy_network_stays_safe_and_recovers() {
+        for (n, seed) in [(4, 11), (5, 12), (7, 13), (4, 14), (5, 15), (7, 16)] {
+            let mut net = Net::new(n, seed, 15);
+            net.drop_prob = 0.3;
+            net.max_delay = 3_000;
+            net.gst = 60_000;
+            net.post_gst_delay = 100;
+            net.start();
+            // Every commit is checked for safety as it happens.
+            net.run(RUN_LIMIT_MS);
+            net.assert_all_committed_same();
+            let timed_out: u64 = net.nodes.iter().map(|b| b.stats().rounds_timed_out).sum();
+            assert!(timed_out > 0, "the loss should have cost some rounds");
+        }
+    }
+
+    #[test]
+    fn delayed_messages_commit_every_height() {
+        for seed in 0..6u64 {
+            let n = [4, 5, 7][seed as usize % 3];
+            let mut net = Net::new(n, 100 + seed, 20);
+            net.max_delay = 8_000;
+            net.gst = 40_000;
+            net.post_gst_delay = 300;
+            net.start();
+            net.run(RUN_LIMIT_MS);
+            net.assert_all_committed_same();
+        }
+    }
+
+    #[test]
+    fn one_equivocating_validator_of_four_cannot_break_safety() {
+        for seed in 0..8u64 {
+            let mut net = Net::new(4, 200 + seed, 12);
+            net.byzantine = Some(seed as usize % 4);
+            net.max_delay = 200;
+            net.gst = 30_000;
+            net.post_gst_delay = 100;
+            net.start();
+            net.run(RUN_LIMIT_MS);
+            net.assert_all_committed_same();
+            let seen: u64 = net.honest().iter().map(|&i| net.nodes[i].stats().equivocations).sum();
+            assert!(seen > 0);
+            let i = net.honest()[0];
+            assert!(!net.nodes[i].equivocation_evidence().is_empty());
+        }
+    }
+
+    // Single-machine tests of individual rules.
+
+    fn machine(n: usize, me: ValidatorIndex) -> Bft {
+        Bft::new(BftParams::new(n, Some(me)))
+    }
+
+    fn votes_of(actions: &[Action]) -> Vec<(VoteKind, u32, Option<BlockHash>)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Vote { kind, round, block_hash, .. } => Some((*kind, *round, *block_hash)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn params_are_checked() {
+        assert!(BftParams::new(4, Some(3)).validate().is_ok());
+        assert_eq!(BftParams::new(4, None).quorum, 3);
+        assert_eq!(BftParams::new(7, None).quorum, 5);
+        assert_eq!(BftParams::new(4, None).honest_threshold(), 2);
+        let bad = BftParams { quorum: 2, ..BftParams::new(3, None) };
+        assert!(matches!(Bft::try_new(bad), Err(BftParamsError::BadQuorum { .. })));
+        assert!(matches!(Bft::try_new(BftParams::new(4, Some(4))), Err(BftParamsError::BadIndex { .. })));
+        assert!(matches!(Bft::try_new(BftParams::new(0, None)), Err(BftParamsError::NoValidators)));
+        let p = BftParams::new(4, None);
+        assert_eq!(p.timeout_ms(TimeoutKind::Propose, 2), 4000);
+    }
+
+    #[test]
+    fn start_proposes_or_arms_the_timer() {
+        let mut b = machine(4, 2);
+        assert_eq!(b.step_name(), "idle");
+        let a = b.start_height(5, rot(vec![2, 0, 1, 3]));
+        assert!(matches!(a[0], Action::Propose { round: 0, valid_round: None, valid_block: None }));
+        assert!(a.contains(&Action::ScheduleTimeout { kind: TimeoutKind::Propose, height: 5, round: 0, after_ms: 3000 }));
+        let mut b = machine(4, 1);
+        let a = b.start_height(5, rot(vec![2, 0, 1, 3]));
+        assert_eq!(a, vec![Action::ScheduleTimeout { kind: TimeoutKind::Propose, height: 5, round: 0, after_ms: 3000 }]);
+        assert_eq!((b.height(), b.round(), b.step()), (5, 0, Step::Propose));
+    }
+
+    #[test]
+    fn proposals_from_the_wrong_validator_or_invalid_blocks() {
+        let mut b = machine(4, 1);
+        b.start_height(1, rot(vec![0, 1, 2, 3]));
+        let blk = make_block(1, 0, 3, Hash256::ZERO, 0);
+        assert!(b.on_proposal(0, blk.hash(), blk, None, true, 3).is_empty());
+        assert_eq!(b.stats().ignored_messages, 1);
+        let blk = make_block(1, 0, 0, Hash256::ZERO, 0);
+        let a = b.on_proposal(0, blk.hash(), blk, None, false, 0);
+        assert_eq!(votes_of(&a), vec![(VoteKind::Prevote, 0, None)]);
+    }
+
+    #[test]
+    fn votes_count_once_and_equivocation_is_recorded() {
+        let mut b = machine(4, 0);
+        b.start_height(1, rot(vec![1, 0, 2, 3]));
+        let x = Some(Hash256::digest(b"x"));
+        b.on_vote(&vote(VoteKind::Prevote, 1, 0, x, 2));
+        b.on_vote(&vote(VoteKind::Prevote, 1, 0, x, 2));
+        assert!(b.on_vote(&vote(VoteKind::Prevote, 1, 0, None, 2)).is_empty());
+        assert_eq!(b.stats().equivocations, 1);
+        assert_eq!(b.equivocation_evidence()[0].0.block_hash, x);
+        assert_eq!(b.rounds[&0].prevotes.total(), 1);
+        // Wrong height and unknown validators are ignored.
+        b.on_vote(&vote(VoteKind::Prevote, 2, 0, x, 3));
+        b.on_vote(&vote(VoteKind::Prevote, 1, 0, x, 9));
+        assert_eq!(b.stats().ignored_messages, 2);
+        assert_eq!(b.rounds[&0].prevotes.total(), 1);
+    }
+
+    #[test]
+    fn nil_quorum_and_timeouts_move_rounds() {
+        let mut b = machine(4, 0);
+        b.start_height(1, rot(vec![1, 2, 3, 0]));
+        let a = b.on_timeout(TimeoutKind::Propose, 1, 0);
+        assert_eq!(votes_of(&a), vec![(VoteKind::Prevote, 0, None)]);
+        // Stale timers do nothing.
+        assert!(b.on_timeout(TimeoutKind::Propose, 1, 0).is_empty());
+        for v in 0..3 {
+            let a = b.on_vote(&vote(VoteKind::Prevote, 1, 0, None, v));
+            if v == 2 {
+                // Line 34 (a quorum of anything) and line 44 (a quorum of nil).
+                assert!(a.contains(&Action::ScheduleTimeout {
+                    kind: TimeoutKind::Prevote,
+                    height: 1,
+                    round: 0,
+                    after_ms: 1000
+                }));
+                assert_eq!(votes_of(&a), vec![(VoteKind::Precommit, 0, None)]);
+            }
+        }
+        for v in 0..3 {
+            b.on_vote(&vote(VoteKind::Precommit, 1, 0, None, v));
+        }
+        let a = b.on_timeout(TimeoutKind::Precommit, 1, 0);
+        assert_eq!(b.round(), 1);
+        assert!(a.iter().any(|x| matches!(x, Action::ScheduleTimeout { kind: TimeoutKind::Propose, round: 1, .. })));
+        assert_eq!(b.stats().rounds_timed_out, 1);
+    }
+
+    #[test]
+    fn skips_to_a_round_others_reached() {
+        let mut b = machine(4, 0);
+        b.start_height(1, rot(vec![1, 2, 3, 0]));
+        // One validator far ahead is not enough (it may be faulty)...
+        b.on_vote(&vote(VoteKind::Prevote, 1, 40, None, 1));
+        assert_eq!(b.round(), 0);
+        // ...two are (f + 1 = 2 for n = 4), even beyond the stored window.
+        b.on_vote(&vote(VoteKind::Precommit, 1, 30, None, 2));
+        assert_eq!(b.round(), 30);
+        assert_eq!(b.stats().round_skips, 1);
+    }
+
+    #[test]
+    fn locks_hold_until_a_later_polka() {
+        // n = 4, this node is 3. Round 0: it prevotes X, sees a polka for X, locks X.
+        let mut b = machine(4, 3);
+        let ranking = vec![0, 1, 2, 3];
+        b.start_height(1, rot(ranking));
+        let x = make_block(1, 0, 0, Hash256::ZERO, 0);
+        let xh = x.hash();
+        let a = b.on_proposal(0, xh, x.clone(), None, true, 0);
+        assert_eq!(votes_of(&a), vec![(VoteKind::Prevote, 0, Some(xh))]);
+        for v in [0, 1, 3] {
+            b.on_vote(&vote(VoteKind::Prevote, 1, 0, Some(xh), v));
+        }
+        assert_eq!(b.locked_block().map(|(r, blk)| (r, blk.hash())), Some((0, xh)));
+        assert_eq!(b.valid_block().map(|(r, _)| r), Some(0));
+        assert_eq!(b.step(), Step::Precommit);
+        // Round 0 fails to commit; round 1's proposer offers a fresh Y: locked, so nil.
+        for v in [0, 1, 2] {
+            b.on_vote(&vote(VoteKind::Precommit, 1, 0, None, v));
+        }
+        b.on_timeout(TimeoutKind::Precommit, 1, 0);
+        let y = make_block(1, 1, 1, Hash256::ZERO, 0);
+        let yh = y.hash();
+        let a = b.on_proposal(1, yh, y.clone(), None, true, 1);
+        assert_eq!(votes_of(&a), vec![(VoteKind::Prevote, 1, None)]);
+        // Others saw a polka for Y in round 1, which this node also learns of; the round
+        // 2 proposer re-proposes Y with valid_round 1: the lock on round 0 gives way.
+        for v in [0, 1, 2] {
+            b.on_vote(&vote(VoteKind::Prevote, 1, 1, Some(yh), v));
+        }
+        // The polka arrived after this node's nil prevote, so no precommit, but Y is now
+        // its valid value (line 36 with step = precommit? no: step is prevote) -- it
+        // precommits Y and relocks, as the paper says.
+        assert_eq!(b.locked_block().map(|(r, blk)| (r, blk.hash())), Some((1, yh)));
+        for v in [0, 1, 2] {
+            b.on_vote(&vote(VoteKind::Precommit, 1, 1, None, v));
+        }
+        b.on_timeout(TimeoutKind::Precommit, 1, 1);
+        let a = b.on_proposal(2, yh, y, Some(1), true, 2);
+        assert_eq!(votes_of(&a), vec![(VoteKind::Prevote, 2, Some(yh))]);
+        // A proposer of a later round that this node leads re-proposes the valid value.
+        for v in [0, 1, 2] {
+            b.on_vote(&vote(VoteKind::Precommit, 1, 2, None, v));
+        }
+        let a = b.on_timeout(TimeoutKind::Precommit, 1, 2);
+        match &a[0] {
+            Action::Propose { round: 3, valid_round: Some(1), valid_block: Some(blk) } => assert_eq!(blk.hash(), yh),
+            other => panic!("expected a re-proposal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn locked_node_refuses_a_reproposal_older_than_its_lock() {
+        let mut b = machine(4, 3);
+        b.start_height(1, rot(vec![0, 1, 2, 3]));
+        let x = make_block(1, 0, 0, Hash256::ZERO, 0);
+        let (xh, yh) = (x.hash(), make_block(1, 0, 0, Hash256::ZERO, 9).hash());
+        // Lock X in round 1 (proposed by 1 as a re-proposal of round 0's polka is not
+        // needed: a fresh proposal suffices for the test).
+        b.on_timeout(TimeoutKind::Propose, 1, 0);
+        for v in [0, 1, 2] {
+            b.on_vote(&vote(VoteKind::Precommit, 1, 0, None, v));
+        }
+        b.on_timeout(TimeoutKind::Precommit, 1, 0);
+        let x1 = make_block(1, 1, 1, Hash256::ZERO, 0);
+        let x1h = x1.hash();
+        b.on_proposal(1, x1h, x1, None, true, 1);
+        for v in [0, 1, 2] {
+            b.on_vote(&vote(VoteKind::Prevote, 1, 1, Some(x1h), v));
+        }
+        assert_eq!(b.locked_block().map(|(r, _)| r), Some(1));
+        // Round 2 re-proposes a block with valid_round 0 (older than the lock): even with a
+        // round-0 polka for it, the node prevotes nil.
+        for v in [0, 1, 2] {
+            b.on_vote(&vote(VoteKind::Precommit, 1, 1, None, v));
+        }
+        b.on_timeout(TimeoutKind::Precommit, 1, 1);
+        let _ = (xh, yh);
+        for v in [0, 1, 2] {
+            b.on_vote(&vote(VoteKind::Prevote, 1, 0, Some(xh), v));
+        }
+        let a = b.on_proposal(2, xh, x, Some(0), true, 2);
+        assert_eq!(votes_of(&a), vec![(VoteKind::Prevote, 2, None)]);
+    }
+
+    #[test]
+    fn observer_commits_without_voting() {
+        let mut b = Bft::new(BftParams::new(4, None));
+        assert!(b.start_height(1, rot(vec![0, 1, 2, 3])).iter().all(|a| matches!(a, Action::ScheduleTimeout { .. })));
+        let x = make_block(1, 0, 0, Hash256::ZERO, 0);
+        let xh = x.hash();
+        // Precommits first, the block later: it commits once it has both.
+        for v in [0, 1, 2] {
+            assert!(votes_of(&b.on_vote(&vote(VoteKind::Precommit, 1, 0, Some(xh), v))).is_empty());
+        }
+        let a = b.on_proposal(0, xh, x, None, true, 0);
+        let commit = a.iter().find_map(|x| match x {
+            Action::Commit { height, round, block, cert_votes } => Some((*height, *round, block.hash(), cert_votes.len())),
+            _ => None,
+        });
+        assert_eq!(commit, Some((1, 0, xh, 3)));
+        assert!(votes_of(&a).is_empty());
+        assert!(b.is_decided());
+        // Nothing more happens at this height.
+        assert!(b.on_vote(&vote(VoteKind::Precommit, 1, 0, Some(xh), 3)).is_empty());
     }
 }

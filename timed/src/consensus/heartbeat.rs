@@ -102,7 +102,7 @@ pub struct HeartbeatStats {
     /// Duplicates, self-attestations, unknown validators, digest mismatches and stale ones.
     pub invalid_rejected: u64,
     /// Heartbeats that reached the witness threshold.
-    pub verified_heartbeats: u64,
+    pub verified_total: u64,
 }
 
 #[derive(Default)]
@@ -196,7 +196,7 @@ impl HeartbeatTracker {
         if entry.witnesses.len() >= min_witnesses {
             entry.verified = true;
             st.verified += 1;
-            self.stats.verified_heartbeats += 1;
+            self.stats.verified_total += 1;
         }
         st.history.push_back(entry);
         while st.history.len() > history_len {
@@ -213,7 +213,7 @@ impl HeartbeatTracker {
             AttestationOutcome::Counted { verified_now } => {
                 self.stats.attestations_received += 1;
                 if verified_now {
-                    self.stats.verified_heartbeats += 1;
+                    self.stats.verified_total += 1;
                 }
             }
             AttestationOutcome::Pending => {}
@@ -306,25 +306,41 @@ impl HeartbeatTracker {
         })
     }
 
+    /// (sequence, sender's timestamp in ms) of the last heartbeat.
+    pub fn last(&self, validator: ValidatorIndex) -> Option<(u64, u64)> {
+        let st = self.validators.get(validator as usize)?;
+        Some((st.last_seq?, st.last_timestamp_ms?))
+    }
+
+    /// Heartbeats of this validator that reached the witness threshold.
+    pub fn verified_count(&self, validator: ValidatorIndex) -> u64 {
+        self.validators.get(validator as usize).map_or(0, |st| st.verified)
+    }
+
+    /// Heartbeats of this validator received but (not yet) verified.
+    pub fn unverified_count(&self, validator: ValidatorIndex) -> u64 {
+        self.validators.get(validator as usize).map_or(0, |st| st.heartbeats - st.verified)
+    }
+
     pub fn validators(&self, now_ms: u64) -> Vec<ValidatorLiveness> {
         (0..self.validators.len() as ValidatorIndex)
             .filter_map(|v| self.validator(v, now_ms))
             .collect()
     }
 
-    /// The newest `count` heartbeats, newest first: of one validator, or of all of them
-    /// (ordered by arrival).
-    pub fn history(&self, validator: Option<ValidatorIndex>, count: usize) -> Vec<HeartbeatEntry> {
+    /// The kept heartbeats (`history_len` per validator), newest first: of one validator, or
+    /// of all of them ordered by arrival.
+    pub fn history(&self, validator: Option<ValidatorIndex>) -> Vec<HeartbeatEntry> {
         match validator {
             Some(v) => self
                 .validators
                 .get(v as usize)
-                .map(|st| st.history.iter().rev().take(count).cloned().collect())
+                .map(|st| st.history.iter().rev().cloned().collect())
                 .unwrap_or_default(),
             None => {
                 let mut all: Vec<&HeartbeatEntry> = self.validators.iter().flat_map(|st| st.history.iter()).collect();
                 all.sort_by(|a, b| b.received_ms.cmp(&a.received_ms).then(a.validator.cmp(&b.validator)));
-                all.into_iter().take(count).cloned().collect()
+                all.into_iter().cloned().collect()
             }
         }
     }
@@ -375,14 +391,17 @@ mod tests {
         assert_eq!(t.on_attestation(&att(&h, 3), 0), AttestationOutcome::Counted { verified_now: true });
         assert!(t.is_verified(0, 1));
         assert_eq!(t.on_attestation(&att(&h, 4), 0), AttestationOutcome::Counted { verified_now: false });
-        assert_eq!(t.stats().verified_heartbeats, 1);
+        assert_eq!(t.stats().verified_total, 1);
         assert_eq!(t.stats().attestations_received, 4);
         assert_eq!(t.stats().invalid_rejected, 2);
-        let rec = &t.history(Some(0), 10)[0];
+        let rec = &t.history(Some(0))[0];
         assert_eq!(rec.witnesses, vec![1, 2, 3, 4]);
         assert!(rec.verified);
         let v = t.validator(0, 0).unwrap();
         assert_eq!((v.heartbeats, v.verified, v.unverified()), (1, 1, 0));
+        assert_eq!((t.verified_count(0), t.unverified_count(0)), (1, 0));
+        assert_eq!(t.last(0), Some((1, 1000)));
+        assert_eq!(t.last(1), None);
     }
 
     #[test]
@@ -412,13 +431,13 @@ mod tests {
         assert!(!t.is_verified(2, 9));
         t.on_heartbeat(&h, 5);
         assert!(t.is_verified(2, 9));
-        assert_eq!(t.stats().verified_heartbeats, 1);
+        assert_eq!(t.stats().verified_total, 1);
         assert_eq!(t.stats().attestations_received, 3);
         // Pending attestations for a different heartbeat under the same sequence do not count.
         let other = Heartbeat::new_signed(1, 4, 77, &key(1), CHAIN);
         t.on_attestation(&att(&other, 0), 5);
         t.on_heartbeat(&hb(1, 4), 6);
-        assert_eq!(t.history(Some(1), 1)[0].witnesses, Vec::<ValidatorIndex>::new());
+        assert_eq!(t.history(Some(1))[0].witnesses, Vec::<ValidatorIndex>::new());
     }
 
     #[test]
@@ -457,12 +476,12 @@ mod tests {
             t.on_heartbeat(&hb(0, s), s * 1000);
             t.on_heartbeat(&hb(1, s), s * 1000 + 500);
         }
-        let seqs: Vec<u64> = t.history(Some(0), 10).iter().map(|e| e.sequence).collect();
+        let seqs: Vec<u64> = t.history(Some(0)).iter().map(|e| e.sequence).collect();
         assert_eq!(seqs, vec![5, 4, 3]);
-        let all: Vec<(ValidatorIndex, u64)> = t.history(None, 4).iter().map(|e| (e.validator, e.sequence)).collect();
+        let all: Vec<(ValidatorIndex, u64)> = t.history(None).iter().take(4).map(|e| (e.validator, e.sequence)).collect();
         assert_eq!(all, vec![(1, 5), (0, 5), (1, 4), (0, 4)]);
         // Attesting an evicted heartbeat is stale.
         assert_eq!(t.on_attestation(&att(&hb(0, 1), 1), 9_000), AttestationOutcome::Stale);
-        assert!(t.history(Some(7), 3).is_empty());
+        assert!(t.history(Some(7)).is_empty());
     }
 }

@@ -311,14 +311,27 @@ impl Snowball {
     /// The answer to a poll: Yes when accepted, or preferred in every conflict set it is in
     /// with every undecided parent preferred too (a spend of a losing transaction's output is
     /// worthless); No when known otherwise or rejected; Unknown when never seen.
-    pub fn is_preferred(&self, txid: &Txid) -> Preference {
+    pub fn preference(&self, txid: &Txid) -> Preference {
         match self.txs.get(txid) {
             None if self.rejected.contains_key(txid) => Preference::No,
             None => Preference::Unknown,
-            Some(e) if e.accepted => Preference::Yes,
-            Some(_) if self.strongly_preferred(txid) => Preference::Yes,
+            Some(_) if self.is_preferred(txid) => Preference::Yes,
             Some(_) => Preference::No,
         }
+    }
+
+    /// Whether a tracked transaction gets a Yes (see [`Snowball::preference`]); false when
+    /// not tracked.
+    pub fn is_preferred(&self, txid: &Txid) -> bool {
+        match self.txs.get(txid) {
+            None => false,
+            Some(e) => e.accepted || self.strongly_preferred(txid),
+        }
+    }
+
+    /// Tracked: undecided, or accepted and not yet removed.
+    pub fn contains(&self, txid: &Txid) -> bool {
+        self.txs.contains_key(txid)
     }
 
     fn strongly_preferred(&self, txid: &Txid) -> bool {
@@ -384,7 +397,13 @@ impl Snowball {
 
     /// Feeds one poll's yes counts (out of a sample of `k`) with the thresholds from
     /// [`SnowballParams::effective`]. Txids that are no longer undecided are skipped.
-    pub fn record_poll(&mut self, results: &[(Txid, usize)], k: usize, alphas: (usize, usize)) -> Decisions {
+    pub fn record_poll(
+        &mut self,
+        results: &[(Txid, usize)],
+        k: usize,
+        alpha_preference: usize,
+        alpha_confidence: usize,
+    ) -> Decisions {
         let mut decisions = Decisions::default();
         self.stats.polls_recorded += 1;
         if k == 0 {
@@ -392,8 +411,8 @@ impl Snowball {
         }
         // Never let a caller's thresholds drop to where two conflicting transactions could
         // both win a majority of one sample.
-        let alpha_pref = alphas.0.clamp(k / 2 + 1, k);
-        let alpha_conf = alphas.1.clamp(alpha_pref, k);
+        let alpha_pref = alpha_preference.clamp(k / 2 + 1, k);
+        let alpha_conf = alpha_confidence.clamp(alpha_pref, k);
         let mut touched = Vec::new();
         for &(txid, yes) in results {
             let yes = yes.min(k);
@@ -604,7 +623,8 @@ mod tests {
 
     /// Thresholds of a 5-node network.
     const K: usize = 4;
-    const ALPHAS: (usize, usize) = (3, 3);
+    const AP: usize = 3;
+    const AC: usize = 3;
 
     #[test]
     fn defaults_are_valid_and_scale() {
@@ -645,12 +665,12 @@ mod tests {
         let now = Instant::now();
         assert_eq!(s.insert(tx(1), &[op(1, 0)], now), InsertOutcome::Inserted);
         assert_eq!(s.insert(tx(1), &[op(1, 0)], now), InsertOutcome::Known);
-        assert_eq!(s.is_preferred(&tx(1)), Preference::Yes);
+        assert_eq!(s.preference(&tx(1)), Preference::Yes);
         for i in 1..s.params().beta {
-            assert!(s.record_poll(&[(tx(1), 3)], K, ALPHAS).is_empty());
+            assert!(s.record_poll(&[(tx(1), 3)], K, AP, AC).is_empty());
             assert_eq!(s.confidence(&tx(1)), i);
         }
-        let d = s.record_poll(&[(tx(1), 4)], K, ALPHAS);
+        let d = s.record_poll(&[(tx(1), 4)], K, AP, AC);
         assert_eq!(d.accepted, vec![tx(1)]);
         assert!(s.is_accepted(&tx(1)));
         assert_eq!(s.stats().finalized_total, 1);
@@ -662,15 +682,15 @@ mod tests {
         let mut s = sb();
         s.insert(tx(1), &[op(1, 0)], Instant::now());
         for _ in 0..7 {
-            s.record_poll(&[(tx(1), 4)], K, ALPHAS);
+            s.record_poll(&[(tx(1), 4)], K, AP, AC);
         }
         assert_eq!(s.confidence(&tx(1)), 7);
-        s.record_poll(&[(tx(1), 2)], K, ALPHAS);
+        s.record_poll(&[(tx(1), 2)], K, AP, AC);
         assert_eq!(s.confidence(&tx(1)), 0);
         for _ in 0..7 {
-            assert!(s.record_poll(&[(tx(1), 3)], K, ALPHAS).is_empty());
+            assert!(s.record_poll(&[(tx(1), 3)], K, AP, AC).is_empty());
         }
-        assert_eq!(s.record_poll(&[(tx(1), 3)], K, ALPHAS).accepted, vec![tx(1)]);
+        assert_eq!(s.record_poll(&[(tx(1), 3)], K, AP, AC).accepted, vec![tx(1)]);
     }
 
     #[test]
@@ -680,25 +700,25 @@ mod tests {
         s.insert(tx(1), &[op(1, 0)], now);
         s.insert(tx(2), &[op(1, 0), op(2, 0)], now);
         s.insert(tx(3), &[op(2, 0)], now);
-        assert_eq!(s.is_preferred(&tx(1)), Preference::Yes);
-        assert_eq!(s.is_preferred(&tx(2)), Preference::No, "first seen keeps op(1,0)");
-        assert_eq!(s.is_preferred(&tx(3)), Preference::No, "tx2 was first on op(2,0)");
+        assert_eq!(s.preference(&tx(1)), Preference::Yes);
+        assert_eq!(s.preference(&tx(2)), Preference::No, "first seen keeps op(1,0)");
+        assert_eq!(s.preference(&tx(3)), Preference::No, "tx2 was first on op(2,0)");
         assert_eq!(s.stats().conflict_sets, 2);
         let mut d = Decisions::default();
         for _ in 0..8 {
-            let r = s.record_poll(&[(tx(1), 4), (tx(2), 0), (tx(3), 0)], K, ALPHAS);
+            let r = s.record_poll(&[(tx(1), 4), (tx(2), 0), (tx(3), 0)], K, AP, AC);
             d.accepted.extend(r.accepted);
             d.rejected.extend(r.rejected);
         }
         assert_eq!(d.accepted, vec![tx(1)]);
         assert_eq!(d.rejected, vec![tx(2)]);
         // With tx2 gone, tx3 is alone on op(2,0) and preferred.
-        assert_eq!(s.is_preferred(&tx(3)), Preference::Yes);
-        assert_eq!(s.is_preferred(&tx(2)), Preference::No);
+        assert_eq!(s.preference(&tx(3)), Preference::Yes);
+        assert_eq!(s.preference(&tx(2)), Preference::No);
         assert_eq!(s.insert(tx(2), &[op(1, 0), op(2, 0)], now), InsertOutcome::Rejected);
         assert_eq!(s.insert(tx(4), &[op(1, 0)], now), InsertOutcome::Rejected);
-        assert_eq!(s.is_preferred(&tx(4)), Preference::No);
-        assert_eq!(s.is_preferred(&tx(99)), Preference::Unknown);
+        assert_eq!(s.preference(&tx(4)), Preference::No);
+        assert_eq!(s.preference(&tx(99)), Preference::Unknown);
         assert_eq!(s.stats().rejected_total, 2);
     }
 
@@ -710,33 +730,33 @@ mod tests {
         s.insert(tx(2), &[op(2, 0)], now);
         s.insert(tx(3), &[op(1, 0), op(2, 0)], now);
         // tx3 outvotes tx1 on op(1,0) but tx2 still holds op(2,0).
-        s.record_poll(&[(tx(3), 3)], K, ALPHAS);
-        s.record_poll(&[(tx(2), 0)], K, ALPHAS);
+        s.record_poll(&[(tx(3), 3)], K, AP, AC);
+        s.record_poll(&[(tx(2), 0)], K, AP, AC);
         assert_eq!(s.sets[&op(1, 0)].preference, tx(3));
         assert_eq!(s.sets[&op(2, 0)].preference, tx(3), "tx3 also outvoted tx2");
-        assert_eq!(s.is_preferred(&tx(3)), Preference::Yes);
+        assert_eq!(s.preference(&tx(3)), Preference::Yes);
         let mut s = sb();
         s.insert(tx(1), &[op(1, 0)], now);
         s.insert(tx(2), &[op(2, 0)], now);
         s.insert(tx(3), &[op(1, 0), op(2, 0)], now);
-        s.record_poll(&[(tx(2), 3)], K, ALPHAS);
-        s.record_poll(&[(tx(3), 3)], K, ALPHAS);
+        s.record_poll(&[(tx(2), 3)], K, AP, AC);
+        s.record_poll(&[(tx(3), 3)], K, AP, AC);
         // One vote each on op(2,0): the tie keeps tx2, so tx3 is not preferred overall.
         assert_eq!(s.sets[&op(1, 0)].preference, tx(3));
         assert_eq!(s.sets[&op(2, 0)].preference, tx(2));
-        assert_eq!(s.is_preferred(&tx(3)), Preference::No);
+        assert_eq!(s.preference(&tx(3)), Preference::No);
         assert_eq!(s.confidence(&tx(3)), 0);
         // The network prefers tx2: once it is accepted tx3 dies with it, and tx1 gets its
         // output back.
         let mut d = Decisions::default();
         for _ in 0..8 {
-            let r = s.record_poll(&[(tx(2), 3), (tx(3), 0)], K, ALPHAS);
+            let r = s.record_poll(&[(tx(2), 3), (tx(3), 0)], K, AP, AC);
             d.accepted.extend(r.accepted);
             d.rejected.extend(r.rejected);
         }
         assert_eq!(d.accepted, vec![tx(2)]);
         assert_eq!(d.rejected, vec![tx(3)]);
-        assert_eq!(s.is_preferred(&tx(1)), Preference::Yes);
+        assert_eq!(s.preference(&tx(1)), Preference::Yes);
         assert_eq!(s.sets[&op(1, 0)].members.len(), 1);
     }
 
@@ -750,15 +770,15 @@ mod tests {
         s.insert(parent, &[op(1, 0)], now);
         s.insert(rival, &[op(1, 0)], now);
         s.insert(child, &[OutPoint { txid: parent, vout: 0 }], now);
-        assert_eq!(s.is_preferred(&child), Preference::Yes);
+        assert_eq!(s.preference(&child), Preference::Yes);
         // The child alone collects yes votes, but cannot be accepted before its parent.
         for _ in 0..10 {
-            assert!(s.record_poll(&[(child, 4)], K, ALPHAS).is_empty());
+            assert!(s.record_poll(&[(child, 4)], K, AP, AC).is_empty());
         }
         // The rival wins: the parent is rejected and so is its child.
         let mut d = Decisions::default();
         for _ in 0..9 {
-            let r = s.record_poll(&[(rival, 4), (parent, 0)], K, ALPHAS);
+            let r = s.record_poll(&[(rival, 4), (parent, 0)], K, AP, AC);
             d.accepted.extend(r.accepted);
             d.rejected.extend(r.rejected);
         }
@@ -775,11 +795,11 @@ mod tests {
         s.insert(parent, &[op(1, 0)], now);
         s.insert(child, &[OutPoint { txid: parent, vout: 0 }], now);
         for _ in 0..10 {
-            s.record_poll(&[(child, 4)], K, ALPHAS);
+            s.record_poll(&[(child, 4)], K, AP, AC);
         }
         let mut accepted = Vec::new();
         for _ in 0..8 {
-            accepted.extend(s.record_poll(&[(parent, 4)], K, ALPHAS).accepted);
+            accepted.extend(s.record_poll(&[(parent, 4)], K, AP, AC).accepted);
         }
         assert_eq!(accepted, vec![parent, child]);
     }
@@ -793,19 +813,19 @@ mod tests {
         let d = s.accept_external(&tx(2));
         assert_eq!(d.accepted, vec![tx(2)]);
         assert_eq!(d.rejected, vec![tx(1)]);
-        assert_eq!(s.is_preferred(&tx(2)), Preference::Yes);
+        assert_eq!(s.preference(&tx(2)), Preference::Yes);
         assert_eq!(s.confidence(&tx(2)), s.params().beta);
         assert_eq!(s.stats().accepted_external_total, 1);
         assert_eq!(s.stats().finalized_total, 0);
         assert!(s.remove(&tx(2)));
-        assert_eq!(s.is_preferred(&tx(2)), Preference::Unknown);
+        assert_eq!(s.preference(&tx(2)), Preference::Unknown);
         assert_eq!(s.stats().tracked, 0);
         // Removing a preferred spender hands the set to the next one.
         s.insert(tx(5), &[op(5, 0)], now);
         s.insert(tx(6), &[op(5, 0)], now);
-        assert_eq!(s.is_preferred(&tx(6)), Preference::No);
+        assert_eq!(s.preference(&tx(6)), Preference::No);
         s.remove(&tx(5));
-        assert_eq!(s.is_preferred(&tx(6)), Preference::Yes);
+        assert_eq!(s.preference(&tx(6)), Preference::Yes);
     }
 
     #[test]
@@ -827,7 +847,7 @@ mod tests {
         assert_eq!(s.batch(10), vec![tx(3)]);
         assert!(s.is_accepted(&tx(4)), "accepted transactions never expire");
         assert_eq!(s.stats().expired_total, 2);
-        assert_eq!(s.is_preferred(&tx(1)), Preference::Unknown);
+        assert_eq!(s.preference(&tx(1)), Preference::Unknown);
     }
 
     #[test]
@@ -875,7 +895,7 @@ mod tests {
             let mut yes = vec![0usize; batch.len()];
             for &p in &peers[..k] {
                 for (j, t) in batch.iter().enumerate() {
-                    match nodes[p].is_preferred(t) {
+                    match nodes[p].preference(t) {
                         Preference::Yes => yes[j] += 1,
                         Preference::No => {}
                         // Asked about something new: fetch it, as a node would.
@@ -886,7 +906,7 @@ mod tests {
                 }
             }
             let results: Vec<(Txid, usize)> = batch.into_iter().zip(yes).collect();
-            let d = nodes[me].record_poll(&results, k, (ap, ac));
+            let d = nodes[me].record_poll(&results, k, ap, ac);
             decided[me].0.extend(d.accepted);
             decided[me].1.extend(d.rejected);
         }
@@ -925,7 +945,7 @@ mod tests {
             s.insert(tx(1), &[op(1, 0)], now);
             s.insert(tx(2), &[op(1, 0), op(2, 0)], now);
             for (y1, y2) in polls {
-                let d = s.record_poll(&[(tx(1), y1), (tx(2), y2)], K, ALPHAS);
+                let d = s.record_poll(&[(tx(1), y1), (tx(2), y2)], K, AP, AC);
                 prop_assert!(d.is_empty());
             }
             prop_assert_eq!(s.stats().undecided, 2);
@@ -937,7 +957,7 @@ mod tests {
             let mut s = sb();
             s.insert(tx(1), &[op(1, 0)], Instant::now());
             for y in polls {
-                let d = s.record_poll(&[(tx(1), y.min(3))], 5, (3, 4));
+                let d = s.record_poll(&[(tx(1), y.min(3))], 5, 3, 4);
                 prop_assert!(d.is_empty());
             }
         }

@@ -151,10 +151,6 @@ impl Engine {
         self.s.ledger.genesis.validators.len()
     }
 
-    fn chain_id(&self) -> String {
-        self.s.chain_id().to_string()
-    }
-
     // ---------- block agreement ----------
 
     /// Prepares the next height: its slot's ranking, and when round 0 may begin.

@@ -71,7 +71,7 @@ impl UtxoView for BlockView<'_> {
         if self.spent.contains(op) {
             return None;
         }
-        self.created.get(op).cloned().or_else(|| self.store.get_utxo(op).ok().flatten())
+        self.created.get(op).cloned().or_else(|| UtxoView::get_utxo(self.store, op))
     }
 }
 

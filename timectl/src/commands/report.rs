@@ -1,0 +1,343 @@
+//! `timectl report RUN.jsonl -o report.html`: one self-contained HTML page with the verdict,
+//! the findings and inline SVG plots of a stability run. Works on a run still in progress.
+
+use crate::commands::stability::summary_rows;
+use crate::error::EXIT_OK;
+use crate::monitor::{self, Analysis, Finding, Record, Severity};
+use crate::output::{human_duration, rfc3339, Ui};
+use crate::svg::{escape, Chart, Marker, Series, Style};
+use anyhow::Context as _;
+use clap::Args;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  timectl report run.jsonl -o report.html
+  timectl report stability-20251223T093000Z.jsonl      writes stability-...html beside it")]
+pub struct ReportArgs {
+    /// A run log written by `timectl stability`.
+    #[arg(value_name = "RUN.jsonl")]
+    pub log: PathBuf,
+    /// Output HTML file [default: the log's name with .html].
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// Time axis in minutes for short runs, hours for long ones.
+struct TimeAxis {
+    start_ms: u64,
+    per: f64,
+    label: &'static str,
+}
+
+impl TimeAxis {
+    fn new(a: &Analysis) -> Self {
+        if a.duration_secs > 3 * 3600 {
+            TimeAxis { start_ms: a.started_ms, per: 3_600_000.0, label: "hours since start" }
+        } else {
+            TimeAxis { start_ms: a.started_ms, per: 60_000.0, label: "minutes since start" }
+        }
+    }
+
+    fn x(&self, t_ms: u64) -> f64 {
+        t_ms.saturating_sub(self.start_ms) as f64 / self.per
+    }
+}
+
+/// One series per node over the ticks, from a per-observation value.
+fn per_node(records: &[Record], axis: &TimeAxis, value: impl Fn(&monitor::NodeObs) -> Option<f64>) -> Vec<Series> {
+    let mut by_node: BTreeMap<String, Vec<(f64, Option<f64>)>> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for r in records {
+        if let Record::Tick(t) = r {
+            for o in &t.nodes {
+                if !by_node.contains_key(&o.name) {
+                    order.push(o.name.clone());
+                }
+                by_node.entry(o.name.clone()).or_default().push((axis.x(t.t_ms), value(o)));
+            }
+        }
+    }
+    order
+        .into_iter()
+        .map(|name| Series { points: by_node.remove(&name).unwrap_or_default(), name, style: Style::Line, color: None })
+        .collect()
+}
+
+/// CPU % per node from consecutive cpu_seconds readings.
+fn cpu_series(records: &[Record], axis: &TimeAxis) -> Vec<Series> {
+    let mut last: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+    let mut out: BTreeMap<String, Vec<(f64, Option<f64>)>> = BTreeMap::new();
+    let mut order = Vec::new();
+    for r in records {
+        let Record::Tick(t) = r else { continue };
+        for o in &t.nodes {
+            if !out.contains_key(&o.name) {
+                order.push(o.name.clone());
+            }
+            let v = match (o.cpu_seconds, last.get(&o.name)) {
+                (Some(c), Some(&(t0, c0))) if t.t_ms > t0 && c >= c0 => {
+                    Some((c - c0) / ((t.t_ms - t0) as f64 / 1000.0) * 100.0)
+                }
+                _ => None,
+            };
+            match o.cpu_seconds {
+                Some(c) => {
+                    last.insert(o.name.clone(), (t.t_ms, c));
+                }
+                None => {
+                    last.remove(&o.name);
+                }
+            }
+            out.entry(o.name.clone()).or_default().push((axis.x(t.t_ms), v));
+        }
+    }
+    order
+        .into_iter()
+        .map(|name| Series { points: out.remove(&name).unwrap_or_default(), name, style: Style::Line, color: None })
+        .collect()
+}
+
+fn has_data(series: &[Series]) -> bool {
+    series.iter().any(|s| s.points.iter().any(|p| p.1.is_some()))
+}
+
+fn markers(a: &Analysis, axis: &TimeAxis) -> Vec<Marker> {
+    a.findings
+        .iter()
+        .filter(|f| matches!(f, Finding::Fork { .. } | Finding::Stall { .. }))
+        .map(|f| Marker {
+            x: axis.x(f.t_ms()),
+            label: match f {
+                Finding::Stall { node, .. } => format!("stall {node}"),
+                other => other.kind().to_string(),
+            },
+            color: if matches!(f, Finding::Fork { .. }) { "#d62728" } else { "#e68a00" },
+        })
+        .collect()
+}
+
+pub fn charts(records: &[Record], a: &Analysis) -> Vec<Chart> {
+    let axis = TimeAxis::new(a);
+    let marks = markers(a, &axis);
+    let mut out = vec![
+        Chart {
+            title: "Block height per node".into(),
+            x_label: axis.label.into(),
+            y_label: "height".into(),
+            series: per_node(records, &axis, |o| o.height.map(|h| h as f64)),
+            markers: marks.clone(),
+        },
+        Chart {
+            title: "Mempool size per node".into(),
+            x_label: axis.label.into(),
+            y_label: "transactions".into(),
+            series: per_node(records, &axis, |o| o.mempool.map(|m| m as f64)),
+            markers: Vec::new(),
+        },
+    ];
+
+    let sent: BTreeMap<u64, &monitor::ProbeSent> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::ProbeSent(p) if p.txid.is_some() => Some((p.id, p)),
+            _ => None,
+        })
+        .collect();
+    if !sent.is_empty() {
+        let mut final_pts = Vec::new();
+        let mut lost_pts = Vec::new();
+        let timeout_s = records
+            .iter()
+            .find_map(|r| match r {
+                Record::Start(s) => Some(s.probe_timeout_secs),
+                _ => None,
+            })
+            .unwrap_or(60.0);
+        for r in records {
+            if let Record::ProbeResult(res) = r {
+                let Some(p) = sent.get(&res.id) else { continue };
+                match (res.finalized, res.latency_ms) {
+                    (true, Some(l)) => final_pts.push((axis.x(p.t_ms), Some(l as f64 / 1000.0))),
+                    _ => lost_pts.push((axis.x(p.t_ms), Some(timeout_s))),
+                }
+            }
+        }
+        let mut series =
+            vec![Series { name: "finalized".into(), points: final_pts, style: Style::Points, color: Some("#2ca02c") }];
+        if !lost_pts.is_empty() {
+            series.push(Series {
+                name: "lost (at timeout)".into(),
+                points: lost_pts,
+                style: Style::Points,
+                color: Some("#d62728"),
+            });
+        }
+        out.push(Chart {
+            title: "Probe transaction finality latency".into(),
+            x_label: format!("{} (when sent)", axis.label),
+            y_label: "seconds".into(),
+            series,
+            markers: Vec::new(),
+        });
+    }
+
+    let rss = per_node(records, &axis, |o| o.rss_bytes.map(|b| b as f64 / 1048576.0));
+    if has_data(&rss) {
+        out.push(Chart {
+            title: "Memory (RSS) per node".into(),
+            x_label: axis.label.into(),
+            y_label: "MiB".into(),
+            series: rss,
+            markers: Vec::new(),
+        });
+    }
+    let cpu = cpu_series(records, &axis);
+    if has_data(&cpu) {
+        out.push(Chart {
+            title: "CPU per node (100 % = one core)".into(),
+            x_label: axis.label.into(),
+            y_label: "%".into(),
+            series: cpu,
+            markers: Vec::new(),
+        });
+    }
+    out
+}
+
+const STYLE: &str = "body{font-family:sans-serif;max-width:1040px;margin:24px auto;color:#222}\
+h1{font-size:22px}h2{font-size:17px;margin-top:28px}\
+table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left;vertical-align:top}\
+th{background:#f4f4f4}.bad{color:#b00000;font-weight:bold}.good{color:#1a7f37;font-weight:bold}\
+.warn{color:#9a6700}.badge{padding:2px 10px;border-radius:4px;color:#fff}\
+.pass{background:#1a7f37}.fail{background:#b00000}figure{margin:12px 0}footer{color:#777;font-size:12px;margin-top:30px}";
+
+pub fn render_html(records: &[Record], source: &str) -> String {
+    let a = monitor::analyze(records);
+    let mut h = String::new();
+    let title = format!("Stability run: {}", a.network);
+    let _ = write!(
+        h,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/><title>{}</title><style>{STYLE}</style></head><body>",
+        escape(&title)
+    );
+    let (badge, class) = if a.passed() { ("PASS", "pass") } else { ("FAIL", "fail") };
+    let _ = write!(
+        h,
+        "<h1>{} <span class=\"badge {class}\">{badge}</span></h1><p>Started {} · ran {} · {}</p>",
+        escape(&title),
+        rfc3339(a.started_ms),
+        human_duration(a.duration_secs),
+        match &a.ended {
+            Some(r) => format!("ended: {}", escape(r)),
+            None => "still running (or stopped without an end record)".into(),
+        }
+    );
+
+    h.push_str("<h2>Summary</h2><table>");
+    for (label, value, bad) in summary_rows(&a) {
+        let class = if bad {
+            " class=\"bad\""
+        } else if label == "result" {
+            " class=\"good\""
+        } else {
+            ""
+        };
+        let _ = write!(h, "<tr><th>{}</th><td{class}>{}</td></tr>", escape(&label), escape(&value));
+    }
+    h.push_str("</table>");
+
+    h.push_str("<h2>Findings</h2>");
+    if a.findings.is_empty() {
+        h.push_str("<p>None: no forks, stalls, lost transactions or unreachable nodes.</p>");
+    } else {
+        h.push_str("<table><tr><th>at</th><th>severity</th><th>finding</th><th>detail</th></tr>");
+        for f in &a.findings {
+            let (sev, class) = match f.severity() {
+                Severity::Error => ("error", "bad"),
+                Severity::Warning => ("warning", "warn"),
+            };
+            let _ = write!(
+                h,
+                "<tr><td>+{}</td><td class=\"{class}\">{sev}</td><td>{}</td><td>{}</td></tr>",
+                human_duration(f.t_ms().saturating_sub(a.started_ms) / 1000),
+                escape(f.kind()),
+                escape(&f.describe())
+            );
+        }
+        h.push_str("</table>");
+    }
+
+    h.push_str("<h2>Plots</h2>");
+    for c in charts(records, &a) {
+        let _ = write!(h, "<figure>{}</figure>", c.render());
+    }
+    let _ = writeln!(
+        h,
+        "<footer>Generated by timectl {} from {}.</footer></body></html>",
+        env!("CARGO_PKG_VERSION"),
+        escape(source)
+    );
+    h
+}
+
+pub fn run(a: ReportArgs, ui: Ui) -> anyhow::Result<u8> {
+    let records = monitor::read_log(&a.log)?;
+    let out = a.output.clone().unwrap_or_else(|| a.log.with_extension("html"));
+    let html = render_html(&records, &a.log.display().to_string());
+    std::fs::write(&out, html).with_context(|| format!("cannot write {}", out.display()))?;
+    let analysis = monitor::analyze(&records);
+    if ui.json {
+        ui.print_json(&serde_json::json!({ "output": out, "passed": analysis.passed() }));
+    } else {
+        println!("wrote {}", out.display());
+    }
+    Ok(EXIT_OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::monitor::tests::{clean_run, start, tick};
+
+    /// Every <svg> in the page parses as XML on its own.
+    pub fn svgs_parse(html: &str) -> usize {
+        let mut n = 0;
+        let mut rest = html;
+        while let Some(i) = rest.find("<svg") {
+            let end = rest[i..].find("</svg>").expect("closed svg") + i + 6;
+            roxmltree::Document::parse(&rest[i..end]).expect("svg is well-formed");
+            n += 1;
+            rest = &rest[end..];
+        }
+        n
+    }
+
+    #[test]
+    fn clean_report_has_all_plots() {
+        let html = render_html(&clean_run(), "run.jsonl");
+        // height, mempool, probes, memory, cpu
+        assert_eq!(svgs_parse(&html), 5);
+        assert!(html.contains("badge pass"));
+        assert!(html.contains("None: no forks"));
+        assert!(!html.contains("<script"));
+        // Self-contained: nothing loaded from elsewhere.
+        assert!(!html.contains("src=") && !html.contains("href="));
+    }
+
+    #[test]
+    fn fork_report_shows_finding_and_marker() {
+        let mut r = vec![start(&["n1", "n2"])];
+        for s in 0..4 {
+            r.push(tick(s, &[Some(s + 1), Some(s + 1)], &["a", if s > 1 { "b" } else { "a" }]));
+        }
+        let html = render_html(&r, "f&.jsonl");
+        assert!(svgs_parse(&html) >= 2);
+        assert!(html.contains("badge fail"));
+        assert!(html.contains("stroke-dasharray"));
+        assert!(html.contains("f&amp;.jsonl"));
+    }
+}

@@ -1,0 +1,583 @@
+//! `timectl stability`: the plan's 72-hour test, done so that its verdict means something.
+//!
+//! The plan's script counted distinct heights, so it cried "mismatch" whenever one node was a
+//! block behind and never saw a real fork. Here each interval compares block *hashes* at the
+//! highest height every reachable node has (a fork is two hashes at one height), rechecks an
+//! earlier height now and then, notices nodes that stop making progress, and proves finality
+//! by sending small probe transactions and watching them finalize on a different node. Every
+//! observation is appended to a JSONL log at once, so nothing is lost on a crash and a run can
+//! be resumed; the verdict is `monitor::analyze` over that log.
+
+use crate::cli::Global;
+use crate::client;
+use crate::commands::resources::{MetricsScrape, ResourceSource};
+use crate::error::{Hinted, EXIT_FORK, EXIT_LOST_TX, EXIT_OK, EXIT_STALL};
+use crate::inventory::{self, Node};
+use crate::monitor::{
+    self, Analysis, Finding, HashCheck, NodeObs, ProbeResult, ProbeSent, Record, Severity, Start, Tick,
+};
+use crate::output::{human_duration, now_ms, rfc3339, Ui};
+use clap::Args;
+use jsonrpsee::http_client::HttpClient;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use timed::api::TimeRpcClient;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  timectl stability --hours 72 --report run.jsonl
+  timectl stability --resume run.jsonl           continue after a crash or ctrl-c
+  timectl stability --hours 0.5 --interval 2 --probe-every 1 --probe-timeout 20
+
+Each interval: every node's height and mempool; block hashes at the highest common height
+(a fork is different hashes at one height, never merely different heights); every
+--probe-every intervals a small transaction from one node (rotating) to another node's wallet,
+tracked on a different node until final. ctrl-c ends the run with its summary.
+
+Exit codes: 0 clean, 3 fork, 4 lost transaction, 5 stall (the first that applies), 1 error.")]
+pub struct StabilityArgs {
+    /// How long the run lasts, counted from its start (also across --resume).
+    #[arg(long, value_name = "H", conflicts_with = "resume")]
+    pub hours: Option<f64>,
+    /// Seconds between samples [default: 10].
+    #[arg(long, value_name = "SECS", conflicts_with = "resume")]
+    pub interval: Option<f64>,
+    /// Run log to write (JSON lines) [default: stability-TIMESTAMP.jsonl].
+    #[arg(long, value_name = "FILE.jsonl", conflicts_with = "resume")]
+    pub report: Option<PathBuf>,
+    /// Continue the run in this log, with its settings and counters.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub resume: Option<PathBuf>,
+    /// Intervals without height progress that make a stall [default: 3].
+    #[arg(long, value_name = "N", conflicts_with = "resume")]
+    pub stall_intervals: Option<u32>,
+    /// Send a probe transaction every N intervals, 0 for none [default: 3].
+    #[arg(long, value_name = "N", conflicts_with = "resume")]
+    pub probe_every: Option<u32>,
+    /// Seconds a probe may take to finalize before it counts as lost [default: 60].
+    #[arg(long, value_name = "SECS", conflicts_with = "resume")]
+    pub probe_timeout: Option<f64>,
+    /// Seconds to wait for each node per sample (at most the interval).
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub timeout: f64,
+}
+
+/// Probe amount in TIME: far above dust, far below any wallet's genesis outputs.
+const PROBE_AMOUNT: f64 = 0.001;
+/// Every this many intervals an earlier fork-check height is checked again.
+const RECHECK_EVERY: u64 = 5;
+
+pub fn exit_code(a: &Analysis) -> u8 {
+    if a.count("fork") > 0 {
+        EXIT_FORK
+    } else if a.count("lost tx") > 0 {
+        EXIT_LOST_TX
+    } else if a.count("stall") > 0 {
+        EXIT_STALL
+    } else {
+        EXIT_OK
+    }
+}
+
+/// The rows of the summary, shared by the terminal and the HTML report: label, value, and
+/// whether it is a failure.
+pub fn summary_rows(a: &Analysis) -> Vec<(String, String, bool)> {
+    let p = &a.probes;
+    let ms = |v: Option<u64>| v.map_or("-".into(), |v| format!("{:.2} s", v as f64 / 1000.0));
+    let heights: Vec<String> =
+        a.nodes.iter().map(|(n, s)| format!("{n}={}", s.last_height.map_or("-".into(), |h| h.to_string()))).collect();
+    vec![
+        ("network".into(), a.network.clone(), false),
+        ("started".into(), rfc3339(a.started_ms), false),
+        (
+            "duration".into(),
+            format!("{} of {}", human_duration(a.duration_secs), human_duration(a.planned_secs)),
+            false,
+        ),
+        ("samples".into(), format!("{} intervals, {} log records", a.ticks, a.records), false),
+        ("forks".into(), a.count("fork").to_string(), a.count("fork") > 0),
+        ("stalls".into(), a.count("stall").to_string(), a.count("stall") > 0),
+        ("lost transactions".into(), p.lost.to_string(), p.lost > 0),
+        ("unreachable episodes".into(), a.count("unreachable").to_string(), false),
+        (
+            "probes".into(),
+            format!(
+                "{} sent, {} final, {} lost, {} not sent, {} pending",
+                p.sent, p.finalized, p.lost, p.send_failed, p.pending
+            ),
+            false,
+        ),
+        ("probe finality".into(), format!("p50 {}, max {}", ms(p.latency_p50_ms), ms(p.latency_max_ms)), false),
+        ("last heights".into(), heights.join(" "), false),
+        ("result".into(), if a.passed() { "PASS" } else { "FAIL" }.into(), !a.passed()),
+    ]
+}
+
+pub fn render_summary(a: &Analysis, ui: Ui) -> String {
+    let mut t = ui.table(&["check", "result"]);
+    for (label, value, bad) in summary_rows(a) {
+        let color = if bad {
+            comfy_table::Color::Red
+        } else if label == "result" {
+            comfy_table::Color::Green
+        } else {
+            comfy_table::Color::Reset
+        };
+        t.add_row(vec![comfy_table::Cell::new(label), ui.colored(value, color)]);
+    }
+    let mut out = t.to_string();
+    if !a.findings.is_empty() {
+        let mut f = ui.table(&["at", "severity", "finding", "detail"]);
+        for x in &a.findings {
+            let (sev, color) = match x.severity() {
+                Severity::Error => ("error", comfy_table::Color::Red),
+                Severity::Warning => ("warning", comfy_table::Color::Yellow),
+            };
+            f.add_row(vec![
+                comfy_table::Cell::new(format!("+{}", human_duration(x.t_ms().saturating_sub(a.started_ms) / 1000))),
+                ui.colored(sev, color),
+                comfy_table::Cell::new(x.kind()),
+                comfy_table::Cell::new(x.describe()),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&f.to_string());
+    }
+    out
+}
+
+struct Monitor {
+    nodes: Vec<Node>,
+    clients: Vec<HttpClient>,
+    timeout: Duration,
+    cfg: Start,
+    file: std::fs::File,
+    records: Vec<Record>,
+    seq: u64,
+    next_probe: u64,
+    recheck_height: Option<u64>,
+    wallets: Vec<Option<String>>,
+    results_tx: mpsc::UnboundedSender<ProbeResult>,
+    in_flight: usize,
+    scrape: MetricsScrape,
+}
+
+fn log_err(path: &Path) -> impl FnOnce(std::io::Error) -> anyhow::Error + '_ {
+    move |e| anyhow::Error::new(e).context(format!("cannot write run log {}", path.display()))
+}
+
+impl Monitor {
+    fn write(&mut self, r: Record) -> std::io::Result<()> {
+        monitor::append(&mut self.file, &r)?;
+        self.records.push(r);
+        Ok(())
+    }
+
+    async fn observe(&self) -> Vec<NodeObs> {
+        let calls = self.nodes.iter().zip(&self.clients).map(|(n, c)| async move {
+            let t0 = std::time::Instant::now();
+            let rpc = async {
+                tokio::try_join!(c.get_block_count(), c.get_mempool_info()).map_err(|e| client::compact_error(&e))
+            };
+            let (r, metrics) = tokio::join!(tokio::time::timeout(self.timeout, rpc), self.scrape.snapshot(n));
+            let r = r.unwrap_or_else(|_| Err("timeout".into()));
+            let latency_ms = t0.elapsed().as_millis() as u64;
+            let metrics = metrics.ok();
+            match r {
+                Ok((height, mempool)) => NodeObs {
+                    name: n.name.clone(),
+                    reachable: true,
+                    height: Some(height),
+                    mempool: Some(mempool.size as u64),
+                    error: None,
+                    latency_ms,
+                    rss_bytes: metrics.as_ref().and_then(|m| m.rss_bytes).map(|v| v as u64),
+                    cpu_seconds: metrics.as_ref().and_then(|m| m.cpu_seconds),
+                },
+                Err(e) => {
+                    NodeObs { name: n.name.clone(), reachable: false, error: Some(e), latency_ms, ..Default::default() }
+                }
+            }
+        });
+        futures::future::join_all(calls).await
+    }
+
+    async fn hashes_at(&self, height: u64, which: &[usize], recheck: bool) -> HashCheck {
+        let calls = which.iter().map(|&i| async move {
+            let r = tokio::time::timeout(self.timeout, self.clients[i].get_block_hash(height))
+                .await
+                .map_err(|_| "timeout".to_string())
+                .and_then(|r| r.map_err(|e| client::compact_error(&e)));
+            (self.nodes[i].name.clone(), r)
+        });
+        let mut check = HashCheck { height, recheck, hashes: BTreeMap::new(), errors: BTreeMap::new() };
+        for (name, r) in futures::future::join_all(calls).await {
+            match r {
+                Ok(h) => {
+                    check.hashes.insert(name, h);
+                }
+                Err(e) => {
+                    check.errors.insert(name, e);
+                }
+            }
+        }
+        check
+    }
+
+    async fn tick(&mut self) -> anyhow::Result<()> {
+        let t_ms = now_ms();
+        let nodes = self.observe().await;
+        let reachable: Vec<usize> = (0..nodes.len()).filter(|&i| nodes[i].reachable).collect();
+        let mut checks = Vec::new();
+        if let Some(common) = reachable.iter().filter_map(|&i| nodes[i].height).min() {
+            checks.push(self.hashes_at(common, &reachable, false).await);
+            if self.seq % RECHECK_EVERY == 0 {
+                if let Some(h) = self.recheck_height.filter(|&h| h != common) {
+                    checks.push(self.hashes_at(h, &reachable, true).await);
+                }
+                self.recheck_height = Some(common);
+            }
+        }
+        let tick = Tick { seq: self.seq, t_ms, nodes, checks };
+        self.write(Record::Tick(tick))?;
+        if self.cfg.probe_every > 0 && self.seq % u64::from(self.cfg.probe_every) == 0 {
+            self.send_probe(&reachable).await?;
+        }
+        self.seq += 1;
+        Ok(())
+    }
+
+    async fn wallet(&mut self, i: usize) -> Option<String> {
+        if self.wallets[i].is_none() {
+            let r = tokio::time::timeout(self.timeout, self.clients[i].masternode_status()).await;
+            if let Ok(Ok(s)) = r {
+                self.wallets[i] = Some(s.wallet_address);
+            }
+        }
+        self.wallets[i].clone()
+    }
+
+    async fn send_probe(&mut self, reachable: &[usize]) -> anyhow::Result<()> {
+        if reachable.is_empty() {
+            return Ok(());
+        }
+        let n = self.nodes.len();
+        let id = self.next_probe;
+        self.next_probe += 1;
+        let from = reachable[(id as usize) % reachable.len()];
+        let to = (from + 1) % n;
+        // Finality is read on a node other than the sender, so a probe only counts once the
+        // network, not just the node that accepted it, agrees.
+        let checker = if to != from && reachable.contains(&to) {
+            to
+        } else {
+            reachable.iter().copied().find(|&i| i != from).unwrap_or(from)
+        };
+        let t_ms = now_ms();
+        let sent = match self.wallet(to).await {
+            None => Err(format!("no wallet address from {}", self.nodes[to].name)),
+            Some(addr) => {
+                let memo = format!("timectl probe {id}");
+                match tokio::time::timeout(
+                    self.timeout,
+                    self.clients[from].send_to_address(addr, PROBE_AMOUNT, Some(memo)),
+                )
+                .await
+                {
+                    Err(_) => Err("timeout".into()),
+                    Ok(r) => r.map_err(|e| client::compact_error(&e)),
+                }
+            }
+        };
+        let record = ProbeSent {
+            id,
+            t_ms,
+            from: self.nodes[from].name.clone(),
+            to: self.nodes[to].name.clone(),
+            checker: self.nodes[checker].name.clone(),
+            txid: sent.as_ref().ok().cloned(),
+            error: sent.err(),
+        };
+        if record.txid.is_some() {
+            self.track(&record, checker);
+        }
+        self.write(Record::ProbeSent(record))?;
+        Ok(())
+    }
+
+    fn track(&mut self, p: &ProbeSent, checker: usize) {
+        self.in_flight += 1;
+        let c = self.clients[checker].clone();
+        let tx = self.results_tx.clone();
+        let txid = p.txid.clone().unwrap_or_default();
+        let (id, sent_ms) = (p.id, p.t_ms);
+        let deadline_ms = sent_ms + (self.cfg.probe_timeout_secs * 1000.0) as u64;
+        let per_call = self.timeout;
+        tokio::spawn(async move {
+            let result = loop {
+                let status = match tokio::time::timeout(per_call, c.get_transaction_finality(txid.clone())).await {
+                    Ok(Ok(f)) if f.finalized => {
+                        break ProbeResult {
+                            id,
+                            t_ms: now_ms(),
+                            finalized: true,
+                            status: f.status,
+                            latency_ms: Some(now_ms().saturating_sub(sent_ms)),
+                            node_finality_ms: f.finality_ms,
+                        };
+                    }
+                    Ok(Ok(f)) => f.status,
+                    Ok(Err(e)) => client::compact_error(&e),
+                    Err(_) => "timeout".into(),
+                };
+                if status == "rejected" || now_ms() >= deadline_ms {
+                    break ProbeResult {
+                        id,
+                        t_ms: now_ms(),
+                        finalized: false,
+                        status,
+                        latency_ms: None,
+                        node_finality_ms: None,
+                    };
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            let _ = tx.send(result);
+        });
+    }
+
+    fn progress_message(&self) -> String {
+        let a = monitor::analyze(&self.records);
+        let heights: Vec<String> =
+            a.nodes.values().map(|s| s.last_height.map_or("-".into(), |h| h.to_string())).collect();
+        format!(
+            "heights {} | forks {} | stalls {} | probes {}/{} final, {} lost",
+            heights.join("/"),
+            a.count("fork"),
+            a.count("stall"),
+            a.probes.finalized,
+            a.probes.sent,
+            a.probes.lost
+        )
+    }
+}
+
+fn default_log_path() -> PathBuf {
+    PathBuf::from(format!("stability-{}.jsonl", crate::output::compact_timestamp(now_ms())))
+}
+
+pub async fn run(a: StabilityArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
+    // Settings and history come from the log on --resume, from the flags otherwise.
+    let (log_path, records, cfg, inv_path) = if let Some(path) = &a.resume {
+        let records = monitor::read_log(path)?;
+        let Some(Record::Start(cfg)) = records.first().cloned() else {
+            unreachable!("read_log guarantees a start record");
+        };
+        let inv_path = if g.inventory.is_some() || g.network.is_some() {
+            inventory::resolve_path(g.inventory.as_deref(), g.network.as_deref())?
+        } else {
+            PathBuf::from(&cfg.inventory)
+        };
+        (path.clone(), records, cfg, inv_path)
+    } else {
+        let inv_path = inventory::resolve_path(g.inventory.as_deref(), g.network.as_deref())?;
+        let cfg = Start {
+            version: monitor::LOG_VERSION,
+            started_ms: now_ms(),
+            hours: a.hours.unwrap_or(72.0),
+            interval_secs: a.interval.unwrap_or(10.0),
+            stall_intervals: a.stall_intervals.unwrap_or(3),
+            probe_every: a.probe_every.unwrap_or(3),
+            probe_timeout_secs: a.probe_timeout.unwrap_or(60.0),
+            network: String::new(),
+            inventory: std::path::absolute(&inv_path).unwrap_or_else(|_| inv_path.clone()).display().to_string(),
+            nodes: Vec::new(),
+        };
+        (a.report.clone().unwrap_or_else(default_log_path), Vec::new(), cfg, inv_path)
+    };
+    if !(cfg.interval_secs > 0.0 && cfg.hours >= 0.0) {
+        anyhow::bail!("--interval must be positive and --hours not negative");
+    }
+    let inv = inventory::Inventory::load(&inv_path)?;
+    inventory::remember(&inv_path);
+    if inv.nodes.is_empty() {
+        anyhow::bail!("{} lists no nodes", inv_path.display());
+    }
+
+    let resuming = !records.is_empty();
+    let file = if resuming {
+        std::fs::OpenOptions::new().append(true).open(&log_path)
+    } else {
+        std::fs::OpenOptions::new().write(true).create_new(true).open(&log_path)
+    }
+    .map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            anyhow::Error::new(Hinted {
+                message: format!("run log {} already exists", log_path.display()),
+                hint: format!(
+                    "continue it with `timectl stability --resume {}`, or pick another --report file",
+                    log_path.display()
+                ),
+            })
+        } else {
+            log_err(&log_path)(e)
+        }
+    })?;
+
+    let timeout = Duration::from_secs_f64(a.timeout.min(cfg.interval_secs).max(0.2));
+    let clients = inv
+        .nodes
+        .iter()
+        .map(|n| client::rpc_client(n, timeout))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let (results_tx, mut results_rx) = mpsc::unbounded_channel();
+    let (seq, next_probe) = monitor::next_counters(&records);
+    let mut m = Monitor {
+        wallets: vec![None; inv.nodes.len()],
+        nodes: inv.nodes.clone(),
+        clients,
+        timeout,
+        cfg: cfg.clone(),
+        file,
+        records,
+        seq,
+        next_probe,
+        recheck_height: None,
+        results_tx,
+        in_flight: 0,
+        scrape: MetricsScrape { timeout },
+    };
+    if resuming {
+        m.write(Record::Resume { t_ms: now_ms() }).map_err(log_err(&log_path))?;
+        // Probes the previous invocation left unresolved are tracked again, on their checker.
+        for p in monitor::outstanding_probes(&m.records) {
+            match m.nodes.iter().position(|n| n.name == p.checker) {
+                Some(i) => m.track(&p, i),
+                None => tracing::warn!("probe {}: checker {} not in the inventory", p.id, p.checker),
+            }
+        }
+    } else {
+        let mut start = cfg.clone();
+        start.network = inv.network.clone();
+        start.nodes = inv.nodes.iter().map(|n| n.name.clone()).collect();
+        m.cfg = start.clone();
+        m.write(Record::Start(start)).map_err(log_err(&log_path))?;
+    }
+
+    let end_ms = cfg.started_ms + (cfg.hours * 3_600_000.0) as u64;
+    let total_ms = end_ms.saturating_sub(cfg.started_ms).max(1);
+    let bar = ui.bar(total_ms, "starting");
+    if !ui.json {
+        eprintln!("run log: {}", log_path.display());
+    }
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let interval = Duration::from_secs_f64(cfg.interval_secs);
+    let mut interrupted = false;
+
+    'run: while now_ms() < end_ms {
+        let next = tokio::time::Instant::now() + interval;
+        m.tick().await.map_err(|e| e.context("writing the run log"))?;
+        bar.set_position(now_ms().saturating_sub(cfg.started_ms).min(total_ms));
+        bar.set_message(m.progress_message());
+        tracing::info!("{}", m.progress_message());
+        let wake = next.min(tokio::time::Instant::now() + Duration::from_millis(end_ms.saturating_sub(now_ms())));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => break,
+                Some(r) = results_rx.recv() => {
+                    m.in_flight -= 1;
+                    m.write(Record::ProbeResult(r)).map_err(log_err(&log_path))?;
+                }
+                _ = sigint.recv() => { interrupted = true; break 'run; }
+                _ = sigterm.recv() => { interrupted = true; break 'run; }
+            }
+        }
+    }
+    // A completed run waits for its last probes (bounded by the probe timeout).
+    if !interrupted && m.in_flight > 0 {
+        bar.set_message(format!("waiting for {} probes", m.in_flight));
+        while m.in_flight > 0 {
+            tokio::select! {
+                Some(r) = results_rx.recv() => {
+                    m.in_flight -= 1;
+                    m.write(Record::ProbeResult(r)).map_err(log_err(&log_path))?;
+                }
+                _ = sigint.recv() => { interrupted = true; break; }
+                _ = sigterm.recv() => { interrupted = true; break; }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let reason = if interrupted { "interrupted" } else { "completed" };
+    m.write(Record::End { t_ms: now_ms(), reason: reason.into() }).map_err(log_err(&log_path))?;
+
+    let analysis = monitor::analyze(&m.records);
+    let code = exit_code(&analysis);
+    if ui.json {
+        for line in findings_lines(&analysis) {
+            eprintln!("{line}");
+        }
+        ui.print_json(&serde_json::json!({
+            "log": log_path,
+            "ended": reason,
+            "passed": analysis.passed(),
+            "exit_code": code,
+            "analysis": analysis,
+        }));
+    } else {
+        println!("{}", render_summary(&analysis, ui));
+        println!("run log: {}", log_path.display());
+        if interrupted {
+            println!("interrupted: continue with `timectl stability --resume {}`", log_path.display());
+        }
+    }
+    Ok(code)
+}
+
+/// The failures as lines for stderr when the summary goes to stdout as JSON.
+pub fn findings_lines(a: &Analysis) -> Vec<String> {
+    a.findings
+        .iter()
+        .filter(|f: &&Finding| f.severity() == Severity::Error)
+        .map(|f| format!("{}: {}", f.kind(), f.describe()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::monitor::tests::{clean_run, start, tick};
+
+    fn ui() -> Ui {
+        Ui { json: false, color: false, progress: false }
+    }
+
+    #[test]
+    fn clean_summary_snapshot() {
+        let a = monitor::analyze(&clean_run());
+        assert_eq!(exit_code(&a), EXIT_OK);
+        insta::assert_snapshot!(render_summary(&a, ui()));
+    }
+
+    #[test]
+    fn fork_summary_snapshot_and_exit_code() {
+        let mut r = vec![start(&["n1", "n2", "n3"])];
+        for s in 0..5 {
+            r.push(tick(
+                s,
+                &[Some(s + 1), Some(s + 1), if s < 3 { Some(s + 1) } else { None }],
+                &["a", "a", if s == 0 { "a" } else { "b" }],
+            ));
+        }
+        let a = monitor::analyze(&r);
+        assert_eq!(exit_code(&a), EXIT_FORK);
+        assert_eq!(findings_lines(&a).len(), 1);
+        insta::assert_snapshot!(render_summary(&a, ui()));
+    }
+}
