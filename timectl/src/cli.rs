@@ -33,13 +33,13 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct Global {
     /// Inventory file describing the network's nodes.
-    #[arg(long, global = true, value_name = "FILE", conflicts_with = "network")]
+    #[arg(long, global = true, value_name = "FILE", conflicts_with = "network", display_order = 100)]
     pub inventory: Option<PathBuf>,
     /// Network name: uses inventories/NAME.toml (directory: $TIMECTL_INVENTORY_DIR).
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(long, global = true, value_name = "NAME", display_order = 101)]
     pub network: Option<String>,
     /// Print machine-readable JSON instead of tables (and no progress output).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, display_order = 102)]
     pub json: bool,
 }
 

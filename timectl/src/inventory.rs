@@ -99,7 +99,7 @@ impl InventoryError {
     pub fn hint(&self) -> Option<String> {
         match self {
             InventoryError::NoneGiven => {
-                Some("no inventory given: pass --inventory FILE or --network NAME, or run `timectl local up`".into())
+                Some("pass --inventory FILE or --network NAME, or run `timectl local up`".into())
             }
             InventoryError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Some(
                 "list the inventories with `ls inventories/`, or start a local network with `timectl local up`".into(),
@@ -236,6 +236,16 @@ pub fn remember(path: &Path) {
         .and_then(|_| std::fs::write(&file, abs.to_string_lossy().as_bytes()));
     if let Err(e) = result {
         tracing::warn!("cannot remember the last inventory in {}: {e}", file.display());
+    }
+}
+
+/// Drops the remembered default if it is `path` (its network was just wiped).
+pub fn forget(path: &Path) {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    if let (Some(file), Some(last)) = (last_inventory_file(), last_used()) {
+        if last == abs {
+            let _ = std::fs::remove_file(file);
+        }
     }
 }
 

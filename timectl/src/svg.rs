@@ -195,14 +195,16 @@ impl Chart {
         );
 
         // Finding markers under the data.
-        for m in &self.markers {
+        for (i, m) in self.markers.iter().enumerate() {
             let x = sx(m.x);
+            // Staggered labels stay readable when findings start at the same moment.
+            let label_y = TOP + 10.0 + (i % 6) as f64 * 12.0;
             let _ = write!(
                 s,
                 r#"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="{c}" stroke-dasharray="5 3"><title>{t}</title></line><text x="{:.1}" y="{:.1}" fill="{c}" font-size="10">{t}</text>"#,
                 TOP + ph,
                 x + 3.0,
-                TOP + 10.0,
+                label_y,
                 c = m.color,
                 t = escape(&m.label)
             );

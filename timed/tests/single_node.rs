@@ -154,8 +154,10 @@ async fn every_method_answers_and_a_spend_lands_in_a_block() {
     }
     let e = c.get_raw_transaction("00".repeat(32), None).await.unwrap_err();
     assert!(e.to_string().contains("-5"), "{e}");
-    let e = c.send_to_address(other.clone(), 1e12, None).await.unwrap_err();
+    let e = c.send_to_address(other.clone(), 1e9, None).await.unwrap_err();
     assert!(e.to_string().contains("-6"), "{e}");
+    let e = c.send_to_address(other.clone(), 1e12, None).await.unwrap_err();
+    assert!(e.to_string().contains("-8"), "more than can ever exist: {e}");
     let e = c.send_to_address("TIME0nope".into(), 1.0, None).await.unwrap_err();
     assert!(e.to_string().contains("-5"), "{e}");
     let e = c.wait_transaction_finality("11".repeat(32), Some(0.5)).await.unwrap_err();
@@ -192,11 +194,17 @@ curl -s http://localhost:{port}/rpc \
     assert_eq!(json_of(&b)["error"]["code"], -32601);
     let (b, _) = curl(&url, r#"{"jsonrpc":"2.0","method":"getblockhash","params":["x"],"id":1}"#, &[]);
     assert_eq!(json_of(&b)["error"]["code"], -32602);
-    // Ids of any JSON type come back unchanged.
-    for id in [json!(7), json!("abc"), json!(null), json!(1.5)] {
+    // Ids of every type JSON-RPC 2.0 allows come back unchanged; others are invalid requests.
+    for id in [json!(7), json!("abc"), json!(null), json!(-3), json!(""), json!(1.5), json!(1e20)] {
         let body = json!({"jsonrpc":"2.0","method":"getblockcount","params":[],"id":id}).to_string();
         let (b, _) = curl(&url, &body, &[]);
         assert_eq!(json_of(&b)["id"], id, "{b}");
+        assert!(json_of(&b)["result"].is_u64(), "{b}");
+    }
+    for id in [json!({"a": 1}), json!([1])] {
+        let body = json!({"jsonrpc":"2.0","method":"getblockcount","params":[],"id":id}).to_string();
+        let (b, _) = curl(&url, &body, &[]);
+        assert_eq!(json_of(&b)["error"]["code"], -32600, "id {id}: {b}");
     }
     // Named params and the root path.
     let (b, _) = curl(&format!("http://{}/", node.rpc), r#"{"jsonrpc":"2.0","method":"getblockhash","params":{"height":0},"id":1}"#, &[]);
@@ -205,7 +213,7 @@ curl -s http://localhost:{port}/rpc \
     let (b, _) = curl(&url, r#"[{"jsonrpc":"2.0","method":"getblockcount","id":1},{"jsonrpc":"2.0","method":"uptime","id":2},{"jsonrpc":"2.0","method":"uptime"}]"#, &[]);
     assert_eq!(json_of(&b).as_array().unwrap().len(), 2);
     let (b, code) = curl(&url, r#"{"jsonrpc":"2.0","method":"uptime"}"#, &[]);
-    assert!(b.is_empty() && code == "200", "notification answered: {b:?} {code}");
+    assert!(b.is_empty() && code == "204", "notification answered: {b:?} {code}");
     // Too large a batch, too large a body.
     let big: Vec<Value> = (0..101).map(|i| json!({"jsonrpc":"2.0","method":"uptime","id":i})).collect();
     let (b, _) = curl(&url, &Value::Array(big).to_string(), &[]);

@@ -26,7 +26,7 @@ Examples:
   timectl local up --nodes 3 --keep-data          restart a stopped network with its chain
 
 Nodes run in their own process group, so they outlive timectl and ignore a later ctrl-c.
-Data: nodes/NETWORK/nodeI/, logs: nodes/NETWORK/nodeI.log. Node log level: $TIMECTL_NODE_LOG
+Data: testnet-data/NETWORK/nodeI/, logs: testnet-data/NETWORK/nodeI.log. Node log level: $TIMECTL_NODE_LOG
 (default info).")]
     Up(UpArgs),
     /// Stop the processes of a local network (SIGTERM, then SIGKILL after --timeout).
@@ -52,11 +52,11 @@ pub struct UpArgs {
     /// network without a quorum, which is useful for fault tests.
     #[arg(long, value_name = "N")]
     pub devnet_validators: Option<u32>,
-    /// Parent of the node data directories [default: nodes/NETWORK].
+    /// Parent of the node data directories [default: testnet-data/NETWORK].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// The timed binary [default: next to timectl, then $PATH].
-    #[arg(long, value_name = "PATH", env = "TIMECTL_TIMED")]
+    #[arg(long, value_name = "PATH", env = "TIMECTL_TIMED", hide_env_values = true)]
     pub timed: Option<PathBuf>,
     /// Reuse existing data directories instead of starting from genesis.
     #[arg(long)]
@@ -247,7 +247,8 @@ fn spawn_node(plan: &Plan, index: u32, base: &Path, peers: Option<&str>) -> Resu
     let mut cmd = std::process::Command::new(plan.timed);
     cmd.arg("--validator-id")
         .arg(format!("validator{index}"))
-        .args(["--port", "0", "--rpc-bind", "127.0.0.1:0"])
+        // Loopback only, P2P included: a local network is nobody else's business.
+        .args(["--port", "0", "--p2p-bind", "127.0.0.1", "--rpc-bind", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(&data_dir)
         .arg("--block-time")
@@ -392,7 +393,7 @@ async fn up(a: UpArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
     }
 
     let timed = find_timed(a.timed.as_deref())?;
-    let base = a.data_dir.clone().unwrap_or_else(|| PathBuf::from("nodes").join(&network));
+    let base = a.data_dir.clone().unwrap_or_else(|| PathBuf::from("testnet-data").join(&network));
     let base = std::path::absolute(&base).map_err(io_err(&base))?;
     if !a.keep_data {
         for i in 1..=a.nodes {
@@ -553,6 +554,7 @@ async fn down(a: DownArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
             let _ = std::fs::remove_dir(p);
         }
         std::fs::remove_file(&path).map_err(io_err(&path))?;
+        inventory::forget(&path);
         wiped = true;
     }
 

@@ -26,7 +26,7 @@ pub struct ReportArgs {
     pub output: Option<PathBuf>,
 }
 
-/// Time axis in minutes for short runs, hours for long ones.
+/// Time axis in seconds, minutes or hours, whichever keeps the tick labels short.
 struct TimeAxis {
     start_ms: u64,
     per: f64,
@@ -35,7 +35,13 @@ struct TimeAxis {
 
 impl TimeAxis {
     fn new(a: &Analysis) -> Self {
-        if a.duration_secs > 3 * 3600 {
+        if a.duration_secs <= 300 {
+            TimeAxis {
+                start_ms: a.started_ms,
+                per: 1000.0,
+                label: "seconds since start",
+            }
+        } else if a.duration_secs > 3 * 3600 {
             TimeAxis { start_ms: a.started_ms, per: 3_600_000.0, label: "hours since start" }
         } else {
             TimeAxis { start_ms: a.started_ms, per: 60_000.0, label: "minutes since start" }

@@ -32,7 +32,7 @@ pub struct RpcArgs {
     /// The JSON-RPC method, e.g. getblockcount.
     pub method: String,
     /// Positional parameters.
-    #[arg(allow_hyphen_values = true)]
+    #[arg(allow_negative_numbers = true)]
     pub params: Vec<String>,
     /// Call every node in the inventory.
     #[arg(long)]

@@ -95,9 +95,7 @@ pub fn filters(env: &Env) -> Vec<(String, String)> {
 }
 
 pub fn regex_escape(s: &str) -> String {
-    s.chars()
-        .map(|c| if "\\.+*?()|[]{}^$".contains(c) { format!("\\{c}") } else { c.to_string() })
-        .collect()
+    s.chars().map(|c| if "\\.+*?()|[]{}^$".contains(c) { format!("\\{c}") } else { c.to_string() }).collect()
 }
 
 pub fn alive(pid: u32) -> bool {
@@ -134,9 +132,7 @@ pub fn inventory_pids(path: &Path) -> Vec<u32> {
     let Ok(v) = text.parse::<toml::Table>() else { return Vec::new() };
     v.get("nodes")
         .and_then(|n| n.as_array())
-        .map(|nodes| {
-            nodes.iter().filter_map(|n| n.get("pid").and_then(|p| p.as_integer()).map(|p| p as u32)).collect()
-        })
+        .map(|nodes| nodes.iter().filter_map(|n| n.get("pid").and_then(|p| p.as_integer()).map(|p| p as u32)).collect())
         .unwrap_or_default()
 }
 
@@ -157,7 +153,9 @@ impl Drop for Cleanup<'_> {
         }
         // Only processes whose command line points into this test's directory.
         let tmp = self.env.path().display().to_string();
-        pids.retain(|&p| std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&tmp)));
+        pids.retain(|&p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&tmp))
+        });
         for p in &pids {
             kill(*p, libc::SIGTERM);
         }

@@ -19,8 +19,6 @@ pub const RPC_VERIFY_ALREADY_IN_CHAIN: i32 = -27;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TxError {
-    #[error("bad-txns-vin-empty")]
-    NoInputs,
     #[error("bad-txns-vout-empty")]
     NoOutputs,
     #[error("bad-txns-oversize")]

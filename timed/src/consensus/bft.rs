@@ -169,30 +169,46 @@ struct ProposalMeta {
     valid_round: Option<u32>,
 }
 
-/// One kind of vote in one round: the first vote of each validator, tallied by value.
+/// One kind of vote in one round, tallied by value.
+///
+/// As in the paper, messages are counted: a validator that votes two values counts once for
+/// each (never twice for one), and once towards "any value" thresholds. That is safe: two
+/// quorums for different values share more than f validators, so some honest one would have
+/// to vote twice. Counting only a first vote instead can strand a node: the certificate that
+/// decided a height may hold the equivocator's other vote, which that node then ignores.
 #[derive(Default)]
 struct VoteSet {
-    votes: BTreeMap<ValidatorIndex, Vote>,
+    votes: BTreeMap<ValidatorIndex, Vec<Vote>>,
     tally: HashMap<Option<BlockHash>, usize>,
 }
+
+/// Distinct values kept per validator in one VoteSet (nil and two blocks), so an equivocator
+/// cannot grow memory. Dropping its further votes is no worse than it not sending them.
+const MAX_VALUES_PER_VOTER: usize = 3;
 
 enum Added {
     New,
     Duplicate,
-    /// The validator's earlier, different vote.
+    /// Counted, but the validator had already voted another value: this is its first vote.
     Conflict(Vote),
 }
 
 impl VoteSet {
     fn add(&mut self, vote: &Vote) -> Added {
-        if let Some(prev) = self.votes.get(&vote.validator) {
-            return if prev.block_hash == vote.block_hash { Added::Duplicate } else { Added::Conflict(prev.clone()) };
+        let mine = self.votes.entry(vote.validator).or_default();
+        if mine.iter().any(|v| v.block_hash == vote.block_hash) || mine.len() >= MAX_VALUES_PER_VOTER {
+            return Added::Duplicate;
         }
-        self.votes.insert(vote.validator, vote.clone());
+        let first = mine.first().cloned();
+        mine.push(vote.clone());
         *self.tally.entry(vote.block_hash).or_default() += 1;
-        Added::New
+        match first {
+            None => Added::New,
+            Some(first) => Added::Conflict(first),
+        }
     }
 
+    /// Distinct validators that voted anything.
     fn total(&self) -> usize {
         self.votes.len()
     }
@@ -202,7 +218,11 @@ impl VoteSet {
     }
 
     fn votes_for(&self, value: Option<BlockHash>) -> Vec<Vote> {
-        self.votes.values().filter(|v| v.block_hash == value).cloned().collect()
+        self.votes.values().flatten().filter(|v| v.block_hash == value).cloned().collect()
+    }
+
+    fn first_of(&self, validator: ValidatorIndex) -> Option<&Vote> {
+        self.votes.get(&validator).and_then(|v| v.first())
     }
 }
 
@@ -304,6 +324,22 @@ impl Bft {
         self.proposer_of.as_ref().map(|f| f(round))
     }
 
+    /// This node's latest votes at this height (those of the highest round it voted in so
+    /// far), for the caller to re-broadcast now and then. The algorithm assumes every vote
+    /// eventually arrives; after lost messages or a restart, nodes all waiting on each other
+    /// only get going again if they repeat themselves.
+    pub fn own_votes(&self) -> Vec<Vote> {
+        let Some(me) = self.params.me else { return Vec::new() };
+        for rs in self.rounds.range(..=self.round).rev().map(|(_, rs)| rs) {
+            let votes: Vec<Vote> =
+                [rs.prevotes.first_of(me), rs.precommits.first_of(me)].into_iter().flatten().cloned().collect();
+            if !votes.is_empty() {
+                return votes;
+            }
+        }
+        Vec::new()
+    }
+
     /// lockedRound and lockedValue.
     pub fn locked_block(&self) -> Option<(u32, &Block)> {
         self.locked.and_then(|(r, h)| self.blocks.get(&h).map(|b| (r, &b.block)))
@@ -400,7 +436,6 @@ impl Bft {
                     if self.evidence.len() < MAX_EVIDENCE {
                         self.evidence.push((first, vote.clone()));
                     }
-                    return out;
                 }
             }
         }
@@ -664,9 +699,25 @@ mod tests {
 
     enum Event {
         /// `catch_up`: a reply helping a laggard, which never triggers a reply itself.
-        Deliver { from: usize, to: usize, msg: Msg, catch_up: bool },
-        Timeout { node: usize, kind: TimeoutKind, height: u64, round: u32 },
+        Deliver {
+            from: usize,
+            to: usize,
+            msg: Msg,
+            catch_up: bool,
+        },
+        Timeout {
+            node: usize,
+            kind: TimeoutKind,
+            height: u64,
+            round: u32,
+        },
+        /// The node re-broadcasts its latest votes, as the node's gossip does.
+        Gossip {
+            node: usize,
+        },
     }
+
+    const GOSSIP_EVERY_MS: u64 = 2_000;
 
     /// Everything a node needs to help a laggard finish a height it already committed: the
     /// proposal and the certificate (what block sync / gossip catch-up provide in the node).
@@ -769,6 +820,7 @@ mod tests {
 
         fn start(&mut self) {
             for i in self.honest() {
+                self.push(GOSSIP_EVERY_MS, Event::Gossip { node: i });
                 let ranking = ranking_for(&self.chain_hash(0), 1, self.n);
                 let actions = self.nodes[i].start_height(1, rot(ranking));
                 self.handle(i, actions);
@@ -794,7 +846,9 @@ mod tests {
                     Action::ScheduleTimeout { kind, height, round, after_ms } => {
                         self.push(self.now + after_ms, Event::Timeout { node: i, kind, height, round });
                     }
-                    Action::Commit { height, round, block, cert_votes } => self.commit(i, height, round, block, cert_votes),
+                    Action::Commit { height, round, block, cert_votes } => {
+                        self.commit(i, height, round, block, cert_votes)
+                    }
                 }
             }
         }
@@ -804,22 +858,22 @@ mod tests {
             assert!(cert.len() >= self.quorum, "certificate below quorum");
             let signers: HashSet<ValidatorIndex> = cert.iter().map(|v| v.validator).collect();
             assert_eq!(signers.len(), cert.len(), "duplicate signer in certificate");
-            assert!(cert
-                .iter()
-                .all(|v| v.kind == VoteKind::Precommit && v.height == height && v.round == round && v.block_hash == Some(hash)));
+            assert!(cert.iter().all(|v| v.kind == VoteKind::Precommit
+                && v.height == height
+                && v.round == round
+                && v.block_hash == Some(hash)));
             // Safety: nobody committed anything else at this height.
             for (j, c) in self.commits.iter().enumerate() {
                 if let Some(other) = c.get(&height) {
-                    assert_eq!(other.block.hash(), hash, "node {i} and node {j} committed different blocks at {height}");
+                    assert_eq!(
+                        other.block.hash(),
+                        hash,
+                        "node {i} and node {j} committed different blocks at {height}"
+                    );
                 }
             }
-            assert!(self.commits[i].insert(height, Committed {
-                round,
-                proposer: block.header.producer,
-                block,
-                cert,
-            })
-            .is_none());
+            let proposer = self.nodes[i].proposer(round).expect("height started");
+            assert!(self.commits[i].insert(height, Committed { round, proposer, block, cert }).is_none());
             if height < self.target {
                 let ranking = ranking_for(&hash, height + 1, self.n);
                 let actions = self.nodes[i].start_height(height + 1, rot(ranking));
@@ -846,8 +900,12 @@ mod tests {
                 // The sender is behind: help it finish that height, as gossip catch-up does.
                 if let Some(c) = self.commits[to].get(&msg.height()).cloned() {
                     if from != to && !catch_up && self.byzantine != Some(from) {
-                        let proposal =
-                            Msg::Proposal { round: c.round, block: c.block.clone(), valid_round: None, from: c.proposer };
+                        let proposal = Msg::Proposal {
+                            round: c.round,
+                            block: c.block.clone(),
+                            valid_round: None,
+                            from: c.proposer,
+                        };
                         self.send_as(to, from, proposal, true);
                         for v in c.cert {
                             self.send_as(to, from, Msg::Vote(v), true);
@@ -878,14 +936,20 @@ mod tests {
             if height == 0 || !self.byz_handled.insert((height, round, seen_hash)) {
                 return;
             }
-            let Some(parent) = self.commits.iter().find_map(|c| c.get(&(height - 1))).map(|c| c.block.hash()).or_else(|| {
-                (height == 1).then(|| self.chain_hash(0))
-            }) else {
+            let Some(parent) = self
+                .commits
+                .iter()
+                .find_map(|c| c.get(&(height - 1)))
+                .map(|c| c.block.hash())
+                .or_else(|| (height == 1).then(|| self.chain_hash(0)))
+            else {
                 return;
             };
             let ranking = ranking_for(&parent, height, self.n);
             let mut candidates = vec![None, seen_hash, Some(Hash256::digest(&self.rng.gen::<u64>().to_le_bytes()))];
-            if leader::proposer(&ranking, round) == Some(b as ValidatorIndex) && self.byz_handled.insert((height, round, None)) {
+            if leader::proposer(&ranking, round) == Some(b as ValidatorIndex)
+                && self.byz_handled.insert((height, round, None))
+            {
                 let x = make_block(height, round, b as ValidatorIndex, parent, 1);
                 let y = make_block(height, round, b as ValidatorIndex, parent, 2);
                 candidates.extend([Some(x.hash()), Some(y.hash())]);
@@ -928,12 +992,33 @@ mod tests {
                             self.handle(node, actions);
                         }
                     }
+                    Event::Gossip { node } => {
+                        for v in self.nodes[node].own_votes() {
+                            for to in (0..self.n).filter(|&to| to != node) {
+                                self.send(node, to, Msg::Vote(v.clone()));
+                            }
+                        }
+                        self.push(self.now + GOSSIP_EVERY_MS, Event::Gossip { node });
+                    }
                 }
             }
         }
 
         fn assert_all_committed_same(&self) {
             let honest = self.honest();
+            for i in 0..self.n {
+                let b = &self.nodes[i];
+                eprintln!(
+                    "DEBUG node {i}: h={} r={} step={:?} commits={} stats={:?} now={} queue={}",
+                    b.height(),
+                    b.round(),
+                    b.step(),
+                    self.commits[i].len(),
+                    b.stats(),
+                    self.now,
+                    self.queue.len()
+                );
+            }
             for h in 1..=self.target {
                 let first = self.commits[honest[0]].get(&h).unwrap_or_else(|| panic!("height {h} not committed"));
                 for &i in &honest {
@@ -1066,10 +1151,18 @@ mod tests {
         assert_eq!(b.step_name(), "idle");
         let a = b.start_height(5, rot(vec![2, 0, 1, 3]));
         assert!(matches!(a[0], Action::Propose { round: 0, valid_round: None, valid_block: None }));
-        assert!(a.contains(&Action::ScheduleTimeout { kind: TimeoutKind::Propose, height: 5, round: 0, after_ms: 3000 }));
+        assert!(a.contains(&Action::ScheduleTimeout {
+            kind: TimeoutKind::Propose,
+            height: 5,
+            round: 0,
+            after_ms: 3000
+        }));
         let mut b = machine(4, 1);
         let a = b.start_height(5, rot(vec![2, 0, 1, 3]));
-        assert_eq!(a, vec![Action::ScheduleTimeout { kind: TimeoutKind::Propose, height: 5, round: 0, after_ms: 3000 }]);
+        assert_eq!(
+            a,
+            vec![Action::ScheduleTimeout { kind: TimeoutKind::Propose, height: 5, round: 0, after_ms: 3000 }]
+        );
         assert_eq!((b.height(), b.round(), b.step()), (5, 0, Step::Propose));
     }
 
@@ -1095,7 +1188,14 @@ mod tests {
         assert!(b.on_vote(&vote(VoteKind::Prevote, 1, 0, None, 2)).is_empty());
         assert_eq!(b.stats().equivocations, 1);
         assert_eq!(b.equivocation_evidence()[0].0.block_hash, x);
-        assert_eq!(b.rounds[&0].prevotes.total(), 1);
+        // One validator: once for each value, once in total.
+        let pv = &b.rounds[&0].prevotes;
+        assert_eq!((pv.total(), pv.count(x), pv.count(None)), (1, 1, 1));
+        // An equivocator's values are capped.
+        for i in 0..5u64 {
+            b.on_vote(&vote(VoteKind::Prevote, 1, 0, Some(Hash256::digest(&i.to_le_bytes())), 2));
+        }
+        assert_eq!(b.rounds[&0].prevotes.votes[&2].len(), MAX_VALUES_PER_VOTER);
         // Wrong height and unknown validators are ignored.
         b.on_vote(&vote(VoteKind::Prevote, 2, 0, x, 3));
         b.on_vote(&vote(VoteKind::Prevote, 1, 0, x, 9));
@@ -1146,89 +1246,108 @@ mod tests {
         assert_eq!(b.stats().round_skips, 1);
     }
 
+    fn locked(b: &Bft) -> Option<(u32, BlockHash)> {
+        b.locked_block().map(|(r, blk)| (r, blk.hash()))
+    }
+
+    /// Feeds precommits for nil from 0, 1, 2 and fires the precommit timeout: next round.
+    fn fail_round(b: &mut Bft, round: u32) -> Vec<Action> {
+        for v in [0, 1, 2] {
+            b.on_vote(&vote(VoteKind::Precommit, 1, round, None, v));
+        }
+        b.on_timeout(TimeoutKind::Precommit, 1, round)
+    }
+
     #[test]
-    fn locks_hold_until_a_later_polka() {
-        // n = 4, this node is 3. Round 0: it prevotes X, sees a polka for X, locks X.
+    fn a_lock_gives_way_only_to_a_later_polka() {
+        // n = 4, this node is 3; rounds are led by 0, 1, 2, 3.
         let mut b = machine(4, 3);
-        let ranking = vec![0, 1, 2, 3];
-        b.start_height(1, rot(ranking));
+        b.start_height(1, rot(vec![0, 1, 2, 3]));
+        // Round 0: prevote X, see a polka for X, lock X.
         let x = make_block(1, 0, 0, Hash256::ZERO, 0);
         let xh = x.hash();
-        let a = b.on_proposal(0, xh, x.clone(), None, true, 0);
+        let a = b.on_proposal(0, xh, x, None, true, 0);
         assert_eq!(votes_of(&a), vec![(VoteKind::Prevote, 0, Some(xh))]);
         for v in [0, 1, 3] {
             b.on_vote(&vote(VoteKind::Prevote, 1, 0, Some(xh), v));
         }
-        assert_eq!(b.locked_block().map(|(r, blk)| (r, blk.hash())), Some((0, xh)));
+        assert_eq!(locked(&b), Some((0, xh)));
         assert_eq!(b.valid_block().map(|(r, _)| r), Some(0));
         assert_eq!(b.step(), Step::Precommit);
-        // Round 0 fails to commit; round 1's proposer offers a fresh Y: locked, so nil.
-        for v in [0, 1, 2] {
-            b.on_vote(&vote(VoteKind::Precommit, 1, 0, None, v));
-        }
-        b.on_timeout(TimeoutKind::Precommit, 1, 0);
+        fail_round(&mut b, 0);
+        // Round 1: a fresh Y is refused while locked on X (line 22).
         let y = make_block(1, 1, 1, Hash256::ZERO, 0);
         let yh = y.hash();
         let a = b.on_proposal(1, yh, y.clone(), None, true, 1);
         assert_eq!(votes_of(&a), vec![(VoteKind::Prevote, 1, None)]);
-        // Others saw a polka for Y in round 1, which this node also learns of; the round
-        // 2 proposer re-proposes Y with valid_round 1: the lock on round 0 gives way.
+        fail_round(&mut b, 1);
+        // Round 2 re-proposes Y with valid_round 1. Without the round-1 polka it waits...
+        assert!(votes_of(&b.on_proposal(2, yh, y.clone(), Some(1), true, 2)).is_empty());
+        // ...and once the polka arrives, lockedRound 0 <= 1 lets it prevote Y (line 28).
+        let mut a = Vec::new();
         for v in [0, 1, 2] {
-            b.on_vote(&vote(VoteKind::Prevote, 1, 1, Some(yh), v));
+            a.extend(b.on_vote(&vote(VoteKind::Prevote, 1, 1, Some(yh), v)));
         }
-        // The polka arrived after this node's nil prevote, so no precommit, but Y is now
-        // its valid value (line 36 with step = precommit? no: step is prevote) -- it
-        // precommits Y and relocks, as the paper says.
-        assert_eq!(b.locked_block().map(|(r, blk)| (r, blk.hash())), Some((1, yh)));
-        for v in [0, 1, 2] {
-            b.on_vote(&vote(VoteKind::Precommit, 1, 1, None, v));
-        }
-        b.on_timeout(TimeoutKind::Precommit, 1, 1);
-        let a = b.on_proposal(2, yh, y, Some(1), true, 2);
         assert_eq!(votes_of(&a), vec![(VoteKind::Prevote, 2, Some(yh))]);
-        // A proposer of a later round that this node leads re-proposes the valid value.
+        assert_eq!(locked(&b), Some((0, xh)), "a polka of an earlier round does not relock");
+        // A round-2 polka for Y relocks (line 36).
+        let mut a = Vec::new();
         for v in [0, 1, 2] {
-            b.on_vote(&vote(VoteKind::Precommit, 1, 2, None, v));
+            a.extend(b.on_vote(&vote(VoteKind::Prevote, 1, 2, Some(yh), v)));
         }
-        let a = b.on_timeout(TimeoutKind::Precommit, 1, 2);
+        assert_eq!(votes_of(&a), vec![(VoteKind::Precommit, 2, Some(yh))]);
+        assert_eq!(locked(&b), Some((2, yh)));
+        // Leading round 3, this node re-proposes its valid value.
+        let a = fail_round(&mut b, 2);
         match &a[0] {
-            Action::Propose { round: 3, valid_round: Some(1), valid_block: Some(blk) } => assert_eq!(blk.hash(), yh),
+            Action::Propose { round: 3, valid_round: Some(2), valid_block: Some(blk) } => assert_eq!(blk.hash(), yh),
             other => panic!("expected a re-proposal, got {other:?}"),
         }
     }
 
     #[test]
-    fn locked_node_refuses_a_reproposal_older_than_its_lock() {
+    fn a_polka_older_than_the_lock_is_refused() {
         let mut b = machine(4, 3);
         b.start_height(1, rot(vec![0, 1, 2, 3]));
-        let x = make_block(1, 0, 0, Hash256::ZERO, 0);
-        let (xh, yh) = (x.hash(), make_block(1, 0, 0, Hash256::ZERO, 9).hash());
-        // Lock X in round 1 (proposed by 1 as a re-proposal of round 0's polka is not
-        // needed: a fresh proposal suffices for the test).
+        // Round 0 passes without a proposal.
         b.on_timeout(TimeoutKind::Propose, 1, 0);
-        for v in [0, 1, 2] {
-            b.on_vote(&vote(VoteKind::Precommit, 1, 0, None, v));
-        }
-        b.on_timeout(TimeoutKind::Precommit, 1, 0);
+        fail_round(&mut b, 0);
+        // Round 1: lock X1.
         let x1 = make_block(1, 1, 1, Hash256::ZERO, 0);
         let x1h = x1.hash();
         b.on_proposal(1, x1h, x1, None, true, 1);
         for v in [0, 1, 2] {
             b.on_vote(&vote(VoteKind::Prevote, 1, 1, Some(x1h), v));
         }
-        assert_eq!(b.locked_block().map(|(r, _)| r), Some(1));
-        // Round 2 re-proposes a block with valid_round 0 (older than the lock): even with a
-        // round-0 polka for it, the node prevotes nil.
+        assert_eq!(locked(&b), Some((1, x1h)));
+        fail_round(&mut b, 1);
+        // Round 2 re-proposes X0 with a genuine round-0 polka: older than the lock, so nil.
+        let x0 = make_block(1, 0, 0, Hash256::ZERO, 0);
+        let x0h = x0.hash();
         for v in [0, 1, 2] {
-            b.on_vote(&vote(VoteKind::Precommit, 1, 1, None, v));
+            b.on_vote(&vote(VoteKind::Prevote, 1, 0, Some(x0h), v));
         }
-        b.on_timeout(TimeoutKind::Precommit, 1, 1);
-        let _ = (xh, yh);
-        for v in [0, 1, 2] {
-            b.on_vote(&vote(VoteKind::Prevote, 1, 0, Some(xh), v));
-        }
-        let a = b.on_proposal(2, xh, x, Some(0), true, 2);
+        let a = b.on_proposal(2, x0h, x0, Some(0), true, 2);
         assert_eq!(votes_of(&a), vec![(VoteKind::Prevote, 2, None)]);
+        assert_eq!(locked(&b), Some((1, x1h)));
+    }
+
+    #[test]
+    fn own_votes_are_available_for_regossip() {
+        let mut b = machine(4, 3);
+        b.start_height(1, rot(vec![0, 1, 2, 3]));
+        assert!(b.own_votes().is_empty());
+        b.on_timeout(TimeoutKind::Propose, 1, 0);
+        // The caller feeds its own vote back; only then can it be re-sent.
+        b.on_vote(&vote(VoteKind::Prevote, 1, 0, None, 3));
+        b.on_vote(&vote(VoteKind::Prevote, 1, 0, None, 1));
+        let mine = b.own_votes();
+        assert_eq!(mine.len(), 1);
+        assert_eq!((mine[0].validator, mine[0].kind), (3, VoteKind::Prevote));
+        // Still the latest ones after moving to a round without votes yet.
+        fail_round(&mut b, 0);
+        assert_eq!(b.round(), 1);
+        assert_eq!(b.own_votes().len(), 1);
     }
 
     #[test]
@@ -1243,7 +1362,9 @@ mod tests {
         }
         let a = b.on_proposal(0, xh, x, None, true, 0);
         let commit = a.iter().find_map(|x| match x {
-            Action::Commit { height, round, block, cert_votes } => Some((*height, *round, block.hash(), cert_votes.len())),
+            Action::Commit { height, round, block, cert_votes } => {
+                Some((*height, *round, block.hash(), cert_votes.len()))
+            }
             _ => None,
         });
         assert_eq!(commit, Some((1, 0, xh, 3)));

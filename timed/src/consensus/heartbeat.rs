@@ -255,7 +255,11 @@ impl HeartbeatTracker {
             if *d != a.heartbeat_digest {
                 return AttestationOutcome::DigestMismatch;
             }
-            return if witnesses.insert(a.witness) { AttestationOutcome::Pending } else { AttestationOutcome::Duplicate };
+            return if witnesses.insert(a.witness) {
+                AttestationOutcome::Pending
+            } else {
+                AttestationOutcome::Duplicate
+            };
         }
         if st.pending.len() >= MAX_PENDING_PER_VALIDATOR {
             let lowest = *st.pending.keys().next().expect("non-empty");
@@ -288,9 +292,7 @@ impl HeartbeatTracker {
 
     /// Active validators, ascending.
     pub fn active_set(&self, now_ms: u64) -> Vec<ValidatorIndex> {
-        (0..self.validators.len() as ValidatorIndex)
-            .filter(|&v| self.status(v, now_ms) == Liveness::Active)
-            .collect()
+        (0..self.validators.len() as ValidatorIndex).filter(|&v| self.status(v, now_ms) == Liveness::Active).collect()
     }
 
     pub fn validator(&self, validator: ValidatorIndex, now_ms: u64) -> Option<ValidatorLiveness> {
@@ -323,20 +325,16 @@ impl HeartbeatTracker {
     }
 
     pub fn validators(&self, now_ms: u64) -> Vec<ValidatorLiveness> {
-        (0..self.validators.len() as ValidatorIndex)
-            .filter_map(|v| self.validator(v, now_ms))
-            .collect()
+        (0..self.validators.len() as ValidatorIndex).filter_map(|v| self.validator(v, now_ms)).collect()
     }
 
     /// The kept heartbeats (`history_len` per validator), newest first: of one validator, or
     /// of all of them ordered by arrival.
     pub fn history(&self, validator: Option<ValidatorIndex>) -> Vec<HeartbeatEntry> {
         match validator {
-            Some(v) => self
-                .validators
-                .get(v as usize)
-                .map(|st| st.history.iter().rev().cloned().collect())
-                .unwrap_or_default(),
+            Some(v) => {
+                self.validators.get(v as usize).map(|st| st.history.iter().rev().cloned().collect()).unwrap_or_default()
+            }
             None => {
                 let mut all: Vec<&HeartbeatEntry> = self.validators.iter().flat_map(|st| st.history.iter()).collect();
                 all.sort_by(|a, b| b.received_ms.cmp(&a.received_ms).then(a.validator.cmp(&b.validator)));
@@ -478,7 +476,8 @@ mod tests {
         }
         let seqs: Vec<u64> = t.history(Some(0)).iter().map(|e| e.sequence).collect();
         assert_eq!(seqs, vec![5, 4, 3]);
-        let all: Vec<(ValidatorIndex, u64)> = t.history(None).iter().take(4).map(|e| (e.validator, e.sequence)).collect();
+        let all: Vec<(ValidatorIndex, u64)> =
+            t.history(None).iter().take(4).map(|e| (e.validator, e.sequence)).collect();
         assert_eq!(all, vec![(1, 5), (0, 5), (1, 4), (0, 4)]);
         // Attesting an evicted heartbeat is stale.
         assert_eq!(t.on_attestation(&att(&hb(0, 1), 1), 9_000), AttestationOutcome::Stale);

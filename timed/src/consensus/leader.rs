@@ -20,10 +20,8 @@ pub fn leader_key(prev_hash: &BlockHash, slot: u64, index: ValidatorIndex) -> Ha
 /// Keyed by the parent hash as well as the slot so that nobody can know the order of slots
 /// beyond the next block in advance. Duplicates in `eligible` are dropped.
 pub fn ranking(prev_hash: &Hash256, slot: u64, eligible: &[ValidatorIndex]) -> Vec<ValidatorIndex> {
-    let mut keyed: Vec<(Hash256, ValidatorIndex)> = eligible
-        .iter()
-        .map(|&i| (leader_key(prev_hash, slot, i), i))
-        .collect();
+    let mut keyed: Vec<(Hash256, ValidatorIndex)> =
+        eligible.iter().map(|&i| (leader_key(prev_hash, slot, i), i)).collect();
     // Distinct indices never share a key in practice; the index breaks a tie regardless.
     // Equal indices have equal keys, so duplicates end up adjacent.
     keyed.sort_unstable();
@@ -60,10 +58,7 @@ pub fn eligible(n_validators: usize, recent_certs_signers: &[Vec<ValidatorIndex>
             }
         }
     }
-    let out: Vec<ValidatorIndex> = (0..n_validators)
-        .filter(|&i| signed[i])
-        .map(|i| i as ValidatorIndex)
-        .collect();
+    let out: Vec<ValidatorIndex> = (0..n_validators).filter(|&i| signed[i]).map(|i| i as ValidatorIndex).collect();
     if out.is_empty() {
         all()
     } else {

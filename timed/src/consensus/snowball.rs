@@ -898,9 +898,12 @@ mod tests {
                     match nodes[p].preference(t) {
                         Preference::Yes => yes[j] += 1,
                         Preference::No => {}
-                        // Asked about something new: fetch it, as a node would.
+                        // Asked about something new: fetch it, as a node would. A spend
+                        // that arrives after its rival won is rejected on sight.
                         Preference::Unknown => {
-                            nodes[p].insert(*t, &spent, now);
+                            if nodes[p].insert(*t, &spent, now) == InsertOutcome::Rejected {
+                                decided[p].1.push(*t);
+                            }
                         }
                     }
                 }

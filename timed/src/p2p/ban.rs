@@ -16,10 +16,7 @@ pub(crate) enum BanKey {
     /// A whole remote host; only used for non-loopback addresses.
     Ip(IpAddr),
     /// A node: its claimed key (if its Hello was read) and its dialable address.
-    Node {
-        pubkey: Option<PublicKey>,
-        listen: SocketAddr,
-    },
+    Node { pubkey: Option<PublicKey>, listen: SocketAddr },
 }
 
 impl BanKey {
@@ -60,12 +57,7 @@ const MAX_TRACKED: usize = 4096;
 
 impl BanList {
     /// Records one offence under each key; returns the keys that became banned by it.
-    pub(crate) fn offence(
-        &mut self,
-        keys: &[BanKey],
-        policy: BanPolicy,
-        now: Instant,
-    ) -> Vec<BanKey> {
+    pub(crate) fn offence(&mut self, keys: &[BanKey], policy: BanPolicy, now: Instant) -> Vec<BanKey> {
         self.prune(policy, now);
         let mut banned = Vec::new();
         for key in keys {
@@ -86,10 +78,7 @@ impl BanList {
     fn prune(&mut self, policy: BanPolicy, now: Instant) {
         self.bans.retain(|_, until| *until > now);
         self.offences.retain(|_, times| {
-            while times
-                .front()
-                .is_some_and(|t| now.duration_since(*t) > policy.window)
-            {
+            while times.front().is_some_and(|t| now.duration_since(*t) > policy.window) {
                 times.pop_front();
             }
             !times.is_empty()
@@ -97,10 +86,7 @@ impl BanList {
     }
 
     fn active(&self, now: Instant) -> impl Iterator<Item = &BanKey> {
-        self.bans
-            .iter()
-            .filter(move |(_, until)| **until > now)
-            .map(|(k, _)| k)
+        self.bans.iter().filter(move |(_, until)| **until > now).map(|(k, _)| k)
     }
 
     fn ip_banned(&self, ip: IpAddr, now: Instant) -> bool {
@@ -114,18 +100,10 @@ impl BanList {
 
     /// Whether a node that claimed `pubkey` and listens on `listen` is banned. A ban recorded
     /// without a key (a dialled address that never said Hello) covers any key there.
-    pub(crate) fn refuses_node(
-        &self,
-        pubkey: &PublicKey,
-        listen: SocketAddr,
-        now: Instant,
-    ) -> bool {
+    pub(crate) fn refuses_node(&self, pubkey: &PublicKey, listen: SocketAddr, now: Instant) -> bool {
         self.ip_banned(listen.ip(), now)
             || self.active(now).any(|k| match k {
-                BanKey::Node {
-                    pubkey: p,
-                    listen: l,
-                } => *l == listen && p.as_ref().map_or(true, |p| p == pubkey),
+                BanKey::Node { pubkey: p, listen: l } => *l == listen && (p.is_none() || p.as_ref() == Some(pubkey)),
                 BanKey::Ip(_) => false,
             })
     }
@@ -133,9 +111,7 @@ impl BanList {
     /// Whether dialling `addr` is off limits: any node ban on that address, or its IP.
     pub(crate) fn refuses_dial(&self, addr: SocketAddr, now: Instant) -> bool {
         self.ip_banned(addr.ip(), now)
-            || self
-                .active(now)
-                .any(|k| matches!(k, BanKey::Node { listen, .. } if *listen == addr))
+            || self.active(now).any(|k| matches!(k, BanKey::Node { listen, .. } if *listen == addr))
     }
 
     #[cfg(test)]
@@ -148,11 +124,8 @@ impl BanList {
 mod tests {
     use super::*;
 
-    const POLICY: BanPolicy = BanPolicy {
-        threshold: 3,
-        window: Duration::from_secs(600),
-        duration: Duration::from_secs(60),
-    };
+    const POLICY: BanPolicy =
+        BanPolicy { threshold: 3, window: Duration::from_secs(600), duration: Duration::from_secs(60) };
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -190,9 +163,7 @@ mod tests {
         let t0 = Instant::now();
         bans.offence(&keys, POLICY, t0);
         bans.offence(&keys, POLICY, t0 + Duration::from_secs(1));
-        assert!(bans
-            .offence(&keys, POLICY, t0 + Duration::from_secs(700))
-            .is_empty());
+        assert!(bans.offence(&keys, POLICY, t0 + Duration::from_secs(700)).is_empty());
         let t1 = t0 + Duration::from_secs(701);
         assert_eq!(bans.offence(&keys, POLICY, t1).len(), 0);
         assert_eq!(bans.offence(&keys, POLICY, t1).len(), 2);

@@ -17,9 +17,7 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn bounded<F: Future<Output = ()>>(f: F) {
-    tokio::time::timeout(Duration::from_secs(45), f)
-        .await
-        .expect("test timed out");
+    tokio::time::timeout(Duration::from_secs(45), f).await.expect("test timed out");
 }
 
 /// A small devnet of its own.
@@ -37,11 +35,7 @@ impl Net {
     }
 
     fn validators(&self) -> Vec<(String, PublicKey)> {
-        self.genesis
-            .validators
-            .iter()
-            .map(|v| (v.id.clone(), v.pubkey))
-            .collect()
+        self.genesis.validators.iter().map(|v| (v.id.clone(), v.pubkey)).collect()
     }
 
     fn key(&self, idx: ValidatorIndex) -> Keypair {
@@ -99,14 +93,8 @@ struct Node {
 impl Node {
     async fn start(cfg: P2pConfig, tuning: Tuning, height: u64) -> Node {
         let (tx, height_rx) = watch::channel(height);
-        let (p2p, rx) = P2p::start_tuned(cfg, tuning, height_rx)
-            .await
-            .expect("p2p starts");
-        Node {
-            p2p,
-            rx,
-            _height: tx,
-        }
+        let (p2p, rx) = P2p::start_tuned(cfg, tuning, height_rx).await.expect("p2p starts");
+        Node { p2p, rx, _height: tx }
     }
 
     fn addr(&self) -> SocketAddr {
@@ -114,20 +102,13 @@ impl Node {
     }
 
     async fn event(&mut self) -> Inbound {
-        tokio::time::timeout(WAIT, self.rx.recv())
-            .await
-            .expect("no event in time")
-            .expect("channel open")
+        tokio::time::timeout(WAIT, self.rx.recv()).await.expect("no event in time").expect("channel open")
     }
 
     /// Waits for `Connected { peer }`, skipping anything else; returns its best height.
     async fn connected_to(&mut self, peer: ValidatorIndex) -> u64 {
         loop {
-            if let Inbound::Connected {
-                peer: p,
-                best_height,
-            } = self.event().await
-            {
+            if let Inbound::Connected { peer: p, best_height } = self.event().await {
                 if p == peer {
                     return best_height;
                 }
@@ -183,10 +164,7 @@ struct Raw {
 impl Raw {
     async fn connect(addr: SocketAddr) -> Raw {
         let (r, w) = TcpStream::connect(addr).await.unwrap().into_split();
-        Raw {
-            r: FramedRead::new(r, LengthDelimitedCodec::new()),
-            w: FramedWrite::new(w, LengthDelimitedCodec::new()),
-        }
+        Raw { r: FramedRead::new(r, LengthDelimitedCodec::new()), w: FramedWrite::new(w, LengthDelimitedCodec::new()) }
     }
 
     async fn send(&mut self, m: &Message) {
@@ -195,10 +173,7 @@ impl Raw {
 
     /// The next frame, or `None` once the node closed the connection.
     async fn recv(&mut self) -> Option<Message> {
-        match tokio::time::timeout(WAIT, self.r.next())
-            .await
-            .expect("node went silent")
-        {
+        match tokio::time::timeout(WAIT, self.r.next()).await.expect("node went silent") {
             Some(Ok(f)) => Some(Message::decode(&f).expect("node sends valid frames")),
             _ => None,
         }
@@ -217,37 +192,20 @@ impl Raw {
 
     /// Runs the handshake as `hello` signed by `key`; also returns the node's hello if the
     /// node got as far as acking ours (it does so before checking our ack).
-    async fn handshake(
-        addr: SocketAddr,
-        net: &Net,
-        hello: Hello,
-        key: &Keypair,
-    ) -> (Raw, Option<Hello>) {
+    async fn handshake(addr: SocketAddr, net: &Net, hello: Hello, key: &Keypair) -> (Raw, Option<Hello>) {
         let mut raw = Raw::connect(addr).await;
         let mine = hello.pubkey;
         raw.send(&Message::Hello(Box::new(hello))).await;
-        let Some(Message::Hello(theirs)) = raw.recv().await else {
-            panic!("node did not say hello")
-        };
+        let Some(Message::Hello(theirs)) = raw.recv().await else { panic!("node did not say hello") };
         let sig = key.sign(
             Domain::Handshake,
             &net.genesis.chain_id,
             &handshake_payload(&theirs.nonce, &mine, &theirs.pubkey),
         );
         // The node may already have hung up on us; the write error then is expected.
-        let _ = raw
-            .w
-            .send(Bytes::from(
-                Message::HelloAck(HelloAck { signature: sig }).encode(),
-            ))
-            .await;
-        match tokio::time::timeout(WAIT, raw.r.next())
-            .await
-            .expect("node went silent")
-        {
-            Some(Ok(f)) if matches!(Message::decode(&f), Ok(Message::HelloAck(_))) => {
-                (raw, Some(*theirs))
-            }
+        let _ = raw.w.send(Bytes::from(Message::HelloAck(HelloAck { signature: sig }).encode())).await;
+        match tokio::time::timeout(WAIT, raw.r.next()).await.expect("node went silent") {
+            Some(Ok(f)) if matches!(Message::decode(&f), Ok(Message::HelloAck(_))) => (raw, Some(*theirs)),
             _ => (raw, None),
         }
     }
@@ -271,23 +229,13 @@ async fn handshake_and_delivery_both_ways() {
         assert_eq!(a.connected_to(1).await, 3);
         assert_eq!(a.p2p.connected(), vec![1]);
 
-        let status = Message::Status(ChainStatus {
-            height: 9,
-            tip: Hash256::digest(b"tip"),
-        });
+        let status = Message::Status(ChainStatus { height: 9, tip: Hash256::digest(b"tip") });
         assert!(a.p2p.send(1, status.clone()));
         assert_eq!(b.message_from(0).await, status);
         b.p2p.broadcast(Message::GetBlocks { from: 1, to: 5 });
-        assert_eq!(
-            a.message_from(1).await,
-            Message::GetBlocks { from: 1, to: 5 }
-        );
-        b.p2p
-            .broadcast_except(Message::GetBlocks { from: 2, to: 2 }, 0);
-        assert!(
-            !a.p2p.send(3, Message::GetBlocks { from: 1, to: 1 }),
-            "validator 3 is not connected"
-        );
+        assert_eq!(a.message_from(1).await, Message::GetBlocks { from: 1, to: 5 });
+        b.p2p.broadcast_except(Message::GetBlocks { from: 2, to: 2 }, 0);
+        assert!(!a.p2p.send(3, Message::GetBlocks { from: 1, to: 1 }), "validator 3 is not connected");
 
         // Status heights show up in peer info; pings measure a round trip.
         until("status height and ping time", || {
@@ -298,9 +246,8 @@ async fn handshake_and_delivery_both_ways() {
         // Several ping and peer exchange rounds later, still nothing but what was sent: the
         // transport's own messages stay inside.
         tokio::time::sleep(Duration::from_millis(700)).await;
-        for ev in a.drain().into_iter().chain(b.drain()) {
-            panic!("unexpected event {ev:?}");
-        }
+        let extra: Vec<Inbound> = a.drain().into_iter().chain(b.drain()).collect();
+        assert!(extra.is_empty(), "unexpected events {extra:?}");
         assert_eq!(a.p2p.peer_info()[0].validator_id, "validator2");
         assert_eq!(b.p2p.peer_info()[0].listen_addr, a.addr().to_string());
     })
@@ -315,9 +262,7 @@ async fn peer_exchange_completes_the_mesh() {
         let a = Node::start(net.config(0, &[b.addr()]), fast(), 0).await;
         let c = Node::start(net.config(2, &[b.addr()]), fast(), 0).await;
         until("everyone connected to everyone", || {
-            a.p2p.connected() == vec![1, 2]
-                && b.p2p.connected() == vec![0, 2]
-                && c.p2p.connected() == vec![0, 1]
+            a.p2p.connected() == vec![1, 2] && b.p2p.connected() == vec![0, 2] && c.p2p.connected() == vec![0, 1]
         })
         .await;
         assert!(a.p2p.known_addresses() >= 2);
@@ -330,59 +275,30 @@ async fn wrong_genesis_is_refused_then_banned() {
     bounded(async {
         let net = Net::new("genesis");
         let ban = Duration::from_secs(4);
-        let mut a = Node::start(
-            net.config(0, &[]),
-            Tuning {
-                ban_duration: ban,
-                ..fast()
-            },
-            0,
-        )
-        .await;
+        let mut a = Node::start(net.config(0, &[]), Tuning { ban_duration: ban, ..fast() }, 0).await;
         let mut other = net.config(1, &[a.addr()]);
         other.genesis_hash = Hash256::digest(b"another genesis");
         let mut x = Node::start(other, fast(), 0).await;
         let x_addr = x.addr();
-        let x_key = BanKey::Node {
-            pubkey: Some(net.key(1).public()),
-            listen: x_addr,
-        };
+        let x_key = BanKey::Node { pubkey: Some(net.key(1).public()), listen: x_addr };
         // x keeps redialling with backoff; its third refusal bans it.
         until("x banned", || a.banned().contains(&x_key)).await;
         x.p2p.shutdown();
-        assert!(
-            a.drain().is_empty(),
-            "nothing from x reached the application"
-        );
+        assert!(a.drain().is_empty(), "nothing from x reached the application");
         assert!(x.drain().is_empty());
 
         // The ban holds for x's key at x's address, even with a valid handshake...
-        let (mut raw, ok) = Raw::handshake(
-            a.addr(),
-            &net,
-            net.hello(1, net.key(1).public(), x_addr.port()),
-            &net.key(1),
-        )
-        .await;
+        let (mut raw, ok) =
+            Raw::handshake(a.addr(), &net, net.hello(1, net.key(1).public(), x_addr.port()), &net.key(1)).await;
         assert!(ok.is_none() && raw.closed_by_node().await);
         // ...and is not dialled while it lasts...
         a.p2p.add_address(&x_addr.to_string());
         tokio::time::sleep(Duration::from_millis(400)).await;
-        assert_eq!(
-            a.p2p.inner.state().book.failures(&x_addr.to_string()),
-            Some(0),
-            "banned address dialled"
-        );
+        assert_eq!(a.p2p.inner.state().book.failures(&x_addr.to_string()), Some(0), "banned address dialled");
         // ...but does not touch the same validator announcing another address (loopback is
         // not banned by IP).
         let (_parked, port) = parked_port().await;
-        let (raw, ok) = Raw::handshake(
-            a.addr(),
-            &net,
-            net.hello(1, net.key(1).public(), port),
-            &net.key(1),
-        )
-        .await;
+        let (raw, ok) = Raw::handshake(a.addr(), &net, net.hello(1, net.key(1).public(), port), &net.key(1)).await;
         assert!(ok.is_some());
         a.connected_to(1).await;
         drop(raw);
@@ -390,8 +306,7 @@ async fn wrong_genesis_is_refused_then_banned() {
 
         // Once the ban expires the address is dialled again (and fails: x is gone).
         until("ban expired and x redialled", || {
-            !a.banned().contains(&x_key)
-                && a.p2p.inner.state().book.failures(&x_addr.to_string()) > Some(0)
+            !a.banned().contains(&x_key) && a.p2p.inner.state().book.failures(&x_addr.to_string()) > Some(0)
         })
         .await;
     })
@@ -409,10 +324,7 @@ async fn key_not_matching_claimed_index_is_refused() {
         cfg.identity = impostor.clone();
         cfg.validators[1].1 = impostor.public();
         let mut y = Node::start(cfg, fast(), 0).await;
-        let y_key = BanKey::Node {
-            pubkey: Some(impostor.public()),
-            listen: y.addr(),
-        };
+        let y_key = BanKey::Node { pubkey: Some(impostor.public()), listen: y.addr() };
         until("impostor banned", || a.banned().contains(&y_key)).await;
         y.p2p.shutdown();
         assert!(a.drain().is_empty());
@@ -420,21 +332,9 @@ async fn key_not_matching_claimed_index_is_refused() {
 
         // Hand-made variants: someone else's key, an index outside the genesis.
         let (_parked, port) = parked_port().await;
-        let (mut raw, ok) = Raw::handshake(
-            a.addr(),
-            &net,
-            net.hello(2, net.key(3).public(), port),
-            &net.key(3),
-        )
-        .await;
+        let (mut raw, ok) = Raw::handshake(a.addr(), &net, net.hello(2, net.key(3).public(), port), &net.key(3)).await;
         assert!(ok.is_none() && raw.closed_by_node().await);
-        let (mut raw, ok) = Raw::handshake(
-            a.addr(),
-            &net,
-            net.hello(99, impostor.public(), port),
-            &impostor,
-        )
-        .await;
+        let (mut raw, ok) = Raw::handshake(a.addr(), &net, net.hello(99, impostor.public(), port), &impostor).await;
         assert!(ok.is_none() && raw.closed_by_node().await);
         assert!(a.drain().is_empty());
         assert!(a.p2p.connected().is_empty());
@@ -452,13 +352,7 @@ async fn bad_signature_and_wrong_first_message_are_refused() {
         // Right key claimed, but the ack is signed by another key. (The node acks our hello
         // before it checks our ack, so only the hang-up tells.)
         let wrong = Keypair::insecure_from_label("wrong");
-        let (mut raw, _) = Raw::handshake(
-            a.addr(),
-            &net,
-            net.hello(2, net.key(2).public(), port),
-            &wrong,
-        )
-        .await;
+        let (mut raw, _) = Raw::handshake(a.addr(), &net, net.hello(2, net.key(2).public(), port), &wrong).await;
         assert!(raw.closed_by_node().await);
 
         // Not a hello first.
@@ -483,13 +377,7 @@ async fn bad_signature_and_wrong_first_message_are_refused() {
             pubkey: Some(net.key(2).public()),
             listen: SocketAddr::new([127, 0, 0, 1].into(), port),
         }));
-        let (mut raw, ok) = Raw::handshake(
-            a.addr(),
-            &net,
-            net.hello(2, net.key(2).public(), port),
-            &net.key(2),
-        )
-        .await;
+        let (mut raw, ok) = Raw::handshake(a.addr(), &net, net.hello(2, net.key(2).public(), port), &net.key(2)).await;
         assert!(ok.is_none() && raw.closed_by_node().await);
         assert!(a.drain().is_empty());
     })
@@ -515,27 +403,17 @@ async fn garbage_and_oversized_frames_disconnect() {
 
         // A well-framed frame that is not a message.
         let mut s = TcpStream::connect(a.addr()).await.unwrap();
-        s.write_all(&[0, 0, 0, 5, 0xde, 0xad, 0xbe, 0xef, 0x01])
-            .await
-            .unwrap();
+        s.write_all(&[0, 0, 0, 5, 0xde, 0xad, 0xbe, 0xef, 0x01]).await.unwrap();
         assert!(hung_up(s).await);
 
         // A length prefix far over the frame limit.
         let mut s = TcpStream::connect(a.addr()).await.unwrap();
-        s.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3])
-            .await
-            .unwrap();
+        s.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await.unwrap();
         assert!(hung_up(s).await);
 
         // Garbage after a good handshake: connected, then dropped.
         let (_parked, port) = parked_port().await;
-        let (mut raw, ok) = Raw::handshake(
-            a.addr(),
-            &net,
-            net.hello(1, net.key(1).public(), port),
-            &net.key(1),
-        )
-        .await;
+        let (mut raw, ok) = Raw::handshake(a.addr(), &net, net.hello(1, net.key(1).public(), port), &net.key(1)).await;
         assert!(ok.is_some());
         a.connected_to(1).await;
         raw.w.send(Bytes::from_static(&[9, 9, 9])).await.unwrap();
@@ -555,10 +433,7 @@ async fn simultaneous_dial_keeps_one_connection() {
             let mut b = Node::start(net.config(1, &[]), fast(), 0).await;
             a.p2p.add_address(&b.addr().to_string());
             b.p2p.add_address(&a.addr().to_string());
-            until("connected", || {
-                a.p2p.connected() == vec![1] && b.p2p.connected() == vec![0]
-            })
-            .await;
+            until("connected", || a.p2p.connected() == vec![1] && b.p2p.connected() == vec![0]).await;
             // Let any duplicate finish its handshake and be resolved.
             tokio::time::sleep(Duration::from_millis(600)).await;
             let (ia, ib) = (a.p2p.peer_info(), b.p2p.peer_info());
@@ -595,13 +470,7 @@ async fn peer_info_counts_bytes() {
         a.connected_to(1).await;
         b.connected_to(0).await;
         for h in 0..20 {
-            a.p2p.send(
-                1,
-                Message::Status(ChainStatus {
-                    height: h,
-                    tip: Hash256::ZERO,
-                }),
-            );
+            a.p2p.send(1, Message::Status(ChainStatus { height: h, tip: Hash256::ZERO }));
         }
         for _ in 0..20 {
             b.message_from(0).await;
@@ -631,29 +500,16 @@ async fn peer_info_counts_bytes() {
 async fn silent_peer_is_dropped_after_missed_pongs() {
     bounded(async {
         let net = Net::new("silent");
-        let tuning = Tuning {
-            ping_interval: Duration::from_millis(100),
-            ..fast()
-        };
+        let tuning = Tuning { ping_interval: Duration::from_millis(100), ..fast() };
         let mut a = Node::start(net.config(0, &[]), tuning, 0).await;
         let (_parked, port) = parked_port().await;
-        let (_raw, ok) = Raw::handshake(
-            a.addr(),
-            &net,
-            net.hello(1, net.key(1).public(), port),
-            &net.key(1),
-        )
-        .await;
+        let (_raw, ok) = Raw::handshake(a.addr(), &net, net.hello(1, net.key(1).public(), port), &net.key(1)).await;
         assert!(ok.is_some());
         a.connected_to(1).await;
         let t = Instant::now();
         // The raw peer never answers pings.
         a.disconnected_from(1).await;
-        assert!(
-            t.elapsed() >= Duration::from_millis(250),
-            "dropped too early: {:?}",
-            t.elapsed()
-        );
+        assert!(t.elapsed() >= Duration::from_millis(250), "dropped too early: {:?}", t.elapsed());
     })
     .await;
 }
@@ -662,29 +518,13 @@ async fn silent_peer_is_dropped_after_missed_pongs() {
 async fn slow_peer_is_disconnected_when_its_queue_fills() {
     bounded(async {
         let net = Net::new("slow");
-        let mut a = Node::start(
-            net.config(0, &[]),
-            Tuning {
-                send_queue: 4,
-                ..fast()
-            },
-            0,
-        )
-        .await;
+        let mut a = Node::start(net.config(0, &[]), Tuning { send_queue: 4, ..fast() }, 0).await;
         let (_parked, port) = parked_port().await;
-        let (_raw, ok) = Raw::handshake(
-            a.addr(),
-            &net,
-            net.hello(1, net.key(1).public(), port),
-            &net.key(1),
-        )
-        .await;
+        let (_raw, ok) = Raw::handshake(a.addr(), &net, net.hello(1, net.key(1).public(), port), &net.key(1)).await;
         assert!(ok.is_some());
         a.connected_to(1).await;
         // Nothing yields between these sends, so the writer cannot drain: the queue fills.
-        let accepted = (0..10)
-            .filter(|h| a.p2p.send(1, Message::GetBlocks { from: *h, to: *h }))
-            .count();
+        let accepted = (0..10).filter(|h| a.p2p.send(1, Message::GetBlocks { from: *h, to: *h })).count();
         assert!(accepted <= 4, "{accepted} frames queued");
         a.disconnected_from(1).await;
         assert!(!a.p2p.send(1, Message::GetPeers));
@@ -701,25 +541,12 @@ async fn shutdown_closes_everything_and_a_dropped_receiver_is_fine() {
         a.connected_to(1).await;
         b.connected_to(0).await;
         // Nobody listens to a's events any more; traffic to it must not break anything.
-        let Node {
-            p2p: a,
-            rx,
-            _height,
-        } = a;
+        let Node { p2p: a, rx, _height } = a;
         drop(rx);
         for h in 0..50 {
-            b.p2p.send(
-                0,
-                Message::Status(ChainStatus {
-                    height: h,
-                    tip: Hash256::ZERO,
-                }),
-            );
+            b.p2p.send(0, Message::Status(ChainStatus { height: h, tip: Hash256::ZERO }));
         }
-        until("a still connected and reading", || {
-            a.peer_info().first().is_some_and(|p| p.best_height == 49)
-        })
-        .await;
+        until("a still connected and reading", || a.peer_info().first().is_some_and(|p| p.best_height == 49)).await;
 
         let addr = a.local_addr();
         a.shutdown();
@@ -729,9 +556,7 @@ async fn shutdown_closes_everything_and_a_dropped_receiver_is_fine() {
         if let Ok(s) = TcpStream::connect(addr).await {
             let mut s = s;
             let mut buf = [0u8; 64];
-            let n = tokio::time::timeout(WAIT, s.read(&mut buf))
-                .await
-                .expect("socket left open");
+            let n = tokio::time::timeout(WAIT, s.read(&mut buf)).await.expect("socket left open");
             assert!(matches!(n, Ok(0) | Err(_)));
         }
         // b keeps trying with backoff and never reconnects.
@@ -753,13 +578,7 @@ async fn unreachable_seed_is_retried_with_backoff() {
         let a = Node::start(net.config(0, &[dead]), Tuning::default(), 0).await;
         tokio::time::sleep(Duration::from_millis(2500)).await;
         // 125-250 ms, then doubling: at most 5 attempts fit in 2.5 s, at least 2 happen.
-        let failures = a
-            .p2p
-            .inner
-            .state()
-            .book
-            .failures(&dead.to_string())
-            .unwrap();
+        let failures = a.p2p.inner.state().book.failures(&dead.to_string()).unwrap();
         assert!((2..=5).contains(&failures), "{failures} attempts");
         assert_eq!(a.p2p.known_addresses(), 1);
     })
@@ -768,25 +587,13 @@ async fn unreachable_seed_is_retried_with_backoff() {
 
 #[test]
 fn start_checks_identity() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let net = Net::new("identity");
     let mut cfg = net.config(0, &[]);
     cfg.identity = net.key(1);
-    let err = rt
-        .block_on(P2p::start(cfg, watch::channel(0).1))
-        .err()
-        .unwrap();
+    let err = rt.block_on(P2p::start(cfg, watch::channel(0).1)).err().unwrap();
     assert!(matches!(err, P2pError::IdentityMismatch(0)));
-    let cfg = P2pConfig {
-        validator_index: 9,
-        ..net.config(0, &[])
-    };
-    let err = rt
-        .block_on(P2p::start(cfg, watch::channel(0).1))
-        .err()
-        .unwrap();
+    let cfg = P2pConfig { validator_index: 9, ..net.config(0, &[]) };
+    let err = rt.block_on(P2p::start(cfg, watch::channel(0).1)).err().unwrap();
     assert!(matches!(err, P2pError::UnknownIndex { index: 9, count: 4 }));
 }

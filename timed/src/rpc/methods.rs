@@ -295,7 +295,8 @@ impl TimeRpcServer for RpcImpl {
         Ok(TransactionInfo {
             tx: self.verbose_tx(&tx, &found)?,
             fee: fee.map(to_time),
-            amount: to_time(received) - to_time(sent),
+            // Net in base units first: subtracting two TIME floats leaves rounding noise.
+            amount: (received as i128 - sent as i128) as f64 / crate::chain::amount::COIN as f64,
             time,
         })
     }
@@ -351,8 +352,9 @@ impl TimeRpcServer for RpcImpl {
     }
 
     async fn merge_utxos(&self, min_count: Option<usize>, max_count: Option<usize>) -> RpcResult<MergeResult> {
-        let min = min_count.unwrap_or(2).max(2);
-        let max = max_count.unwrap_or(500).clamp(min, crate::chain::validate::MAX_TX_INPUTS);
+        let limit = crate::chain::validate::MAX_TX_INPUTS;
+        let min = min_count.unwrap_or(2).clamp(2, limit);
+        let max = max_count.unwrap_or(500).clamp(min, limit);
         let mut coins = self.wallet_coins()?;
         // Smallest first: merging is for dust-like change.
         coins.sort_by_key(|(_, o)| o.value);

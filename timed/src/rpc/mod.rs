@@ -61,6 +61,7 @@ pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) -> an
     let metrics_shared = shared.clone();
     let door = http::FrontDoor {
         credentials: Arc::new(credentials),
+        max_body: cfg.rpc_max_request_bytes,
         metrics: Arc::new(move || {
             let s = &metrics_shared;
             let (height, mempool) = {
