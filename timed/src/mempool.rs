@@ -117,6 +117,8 @@ impl Mempool {
         let mut conflicting = false;
         for input in &tx.inputs {
             if self.finalized_spender(&input.prevout).is_some() {
+                // It lost before it arrived here: answer "rejected" for it from now on.
+                self.remember_rejection(txid, TxError::ConflictFinalized);
                 return Err(TxError::ConflictFinalized);
             }
             conflicting |= self.spenders.get(&input.prevout).is_some_and(|v| !v.is_empty());

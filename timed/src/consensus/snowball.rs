@@ -862,8 +862,8 @@ mod tests {
     }
 
     /// One simulated network: each node knows the transaction it was seeded with, learns the
-    /// other when first polled about it, and polls `k` random peers at random times.
-    /// Returns, per node, (accepted, rejected).
+    /// other when first polled about it or by gossip, and polls `k` random peers at random
+    /// times. Returns, per node, (accepted, rejected).
     fn simulate(
         n: usize,
         params: SnowballParams,
@@ -885,6 +885,13 @@ mod tests {
             if decided.iter().all(|(acc, rej)| acc.len() + rej.len() == 2) {
                 break;
             }
+            // Gossip: transactions reach every node eventually.
+            if rng.gen_bool(0.2) {
+                let (p, t) = (rng.gen_range(0..n), if rng.gen() { a } else { b });
+                if nodes[p].insert(t, &spent, now) == InsertOutcome::Rejected && !decided[p].1.contains(&t) {
+                    decided[p].1.push(t);
+                }
+            }
             let me = rng.gen_range(0..n);
             let batch = nodes[me].batch(16);
             if batch.is_empty() {
@@ -901,7 +908,8 @@ mod tests {
                         // Asked about something new: fetch it, as a node would. A spend
                         // that arrives after its rival won is rejected on sight.
                         Preference::Unknown => {
-                            if nodes[p].insert(*t, &spent, now) == InsertOutcome::Rejected {
+                            if nodes[p].insert(*t, &spent, now) == InsertOutcome::Rejected && !decided[p].1.contains(t)
+                            {
                                 decided[p].1.push(*t);
                             }
                         }
@@ -937,6 +945,28 @@ mod tests {
             for (acc, rej) in &decided {
                 prop_assert_eq!(acc, &vec![winner]);
                 prop_assert_eq!(rej, &vec![loser]);
+            }
+        }
+
+        #[test]
+        fn random_samples_smaller_than_the_network_agree_too(
+            n in 7usize..=9,
+            split in proptest::collection::vec(any::<bool>(), 9),
+            seed in any::<u64>(),
+        ) {
+            // k = 4 of 6..8 peers: samples differ from poll to poll.
+            let params = SnowballParams { k: 4, alpha_preference: 3, alpha_confidence: 3, ..SnowballParams::default() };
+            let mut seeds = split[..n].to_vec();
+            seeds[0] = true;
+            seeds[1] = false;
+            let decided = simulate(n, params, &seeds, seed, 200_000);
+            let winner = decided[0].0.first().copied();
+            prop_assert!(winner.is_some(), "node 0 decided nothing: {:?}", decided);
+            let winner = winner.unwrap();
+            for (acc, rej) in &decided {
+                prop_assert_eq!(acc, &vec![winner]);
+                prop_assert_eq!(rej.len(), 1);
+                prop_assert!(rej[0] != winner);
             }
         }
 

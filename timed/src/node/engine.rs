@@ -60,6 +60,11 @@ struct Engine {
     sync_inflight: Option<(ValidatorIndex, Instant)>,
     peer_heights: HashMap<ValidatorIndex, u64>,
     last_heartbeat: Option<Heartbeat>,
+    /// This node's proposal and votes at the current height. Sent again to peers that connect
+    /// later and re-broadcast while the height is undecided: agreement assumes every message
+    /// eventually arrives, and a peer that was not yet connected would otherwise never see them.
+    own_msgs: Vec<Message>,
+    height_started_at: Instant,
 }
 
 pub fn restore_finalized(s: &Shared) -> anyhow::Result<()> {
@@ -111,6 +116,8 @@ pub async fn run(
         sync_inflight: None,
         peer_heights: HashMap::new(),
         last_heartbeat: None,
+        own_msgs: Vec::new(),
+        height_started_at: Instant::now(),
         s,
     };
     if e.parent.height() > 0 {
@@ -121,7 +128,7 @@ pub async fn run(
     let mut poll_tick = tokio::time::interval(poll_every);
     poll_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut hb_tick = tokio::time::interval(Duration::from_millis(e.s.cfg.heartbeat_ms));
-    let mut status_tick = tokio::time::interval(Duration::from_secs(3));
+    let mut status_tick = tokio::time::interval(Duration::from_millis((bt / 2).clamp(500, 3000)));
     loop {
         let next_timer = e.timers.peek().map(|Reverse((at, _))| *at);
         let sleep = async {
@@ -156,6 +163,7 @@ impl Engine {
     /// Prepares the next height: its slot's ranking, and when round 0 may begin.
     fn schedule_height(&mut self) -> anyhow::Result<()> {
         self.started = false;
+        self.own_msgs.clear();
         self.height = self.parent.height() + 1;
         self.ranking = self.s.ledger.ranking_after(&self.parent)?;
         let slot = self.s.ledger.slot_after(&self.parent.header);
@@ -176,6 +184,7 @@ impl Engine {
 
     fn start_height(&mut self) -> anyhow::Result<()> {
         self.started = true;
+        self.height_started_at = Instant::now();
         let ranking = self.ranking.clone();
         let actions = self.bft.start_height(self.height, move |r| ranking[r as usize % ranking.len()]);
         self.apply(actions)?;
@@ -195,6 +204,7 @@ impl Engine {
                 Action::Vote { kind, round, block_hash } => {
                     let vote = Vote::new_signed(kind, self.height, round, block_hash, self.s.me, &self.s.key, self.s.chain_id());
                     self.s.broadcast(Message::Vote(vote.clone()));
+                    self.own_msgs.push(Message::Vote(vote.clone()));
                     self.bft.on_vote(&vote)
                 }
                 Action::ScheduleTimeout { kind, height, round, after_ms } => {
@@ -235,7 +245,9 @@ impl Engine {
         };
         tracing::debug!(height = self.height, round, hash = %block.hash(), txs = block.txs.len(), "proposing");
         self.s.state().view.blocks_produced += 1;
-        self.s.broadcast(Message::Proposal(Box::new(Proposal { round, block: block.clone(), valid_round })));
+        let msg = Message::Proposal(Box::new(Proposal { round, block: block.clone(), valid_round }));
+        self.s.broadcast(msg.clone());
+        self.own_msgs.push(msg);
         let hash = block.hash();
         Ok(self.bft.on_proposal(round, hash, block, valid_round, true, self.s.me))
     }
@@ -436,6 +448,11 @@ impl Engine {
     }
 
     fn status_round(&mut self) {
+        if self.started && self.height_started_at.elapsed() > Duration::from_secs(1) {
+            for m in &self.own_msgs {
+                self.s.broadcast(m.clone());
+            }
+        }
         let tip = self.parent.height();
         self.s.broadcast(Message::Status(ChainStatus { height: tip, tip: self.parent.hash() }));
         if self.peer_heights.values().any(|h| *h > tip) {
@@ -720,6 +737,9 @@ impl Engine {
                 self.peer_heights.insert(peer, best_height);
                 if let Some(hb) = &self.last_heartbeat {
                     self.s.p2p.send(peer, Message::Heartbeat(hb.clone()));
+                }
+                for m in &self.own_msgs {
+                    self.s.p2p.send(peer, m.clone());
                 }
                 if best_height > self.parent.height() {
                     self.request_sync();

@@ -46,14 +46,7 @@ struct Entry {
 
 impl Entry {
     fn new(seed: bool, now: Instant) -> Self {
-        Entry {
-            seed,
-            validator: None,
-            proven: false,
-            failures: 0,
-            next_attempt: now,
-            dialing: false,
-        }
+        Entry { seed, validator: None, proven: false, failures: 0, next_attempt: now, dialing: false }
     }
 }
 
@@ -68,11 +61,7 @@ impl AddrBook {
     pub(crate) fn new(local: SocketAddr) -> Self {
         let mut self_addrs = HashSet::new();
         self_addrs.insert(local);
-        AddrBook {
-            entries: HashMap::new(),
-            self_addrs,
-            local,
-        }
+        AddrBook { entries: HashMap::new(), self_addrs, local }
     }
 
     /// Our own listening address, as far as we can tell without dialling it.
@@ -97,18 +86,13 @@ impl AddrBook {
             e.seed = true;
             return false;
         }
-        self.entries
-            .insert(target.to_string(), Entry::new(true, Instant::now()));
+        self.entries.insert(target.to_string(), Entry::new(true, Instant::now()));
         true
     }
 
     /// An address a peer told us about. Returns true if it is new.
     pub(crate) fn learn(&mut self, addr: SocketAddr) -> bool {
-        if addr.port() == 0
-            || addr.ip().is_unspecified()
-            || addr.ip().is_multicast()
-            || self.is_self(&addr)
-        {
+        if addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_multicast() || self.is_self(&addr) {
             return false;
         }
         let key = addr.to_string();
@@ -125,10 +109,7 @@ impl AddrBook {
         if self.entries.len() >= MAX_ADDRESSES && !self.entries.contains_key(addr) {
             return;
         }
-        let e = self
-            .entries
-            .entry(addr.to_string())
-            .or_insert_with(|| Entry::new(false, Instant::now()));
+        let e = self.entries.entry(addr.to_string()).or_insert_with(|| Entry::new(false, Instant::now()));
         e.validator = Some(validator);
         e.proven = true;
         e.failures = 0;
@@ -153,12 +134,8 @@ impl AddrBook {
         connected: impl Fn(ValidatorIndex) -> bool,
         banned: impl Fn(&str) -> bool,
     ) -> Vec<String> {
-        let mut busy: HashSet<ValidatorIndex> = self
-            .entries
-            .values()
-            .filter(|e| e.dialing)
-            .filter_map(|e| e.validator)
-            .collect();
+        let mut busy: HashSet<ValidatorIndex> =
+            self.entries.values().filter(|e| e.dialing).filter_map(|e| e.validator).collect();
         let mut out = Vec::new();
         for (target, e) in self.entries.iter_mut() {
             if e.dialing || e.next_attempt > now {
@@ -244,10 +221,7 @@ impl AddrBook {
 mod tests {
     use super::*;
 
-    const B: Backoff = Backoff {
-        base: Duration::from_millis(250),
-        max: Duration::from_secs(10),
-    };
+    const B: Backoff = Backoff { base: Duration::from_millis(250), max: Duration::from_secs(10) };
 
     #[test]
     fn backoff_doubles_caps_and_jitters() {
@@ -266,10 +240,7 @@ mod tests {
         let local: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         let mut book = AddrBook::new(local);
         assert!(!book.learn(local));
-        assert!(
-            !book.learn("[::1]:4000".parse().unwrap()),
-            "same port on loopback is us"
-        );
+        assert!(!book.learn("[::1]:4000".parse().unwrap()), "same port on loopback is us");
         assert!(book.learn("127.0.0.1:4001".parse().unwrap()));
         assert!(!book.learn("127.0.0.1:4001".parse().unwrap()));
         assert!(book.learn("127.0.0.1:4002".parse().unwrap()));
@@ -278,22 +249,11 @@ mod tests {
         let now = Instant::now();
         let mut due = book.due(now, |v| v == 2, |_| false);
         due.sort();
-        assert_eq!(
-            due,
-            vec!["127.0.0.1:4001".to_string(), "localhost:4003".to_string()]
-        );
-        assert!(book
-            .due(now, |_| false, |_| false)
-            .contains(&"127.0.0.1:4002".to_string()));
-        assert!(
-            book.due(now, |_| false, |_| false).is_empty(),
-            "everything is in flight"
-        );
+        assert_eq!(due, vec!["127.0.0.1:4001".to_string(), "localhost:4003".to_string()]);
+        assert!(book.due(now, |_| false, |_| false).contains(&"127.0.0.1:4002".to_string()));
+        assert!(book.due(now, |_| false, |_| false).is_empty(), "everything is in flight");
         book.dial_failed("127.0.0.1:4001", B);
-        assert!(
-            book.due(Instant::now(), |_| false, |_| false).is_empty(),
-            "backing off"
-        );
+        assert!(book.due(Instant::now(), |_| false, |_| false).is_empty(), "backing off");
         assert_eq!(book.shareable(10), vec!["127.0.0.1:4002".to_string()]);
     }
 

@@ -2,9 +2,7 @@
 //! task fed by the peer's bounded send queue.
 
 use super::ban::BanKey;
-use super::message::{
-    handshake_payload, Hello, HelloAck, Message, MAX_FRAME_BYTES, PROTOCOL_VERSION,
-};
+use super::message::{handshake_payload, Hello, HelloAck, Message, MAX_FRAME_BYTES, PROTOCOL_VERSION};
 use super::{Inbound, Inner, MAX_PEERS_PER_MESSAGE};
 use crate::api::PeerInfo;
 use crate::chain::block::ValidatorIndex;
@@ -32,9 +30,7 @@ type Reader = FramedRead<OwnedReadHalf, LengthDelimitedCodec>;
 type Writer = FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>;
 
 fn codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .max_frame_length(MAX_FRAME_BYTES)
-        .new_codec()
+    LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME_BYTES).new_codec()
 }
 
 /// Which end opened the connection.
@@ -71,10 +67,7 @@ pub(super) enum Refusal {
     #[error("connection to ourselves")]
     Ourselves,
     #[error("expected {expected}, got {got}")]
-    Unexpected {
-        expected: &'static str,
-        got: &'static str,
-    },
+    Unexpected { expected: &'static str, got: &'static str },
     #[error("undecodable frame: {0}")]
     Garbage(String),
     #[error("bad framing: {0}")]
@@ -92,10 +85,7 @@ pub(super) enum Refusal {
 impl Refusal {
     /// Protocol violations count toward a ban; closed sockets, bans and self-dials do not.
     fn is_offence(&self) -> bool {
-        !matches!(
-            self,
-            Refusal::Ourselves | Refusal::Banned | Refusal::Closed | Refusal::Io(_)
-        )
+        !matches!(self, Refusal::Ourselves | Refusal::Banned | Refusal::Closed | Refusal::Io(_))
     }
 }
 
@@ -178,21 +168,12 @@ impl PeerHandle {
     }
 }
 
-fn push(
-    queue: &mpsc::Sender<Bytes>,
-    cancel: &CancellationToken,
-    peer: ValidatorIndex,
-    frame: Bytes,
-) -> bool {
+fn push(queue: &mpsc::Sender<Bytes>, cancel: &CancellationToken, peer: ValidatorIndex, frame: Bytes) -> bool {
     match queue.try_send(frame) {
         Ok(()) => true,
         Err(TrySendError::Full(_)) => {
             if !cancel.is_cancelled() {
-                warn!(
-                    peer,
-                    capacity = queue.max_capacity(),
-                    "send queue full: peer too slow, disconnecting"
-                );
+                warn!(peer, capacity = queue.max_capacity(), "send queue full: peer too slow, disconnecting");
             }
             cancel.cancel();
             false
@@ -202,19 +183,11 @@ fn push(
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Runs a connection from the first byte to the end.
-pub(super) async fn run(
-    inner: Arc<Inner>,
-    stream: TcpStream,
-    side: Side,
-    slot: OwnedSemaphorePermit,
-) -> Outcome {
+pub(super) async fn run(inner: Arc<Inner>, stream: TcpStream, side: Side, slot: OwnedSemaphorePermit) -> Outcome {
     let (Ok(observed), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
         return Outcome::Refused;
     };
@@ -228,15 +201,7 @@ pub(super) async fn run(
     let counts = Counts::default();
     let mut claimed = None;
 
-    let shake = handshake(
-        &inner,
-        &mut reader,
-        &mut writer,
-        observed,
-        inbound,
-        &counts,
-        &mut claimed,
-    );
+    let shake = handshake(&inner, &mut reader, &mut writer, observed, inbound, &counts, &mut claimed);
     let result = tokio::select! {
         _ = inner.cancel.cancelled() => return Outcome::Refused,
         r = tokio::time::timeout(inner.tuning.handshake_timeout, shake) => r.unwrap_or(Err(Refusal::Timeout)),
@@ -306,10 +271,7 @@ pub(super) async fn run(
             None => {
                 st.peers.insert(peer, handle);
                 if let Some(p) = permit {
-                    p.send(Inbound::Connected {
-                        peer,
-                        best_height: hello.best_height,
-                    });
+                    p.send(Inbound::Connected { peer, best_height: hello.best_height });
                 }
                 Registration::New
             }
@@ -317,21 +279,11 @@ pub(super) async fn run(
     };
     match registration {
         Registration::Lost => {
-            debug!(
-                peer,
-                conn = conn_id,
-                inbound,
-                "duplicate connection; keeping the other one"
-            );
+            debug!(peer, conn = conn_id, inbound, "duplicate connection; keeping the other one");
             return Outcome::Ended;
         }
         Registration::Replaced => {
-            debug!(
-                peer,
-                conn = conn_id,
-                inbound,
-                "duplicate connection; this one replaces the other"
-            );
+            debug!(peer, conn = conn_id, inbound, "duplicate connection; this one replaces the other");
         }
         Registration::New => {
             info!(peer, id = %validator_id, addr = %observed, inbound, agent = %hello.user_agent, "peer connected");
@@ -343,13 +295,7 @@ pub(super) async fn run(
         }
     }
 
-    tokio::spawn(write_loop(
-        writer,
-        queue_rx,
-        token.clone(),
-        stats.clone(),
-        inner.clone(),
-    ));
+    tokio::spawn(write_loop(writer, queue_rx, token.clone(), stats.clone(), inner.clone()));
     let keys = BanKey::for_offence(observed, Some(hello.pubkey), Some(listen));
     let end = session(&inner, &mut reader, &queue_tx, &token, &stats, peer).await;
     token.cancel();
@@ -406,21 +352,11 @@ async fn reserve(inner: &Inner) -> Option<mpsc::Permit<'_, Inbound>> {
 }
 
 /// Logs a failed handshake and counts it against the peer if it broke the protocol.
-fn refused(
-    inner: &Inner,
-    observed: SocketAddr,
-    inbound: bool,
-    claimed: Option<Claimed>,
-    refusal: &Refusal,
-) {
+fn refused(inner: &Inner, observed: SocketAddr, inbound: bool, claimed: Option<Claimed>, refusal: &Refusal) {
     match refusal {
         Refusal::Ourselves => {
-            info!(addr = %observed, "connected to ourselves; forgetting that address");
-            let own = if inbound {
-                claimed.map(|c| c.listen)
-            } else {
-                Some(observed)
-            };
+            warn!(addr = %observed, "refusing connection to ourselves; forgetting that address");
+            let own = if inbound { claimed.map(|c| c.listen) } else { Some(observed) };
             if let Some(a) = own {
                 inner.state().book.mark_self(a);
             }
@@ -429,11 +365,7 @@ fn refused(
             warn!(addr = %observed, inbound, reason = %r, "refusing peer");
             // A dialled address is dialable whatever the peer said; an inbound peer is only
             // identifiable on loopback once its Hello was read.
-            let listen = if inbound {
-                claimed.map(|c| c.listen)
-            } else {
-                Some(observed)
-            };
+            let listen = if inbound { claimed.map(|c| c.listen) } else { Some(observed) };
             let keys = BanKey::for_offence(observed, claimed.map(|c| c.pubkey), listen);
             inner.offence(&keys, &r.to_string());
         }
@@ -441,11 +373,7 @@ fn refused(
     }
 }
 
-async fn read_frame(
-    inner: &Inner,
-    reader: &mut Reader,
-    counts: &Counts,
-) -> Result<Message, Refusal> {
+async fn read_frame(inner: &Inner, reader: &mut Reader, counts: &Counts) -> Result<Message, Refusal> {
     match reader.next().await {
         None => Err(Refusal::Closed),
         Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => Err(Refusal::Framing(e)),
@@ -457,12 +385,7 @@ async fn read_frame(
     }
 }
 
-async fn write_now(
-    inner: &Inner,
-    writer: &mut Writer,
-    counts: &Counts,
-    msg: &Message,
-) -> Result<(), Refusal> {
+async fn write_now(inner: &Inner, writer: &mut Writer, counts: &Counts, msg: &Message) -> Result<(), Refusal> {
     let frame = Bytes::from(msg.encode());
     let n = frame.len() as u64 + FRAME_HEADER;
     writer.send(frame).await.map_err(Refusal::Io)?;
@@ -488,7 +411,7 @@ async fn handshake(
         chain_id: inner.chain_id.clone(),
         genesis_hash: inner.genesis_hash,
         validator_index: inner.me,
-        validator_id: inner.validators[inner.me as usize].0.clone(),
+        validator_id: inner.my_id.clone(),
         pubkey: my_key,
         nonce,
         listen_port: inner.local_addr.port(),
@@ -499,24 +422,12 @@ async fn handshake(
 
     let hello = match read_frame(inner, reader, counts).await? {
         Message::Hello(h) => *h,
-        other => {
-            return Err(Refusal::Unexpected {
-                expected: "hello",
-                got: other.kind(),
-            })
-        }
+        other => return Err(Refusal::Unexpected { expected: "hello", got: other.kind() }),
     };
     let listen = SocketAddr::new(observed.ip(), hello.listen_port);
-    *claimed = Some(Claimed {
-        pubkey: hello.pubkey,
-        listen,
-    });
+    *claimed = Some(Claimed { pubkey: hello.pubkey, listen });
     let ban_addr = if inbound { listen } else { observed };
-    if inner
-        .state()
-        .bans
-        .refuses_node(&hello.pubkey, ban_addr, Instant::now())
-    {
+    if inner.state().bans.refuses_node(&hello.pubkey, ban_addr, Instant::now()) {
         return Err(Refusal::Banned);
     }
     if hello.protocol_version != PROTOCOL_VERSION {
@@ -544,30 +455,13 @@ async fn handshake(
         &inner.chain_id,
         &handshake_payload(&hello.nonce, &my_key, &hello.pubkey),
     );
-    write_now(
-        inner,
-        writer,
-        counts,
-        &Message::HelloAck(HelloAck { signature }),
-    )
-    .await?;
+    write_now(inner, writer, counts, &Message::HelloAck(HelloAck { signature })).await?;
     let ack = match read_frame(inner, reader, counts).await? {
         Message::HelloAck(a) => a,
-        other => {
-            return Err(Refusal::Unexpected {
-                expected: "hello_ack",
-                got: other.kind(),
-            })
-        }
+        other => return Err(Refusal::Unexpected { expected: "hello_ack", got: other.kind() }),
     };
     let payload = handshake_payload(&nonce, &hello.pubkey, &my_key);
-    if !crypto::verify(
-        &hello.pubkey,
-        Domain::Handshake,
-        &inner.chain_id,
-        &payload,
-        &ack.signature,
-    ) {
+    if !crypto::verify(&hello.pubkey, Domain::Handshake, &inner.chain_id, &payload, &ack.signature) {
         return Err(Refusal::BadSignature);
     }
     Ok(hello)
@@ -606,9 +500,7 @@ async fn session(
     let mut exchange = tokio::time::interval_at(start, exchange_every);
     exchange.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     send(&Message::GetPeers);
-    let pong_deadline = tuning
-        .ping_interval
-        .saturating_mul(tuning.missed_pongs.max(1));
+    let pong_deadline = tuning.ping_interval.saturating_mul(tuning.missed_pongs.max(1));
     // One ping in flight at a time: (nonce, sent at).
     let mut pending: Option<(u64, Instant)> = None;
 
@@ -658,10 +550,7 @@ async fn session(
             }
             Message::Peers(addrs) => learn(inner, &addrs),
             m @ (Message::Hello(_) | Message::HelloAck(_)) => {
-                return End::Refused(Refusal::Unexpected {
-                    expected: "no handshake message",
-                    got: m.kind(),
-                });
+                return End::Refused(Refusal::Unexpected { expected: "no handshake message", got: m.kind() });
             }
             msg => {
                 if let Message::Status(s) = &msg {
@@ -730,9 +619,5 @@ async fn write_loop(
     // Make the reader stop too.
     token.cancel();
     // Give a peer being closed on purpose a moment to receive what was already queued.
-    let _ = tokio::time::timeout(
-        Duration::from_millis(100),
-        SinkExt::<Bytes>::close(&mut sink),
-    )
-    .await;
+    let _ = tokio::time::timeout(Duration::from_millis(100), SinkExt::<Bytes>::close(&mut sink)).await;
 }

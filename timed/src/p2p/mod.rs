@@ -43,17 +43,9 @@ use tracing::{debug, info, warn};
 /// Events delivered to the application.
 #[derive(Debug)]
 pub enum Inbound {
-    Connected {
-        peer: ValidatorIndex,
-        best_height: u64,
-    },
-    Disconnected {
-        peer: ValidatorIndex,
-    },
-    Message {
-        from: ValidatorIndex,
-        msg: Message,
-    },
+    Connected { peer: ValidatorIndex, best_height: u64 },
+    Disconnected { peer: ValidatorIndex },
+    Message { from: ValidatorIndex, msg: Message },
 }
 
 pub struct P2pConfig {
@@ -107,18 +99,11 @@ impl Default for Tuning {
 
 impl Tuning {
     fn backoff(&self) -> Backoff {
-        Backoff {
-            base: self.backoff_base,
-            max: self.backoff_max,
-        }
+        Backoff { base: self.backoff_base, max: self.backoff_max }
     }
 
     fn ban_policy(&self) -> BanPolicy {
-        BanPolicy {
-            threshold: self.ban_threshold.max(1),
-            window: self.ban_window,
-            duration: self.ban_duration,
-        }
+        BanPolicy { threshold: self.ban_threshold.max(1), window: self.ban_window, duration: self.ban_duration }
     }
 }
 
@@ -154,6 +139,7 @@ pub struct P2p {
 
 struct Inner {
     me: ValidatorIndex,
+    my_id: String,
     identity: Keypair,
     chain_id: String,
     genesis_hash: Hash256,
@@ -194,24 +180,14 @@ impl P2p {
     ) -> Result<(P2p, mpsc::Receiver<Inbound>), P2pError> {
         let me = cfg.validator_index;
         let Some((_, genesis_key)) = cfg.validators.get(me as usize) else {
-            return Err(P2pError::UnknownIndex {
-                index: me,
-                count: cfg.validators.len(),
-            });
+            return Err(P2pError::UnknownIndex { index: me, count: cfg.validators.len() });
         };
         if *genesis_key != cfg.identity.public() {
             return Err(P2pError::IdentityMismatch(me));
         }
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|source| P2pError::Bind {
-                addr: cfg.listen,
-                source,
-            })?;
-        let local_addr = listener.local_addr().map_err(|source| P2pError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
+        let listener =
+            TcpListener::bind(cfg.listen).await.map_err(|source| P2pError::Bind { addr: cfg.listen, source })?;
+        let local_addr = listener.local_addr().map_err(|source| P2pError::Bind { addr: cfg.listen, source })?;
         let mut book = AddrBook::new(local_addr);
         for seed in &cfg.seeds {
             book.add_seed(seed.trim());
@@ -220,6 +196,7 @@ impl P2p {
         let cancel = CancellationToken::new();
         let inner = Arc::new(Inner {
             me,
+            my_id: cfg.validator_id.clone(),
             identity: cfg.identity,
             chain_id: cfg.chain_id,
             genesis_hash: cfg.genesis_hash,
@@ -229,11 +206,7 @@ impl P2p {
             tuning,
             best_height,
             events,
-            state: Mutex::new(State {
-                peers: HashMap::new(),
-                book,
-                bans: BanList::default(),
-            }),
+            state: Mutex::new(State { peers: HashMap::new(), book, bans: BanList::default() }),
             dial_wakeup: Notify::new(),
             cancel: cancel.clone(),
             next_conn_id: AtomicU64::new(1),
@@ -244,13 +217,7 @@ impl P2p {
         info!(%local_addr, validator = me, id = %cfg.validator_id, seeds = cfg.seeds.len(), "p2p listening");
         tokio::spawn(accept_loop(inner.clone(), listener));
         tokio::spawn(dial_loop(inner.clone()));
-        Ok((
-            P2p {
-                inner,
-                _guard: Arc::new(cancel.drop_guard()),
-            },
-            rx,
-        ))
+        Ok((P2p { inner, _guard: Arc::new(cancel.drop_guard()) }, rx))
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -326,11 +293,7 @@ impl P2p {
 fn encode(msg: &Message) -> Option<Bytes> {
     let bytes = msg.encode();
     if bytes.len() > MAX_FRAME_BYTES {
-        warn!(
-            kind = msg.kind(),
-            size = bytes.len(),
-            "message exceeds the frame limit; not sent"
-        );
+        warn!(kind = msg.kind(), size = bytes.len(), "message exceeds the frame limit; not sent");
         return None;
     }
     Some(Bytes::from(bytes))
@@ -367,12 +330,7 @@ impl Inner {
         let policy = self.tuning.ban_policy();
         let banned = self.state().bans.offence(keys, policy, Instant::now());
         for key in banned {
-            warn!(
-                ?key,
-                secs = policy.duration.as_secs_f64(),
-                reason,
-                "banning repeat offender"
-            );
+            warn!(?key, secs = policy.duration.as_secs_f64(), reason, "banning repeat offender");
         }
     }
 
@@ -429,10 +387,7 @@ async fn dial_loop(inner: Arc<Inner>) {
             st.book.due(
                 now,
                 |v| peers.contains_key(&v),
-                |t| {
-                    t.parse::<SocketAddr>()
-                        .is_ok_and(|a| bans.refuses_dial(a, now))
-                },
+                |t| t.parse::<SocketAddr>().is_ok_and(|a| bans.refuses_dial(a, now)),
             )
         };
         for target in targets {
@@ -468,15 +423,7 @@ async fn dial(inner: Arc<Inner>, target: String) {
         return;
     };
     let started = Instant::now();
-    let outcome = conn::run(
-        inner.clone(),
-        stream,
-        Side::Outbound {
-            target: target.clone(),
-        },
-        slot,
-    )
-    .await;
+    let outcome = conn::run(inner.clone(), stream, Side::Outbound { target: target.clone() }, slot).await;
     let mut st = inner.state();
     match outcome {
         conn::Outcome::Refused => st.book.dial_failed(&target, backoff),

@@ -1,6 +1,6 @@
-//! Transport tests over real TCP on 127.0.0.1. Every test uses its own chain id, so nodes of
-//! tests running in parallel can never join each other's network, and every test body is
-//! bounded by a timeout.
+//! Transport tests over real TCP on 127.0.0.1. Every test (in every test process) uses its
+//! own chain id, so nodes of tests running in parallel can never join each other's network,
+//! and every test body is bounded by a timeout.
 
 use super::ban::BanKey;
 use super::message::{handshake_payload, ChainStatus, Hello, HelloAck, Message, PROTOCOL_VERSION};
@@ -29,7 +29,7 @@ struct Net {
 impl Net {
     fn new(test: &str) -> Net {
         let mut genesis = GenesisConfig::devnet(4, 10);
-        genesis.chain_id = format!("p2p-test-{test}");
+        genesis.chain_id = format!("p2p-test-{test}-{}", std::process::id());
         let hash = genesis.genesis_hash();
         Net { genesis, hash }
     }
