@@ -62,7 +62,7 @@ fn three_node_network_end_to_end() {
         let hs: Vec<&str> = r
             .stdout
             .lines()
-            .filter(|l| l.starts_with("│ node"))
+            .filter(|l| l.starts_with("│ node") && !l.contains("result"))
             .map(|l| l.split('┆').nth(1).unwrap_or("").trim())
             .collect();
         (r.code == 0 && hs.len() == 3 && hs.windows(2).all(|w| w[0] == w[1])).then_some(r)
@@ -136,7 +136,7 @@ fn three_node_network_end_to_end() {
     // Fault: a node with another genesis (validator4 of a four-validator devnet) joins the
     // inventory. Its block hashes differ from the first check on.
     let alien_dir = env.path().join("alien");
-    let alien = std::process::Command::new(timed_path())
+    let mut alien = std::process::Command::new(timed_path())
         .args(["--validator-id", "validator4", "--devnet-validators", "4", "--block-time", "1"])
         .args(["--port", "0", "--p2p-bind", "127.0.0.1", "--rpc-bind", "127.0.0.1:0", "--data-dir"])
         .arg(&alien_dir)
@@ -181,6 +181,7 @@ fn three_node_network_end_to_end() {
     assert_eq!(forks[0]["first_seen_ms"], first_tick["t_ms"], "fork not seen at the first interval");
     assert!(forks[0]["hashes"].as_object().unwrap().values().any(|nodes| nodes == &serde_json::json!(["alien"])));
     kill(alien.id(), libc::SIGTERM);
+    let _ = alien.wait();
 
     // Fault: node3 stops. It is reported unreachable and, after two intervals, stalled.
     let node3 = common::inventory_pids(&inv_path)[2];
@@ -205,9 +206,9 @@ fn three_node_network_end_to_end() {
     assert_eq!(r.code, 5, "stall exit code: {}", r.screen());
     let summary = r.json();
     assert_eq!(findings(&summary, "unreachable").len(), 1, "{:#}", summary["analysis"]["findings"]);
+    // With three validators the quorum is three, so the others may stall too; node3 must.
     let stalls = findings(&summary, "stall");
-    assert_eq!(stalls.len(), 1, "{:#}", summary["analysis"]["findings"]);
-    assert_eq!(stalls[0]["node"], "node3");
+    assert!(stalls.iter().any(|s| s["node"] == "node3"), "{:#}", summary["analysis"]["findings"]);
     assert!(findings(&summary, "fork").is_empty());
 
     // Down: the remaining nodes stop, everything is wiped.

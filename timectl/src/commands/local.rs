@@ -9,12 +9,12 @@ use crate::client;
 use crate::inventory::{self, Inventory, InventoryError, Node, Provider};
 use crate::output::{self, Ui};
 use clap::{Args, Subcommand};
-use jsonrpsee::core::client::ClientT;
 use serde::{Deserialize, Serialize};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
+use timed::api::TimeRpcClient;
 
 #[derive(Debug, Subcommand)]
 pub enum LocalCommand {
@@ -96,7 +96,7 @@ pub enum LocalError {
     NoNodeJson { node: String, path: PathBuf, secs: f64, log: PathBuf },
     #[error("{path}: {message}")]
     BadNodeJson { path: PathBuf, message: String },
-    #[error("no RPC answer within {secs:.0} s from {}", nodes.join(", "))]
+    #[error("not ready within {secs:.0} s: {}", nodes.join(", "))]
     NotReady { nodes: Vec<String>, secs: f64 },
     #[error("could not stop {}", nodes.join(", "))]
     StillRunning { nodes: Vec<String> },
@@ -333,9 +333,10 @@ fn to_node(s: &Started) -> Node {
 }
 
 async fn wait_rpc_ready(nodes: &[Node], started: &mut [Started], timeout: f64, ui: Ui) -> Result<(), LocalError> {
-    let spinner = ui.spinner(format!("waiting for {} nodes to answer RPC", nodes.len()));
+    let spinner = ui.spinner(format!("waiting for {} nodes to answer RPC and connect", nodes.len()));
     let deadline = Instant::now() + Duration::from_secs_f64(timeout);
     let mut pending: Vec<usize> = (0..nodes.len()).collect();
+    let mut waiting_on: Vec<String>;
     while !pending.is_empty() {
         for s in started.iter_mut() {
             if let Ok(Some(status)) = s.child.try_wait() {
@@ -348,23 +349,35 @@ async fn wait_rpc_ready(nodes: &[Node], started: &mut [Started], timeout: f64, u
                 });
             }
         }
+        // Ready = answers RPC and is connected to every other node: a transaction sent before
+        // the mesh forms may never reach a late peer.
+        let want = nodes.len().saturating_sub(1);
         let probe: Vec<Node> = pending.iter().map(|&i| nodes[i].clone()).collect();
         let results = client::fan_out(&probe, Duration::from_secs(2), |n| async move {
             let c = client::rpc_client(&n, Duration::from_secs(2))?;
-            c.request::<u64, _>("getblockcount", jsonrpsee::rpc_params![]).await.map_err(|e| client::compact_error(&e))
+            let info = c.get_network_info().await.map_err(|e| client::compact_error(&e))?;
+            if info.connections >= want {
+                Ok(())
+            } else {
+                Err(format!("{} of {want} peers", info.connections))
+            }
         })
         .await;
-        pending = pending.into_iter().zip(results).filter(|(_, (r, _))| r.is_err()).map(|(i, _)| i).collect();
-        spinner.set_message(format!("waiting for RPC: {}/{} nodes ready", nodes.len() - pending.len(), nodes.len()));
+        let still: Vec<(usize, String)> =
+            pending.iter().copied().zip(results).filter_map(|(i, (r, _))| r.err().map(|e| (i, e))).collect();
+        pending = still.iter().map(|(i, _)| *i).collect();
+        waiting_on = still.into_iter().map(|(i, e)| format!("{} ({e})", nodes[i].name)).collect();
+        spinner.set_message(format!(
+            "waiting for RPC and peers: {}/{} nodes ready",
+            nodes.len() - pending.len(),
+            nodes.len()
+        ));
         if pending.is_empty() {
             break;
         }
         if Instant::now() >= deadline {
             spinner.finish_and_clear();
-            return Err(LocalError::NotReady {
-                nodes: pending.iter().map(|&i| nodes[i].name.clone()).collect(),
-                secs: timeout,
-            });
+            return Err(LocalError::NotReady { nodes: waiting_on, secs: timeout });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -36,11 +36,7 @@ struct TimeAxis {
 impl TimeAxis {
     fn new(a: &Analysis) -> Self {
         if a.duration_secs <= 300 {
-            TimeAxis {
-                start_ms: a.started_ms,
-                per: 1000.0,
-                label: "seconds since start",
-            }
+            TimeAxis { start_ms: a.started_ms, per: 1000.0, label: "seconds since start" }
         } else if a.duration_secs > 3 * 3600 {
             TimeAxis { start_ms: a.started_ms, per: 3_600_000.0, label: "hours since start" }
         } else {

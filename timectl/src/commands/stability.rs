@@ -61,7 +61,7 @@ pub struct StabilityArgs {
     /// Seconds a probe may take to finalize before it counts as lost [default: 60].
     #[arg(long, value_name = "SECS", conflicts_with = "resume")]
     pub probe_timeout: Option<f64>,
-    /// Seconds to wait for each node per sample (at most the interval).
+    /// Seconds to wait for each node's answers in a sample.
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub timeout: f64,
 }
@@ -428,7 +428,9 @@ pub async fn run(a: StabilityArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
         }
     })?;
 
-    let timeout = Duration::from_secs_f64(a.timeout.min(cfg.interval_secs).max(0.2));
+    // Not capped by the interval: a slow answer delays the next sample, while a short cap
+    // would call a busy node unreachable.
+    let timeout = Duration::from_secs_f64(a.timeout.max(0.1));
     let clients = inv
         .nodes
         .iter()
@@ -471,10 +473,10 @@ pub async fn run(a: StabilityArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
 
     let end_ms = cfg.started_ms + (cfg.hours * 3_600_000.0) as u64;
     let total_ms = end_ms.saturating_sub(cfg.started_ms).max(1);
-    let bar = ui.bar(total_ms, "starting");
     if !ui.json {
         eprintln!("run log: {}", log_path.display());
     }
+    let bar = ui.bar(total_ms, "starting");
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let interval = Duration::from_secs_f64(cfg.interval_secs);
@@ -482,10 +484,16 @@ pub async fn run(a: StabilityArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
 
     'run: while now_ms() < end_ms {
         let next = tokio::time::Instant::now() + interval;
-        m.tick().await.map_err(|e| e.context("writing the run log"))?;
+        // A sample waits for slow nodes; ctrl-c must not.
+        tokio::select! {
+            r = m.tick() => r.map_err(|e| e.context("writing the run log"))?,
+            _ = sigint.recv() => { interrupted = true; break 'run; }
+            _ = sigterm.recv() => { interrupted = true; break 'run; }
+        }
+        let progress = m.progress_message();
         bar.set_position(now_ms().saturating_sub(cfg.started_ms).min(total_ms));
-        bar.set_message(m.progress_message());
-        tracing::info!("{}", m.progress_message());
+        tracing::info!("{progress}");
+        bar.set_message(progress);
         let wake = next.min(tokio::time::Instant::now() + Duration::from_millis(end_ms.saturating_sub(now_ms())));
         loop {
             tokio::select! {

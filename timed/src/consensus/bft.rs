@@ -12,7 +12,7 @@
 
 use crate::chain::{Block, BlockHash, ValidatorIndex};
 use crate::p2p::message::{Vote, VoteKind};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// Rounds ahead of the current one whose messages are stored in full. Votes further ahead
 /// still count towards skipping rounds (line 55), so a node far behind catches up.
@@ -23,7 +23,7 @@ pub const FUTURE_ROUND_WINDOW: u32 = 16;
 /// through.
 const MAX_PROPOSALS_PER_ROUND: usize = 2;
 
-/// Equivocation evidence kept for inspection.
+/// Equivocation evidence kept for inspection (the most recent, across heights).
 const MAX_EVIDENCE: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -255,7 +255,7 @@ pub struct Bft {
     /// Highest round each validator sent a vote in, this height (for line 55).
     max_round_seen: HashMap<ValidatorIndex, u32>,
     stats: BftStats,
-    evidence: Vec<(Vote, Vote)>,
+    evidence: VecDeque<(Vote, Vote)>,
 }
 
 impl Bft {
@@ -282,7 +282,7 @@ impl Bft {
             rounds: BTreeMap::new(),
             max_round_seen: HashMap::new(),
             stats: BftStats::default(),
-            evidence: Vec::new(),
+            evidence: VecDeque::new(),
         })
     }
 
@@ -310,9 +310,10 @@ impl Bft {
         &self.stats
     }
 
-    /// Pairs of conflicting votes by one validator (the first vote, then the other).
-    pub fn equivocation_evidence(&self) -> &[(Vote, Vote)] {
-        &self.evidence
+    /// Recent pairs of conflicting votes by one validator (its first vote, then the other),
+    /// oldest first.
+    pub fn equivocation_evidence(&self) -> impl Iterator<Item = &(Vote, Vote)> + '_ {
+        self.evidence.iter()
     }
 
     pub fn is_decided(&self) -> bool {
@@ -364,7 +365,6 @@ impl Bft {
         self.blocks.clear();
         self.rounds.clear();
         self.max_round_seen.clear();
-        self.evidence.clear();
         let mut out = Vec::new();
         self.start_round(0, &mut out);
         self.process(&mut out);
@@ -386,14 +386,13 @@ impl Bft {
         if matches!(self.step, Step::Idle | Step::Committed) {
             return out;
         }
-        if block.height() != self.height || self.proposer(round) != Some(from) {
+        if block.height() != self.height || self.proposer(round) != Some(from) || block.hash() != block_hash {
             self.stats.ignored_messages += 1;
             return out;
         }
         if round > self.round.saturating_add(FUTURE_ROUND_WINDOW) {
             return out;
         }
-        debug_assert_eq!(block.hash(), block_hash, "caller passed a hash of another block");
         let rs = self.rounds.entry(round).or_default();
         if rs.proposals.iter().any(|p| p.hash == block_hash) {
             return out;
@@ -405,7 +404,9 @@ impl Bft {
             return out;
         }
         rs.proposals.push(ProposalMeta { hash: block_hash, valid_round });
-        self.blocks.entry(block_hash).or_insert(StoredBlock { block, valid: is_valid });
+        // Once fully validated, a block stays valid for this height (validity may only
+        // have been pending, say, on a parent transaction arriving).
+        self.blocks.entry(block_hash).or_insert(StoredBlock { block, valid: false }).valid |= is_valid;
         self.process(&mut out);
         out
     }
@@ -433,9 +434,10 @@ impl Bft {
                 Added::Duplicate => return out,
                 Added::Conflict(first) => {
                     self.stats.equivocations += 1;
-                    if self.evidence.len() < MAX_EVIDENCE {
-                        self.evidence.push((first, vote.clone()));
+                    if self.evidence.len() == MAX_EVIDENCE {
+                        self.evidence.pop_front();
                     }
+                    self.evidence.push_back((first, vote.clone()));
                 }
             }
         }
@@ -697,6 +699,8 @@ mod tests {
         }
     }
 
+    // Test-only; a few thousand events at most.
+    #[allow(clippy::large_enum_variant)]
     enum Event {
         /// `catch_up`: a reply helping a laggard, which never triggers a reply itself.
         Deliver {
@@ -1006,18 +1010,10 @@ mod tests {
 
         fn assert_all_committed_same(&self) {
             let honest = self.honest();
-            for i in 0..self.n {
-                let b = &self.nodes[i];
-                eprintln!(
-                    "DEBUG node {i}: h={} r={} step={:?} commits={} stats={:?} now={} queue={}",
-                    b.height(),
-                    b.round(),
-                    b.step(),
-                    self.commits[i].len(),
-                    b.stats(),
-                    self.now,
-                    self.queue.len()
-                );
+            // Shown only when the test fails.
+            for (i, b) in self.nodes.iter().enumerate() {
+                let (h, r, step, stats) = (b.height(), b.round(), b.step(), b.stats());
+                eprintln!("node {i}: height {h} round {r} {step:?} commits {} {stats:?}", self.commits[i].len());
             }
             for h in 1..=self.target {
                 let first = self.commits[honest[0]].get(&h).unwrap_or_else(|| panic!("height {h} not committed"));
@@ -1066,52 +1062,79 @@ mod tests {
         }
     }
 
+    /// Loses 30% of messages and delays the rest up to 3 s for the first minute, then
+    /// delivers within 100 ms.
+    fn lossy_run(n: usize, seed: u64) {
+        let mut net = Net::new(n, seed, 15);
+        net.drop_prob = 0.3;
+        net.max_delay = 3_000;
+        net.gst = 60_000;
+        net.post_gst_delay = 100;
+        net.start();
+        // Every commit is checked for safety as it happens.
+        net.run(RUN_LIMIT_MS);
+        net.assert_all_committed_same();
+        let timed_out: u64 = net.nodes.iter().map(|b| b.stats().rounds_timed_out).sum();
+        assert!(timed_out > 0, "the loss should have cost some rounds");
+    }
+
+    /// Delays every message up to 8 s (far beyond the timeouts) for 40 s, then 300 ms.
+    fn delayed_run(n: usize, seed: u64) {
+        let mut net = Net::new(n, seed, 20);
+        net.max_delay = 8_000;
+        net.gst = 40_000;
+        net.post_gst_delay = 300;
+        net.start();
+        net.run(RUN_LIMIT_MS);
+        net.assert_all_committed_same();
+    }
+
+    /// Four validators, one of them equivocating.
+    fn byzantine_run(seed: u64) {
+        let mut net = Net::new(4, seed, 12);
+        net.byzantine = Some(seed as usize % 4);
+        net.max_delay = 200;
+        net.gst = 30_000;
+        net.post_gst_delay = 100;
+        net.start();
+        net.run(RUN_LIMIT_MS);
+        net.assert_all_committed_same();
+        let seen: u64 = net.honest().iter().map(|&i| net.nodes[i].stats().equivocations).sum();
+        assert!(seen > 0);
+        let i = net.honest()[0];
+        assert!(net.nodes[i].equivocation_evidence().next().is_some());
+    }
+
     #[test]
     fn lossy_network_stays_safe_and_recovers() {
         for (n, seed) in [(4, 11), (5, 12), (7, 13), (4, 14), (5, 15), (7, 16)] {
-            let mut net = Net::new(n, seed, 15);
-            net.drop_prob = 0.3;
-            net.max_delay = 3_000;
-            net.gst = 60_000;
-            net.post_gst_delay = 100;
-            net.start();
-            // Every commit is checked for safety as it happens.
-            net.run(RUN_LIMIT_MS);
-            net.assert_all_committed_same();
-            let timed_out: u64 = net.nodes.iter().map(|b| b.stats().rounds_timed_out).sum();
-            assert!(timed_out > 0, "the loss should have cost some rounds");
+            lossy_run(n, seed);
         }
     }
 
     #[test]
     fn delayed_messages_commit_every_height() {
         for seed in 0..6u64 {
-            let n = [4, 5, 7][seed as usize % 3];
-            let mut net = Net::new(n, 100 + seed, 20);
-            net.max_delay = 8_000;
-            net.gst = 40_000;
-            net.post_gst_delay = 300;
-            net.start();
-            net.run(RUN_LIMIT_MS);
-            net.assert_all_committed_same();
+            delayed_run([4, 5, 7][seed as usize % 3], 100 + seed);
         }
     }
 
     #[test]
     fn one_equivocating_validator_of_four_cannot_break_safety() {
         for seed in 0..8u64 {
-            let mut net = Net::new(4, 200 + seed, 12);
-            net.byzantine = Some(seed as usize % 4);
-            net.max_delay = 200;
-            net.gst = 30_000;
-            net.post_gst_delay = 100;
-            net.start();
-            net.run(RUN_LIMIT_MS);
-            net.assert_all_committed_same();
-            let seen: u64 = net.honest().iter().map(|&i| net.nodes[i].stats().equivocations).sum();
-            assert!(seen > 0);
-            let i = net.honest()[0];
-            assert!(!net.nodes[i].equivocation_evidence().is_empty());
+            byzantine_run(200 + seed);
+        }
+    }
+
+    /// The same scenarios over many more seeds: `cargo test -p timed --lib bft -- --ignored`.
+    #[test]
+    #[ignore = "slow; run after changing the state machine"]
+    fn many_seeds() {
+        for seed in 1_000..1_100u64 {
+            let n = [4, 5, 7][seed as usize % 3];
+            lossy_run(n, seed);
+            delayed_run(n, seed);
+            byzantine_run(seed);
         }
     }
 
@@ -1187,7 +1210,7 @@ mod tests {
         b.on_vote(&vote(VoteKind::Prevote, 1, 0, x, 2));
         assert!(b.on_vote(&vote(VoteKind::Prevote, 1, 0, None, 2)).is_empty());
         assert_eq!(b.stats().equivocations, 1);
-        assert_eq!(b.equivocation_evidence()[0].0.block_hash, x);
+        assert_eq!(b.equivocation_evidence().next().map(|e| e.0.block_hash), Some(x));
         // One validator: once for each value, once in total.
         let pv = &b.rounds[&0].prevotes;
         assert_eq!((pv.total(), pv.count(x), pv.count(None)), (1, 1, 1));

@@ -346,8 +346,9 @@ impl Snowball {
                 continue;
             }
             for op in &e.inputs {
-                if !self.sets.get(op).is_some_and(|s| s.preference == t) {
-                    return false;
+                match self.sets.get(op) {
+                    Some(s) if s.preference == t => {}
+                    _ => return false,
                 }
                 stack.push(op.txid);
             }
@@ -475,7 +476,11 @@ impl Snowball {
                 .get(op)
                 .is_some_and(|s| s.preference == *txid && s.last == Some(*txid) && s.count >= self.params.beta);
             // A parent still undecided must be accepted first.
-            set_ok && !self.txs.get(&op.txid).is_some_and(|p| !p.accepted)
+            let parent_ok = match self.txs.get(&op.txid) {
+                Some(parent) => parent.accepted,
+                None => true,
+            };
+            set_ok && parent_ok
         })
     }
 

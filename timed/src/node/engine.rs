@@ -60,11 +60,15 @@ struct Engine {
     sync_inflight: Option<(ValidatorIndex, Instant)>,
     peer_heights: HashMap<ValidatorIndex, u64>,
     last_heartbeat: Option<Heartbeat>,
-    /// This node's proposal and votes at the current height. Sent again to peers that connect
-    /// later and re-broadcast while the height is undecided: agreement assumes every message
-    /// eventually arrives, and a peer that was not yet connected would otherwise never see them.
-    own_msgs: Vec<Message>,
+    /// This node's latest proposal at the current height. With its latest votes it is sent
+    /// again to peers that connect later and re-broadcast while the height is undecided:
+    /// agreement assumes every message eventually arrives, and a peer that was not yet
+    /// connected would otherwise never see them.
+    own_proposal: Option<Message>,
     height_started_at: Instant,
+    /// Digests of proposals and votes already handled at this height, so the re-broadcasts
+    /// cost a hash, not a signature check.
+    seen: HashSet<crate::chain::Hash256>,
 }
 
 pub fn restore_finalized(s: &Shared) -> anyhow::Result<()> {
@@ -116,8 +120,9 @@ pub async fn run(
         sync_inflight: None,
         peer_heights: HashMap::new(),
         last_heartbeat: None,
-        own_msgs: Vec::new(),
+        own_proposal: None,
         height_started_at: Instant::now(),
+        seen: HashSet::new(),
         s,
     };
     if e.parent.height() > 0 {
@@ -163,7 +168,8 @@ impl Engine {
     /// Prepares the next height: its slot's ranking, and when round 0 may begin.
     fn schedule_height(&mut self) -> anyhow::Result<()> {
         self.started = false;
-        self.own_msgs.clear();
+        self.own_proposal = None;
+        self.seen.clear();
         self.height = self.parent.height() + 1;
         self.ranking = self.s.ledger.ranking_after(&self.parent)?;
         let slot = self.s.ledger.slot_after(&self.parent.header);
@@ -199,12 +205,12 @@ impl Engine {
     fn apply(&mut self, actions: Vec<Action>) -> anyhow::Result<()> {
         let mut queue: std::collections::VecDeque<Action> = actions.into();
         while let Some(a) = queue.pop_front() {
+            tracing::trace!(height = self.height, action = ?ActionSummary(&a), "bft action");
             let more = match a {
                 Action::Propose { round, valid_round, valid_block } => self.propose(round, valid_round, valid_block)?,
                 Action::Vote { kind, round, block_hash } => {
                     let vote = Vote::new_signed(kind, self.height, round, block_hash, self.s.me, &self.s.key, self.s.chain_id());
                     self.s.broadcast(Message::Vote(vote.clone()));
-                    self.own_msgs.push(Message::Vote(vote.clone()));
                     self.bft.on_vote(&vote)
                 }
                 Action::ScheduleTimeout { kind, height, round, after_ms } => {
@@ -247,9 +253,33 @@ impl Engine {
         self.s.state().view.blocks_produced += 1;
         let msg = Message::Proposal(Box::new(Proposal { round, block: block.clone(), valid_round }));
         self.s.broadcast(msg.clone());
-        self.own_msgs.push(msg);
+        self.own_proposal = Some(msg);
         let hash = block.hash();
         Ok(self.bft.on_proposal(round, hash, block, valid_round, true, self.s.me))
+    }
+
+    /// What this node said at the current height and round, for re-sending.
+    fn own_consensus_msgs(&self) -> Vec<Message> {
+        if !self.started {
+            return vec![];
+        }
+        let current = |m: &Message| matches!(m, Message::Proposal(p) if p.round == self.bft.round());
+        let mut v: Vec<Message> = self.own_proposal.iter().filter(|m| current(m)).cloned().collect();
+        v.extend(self.bft.own_votes().into_iter().map(Message::Vote));
+        v
+    }
+
+    /// True the first time a given message is seen at this height.
+    fn first_sight(&mut self, msg: &Message) -> bool {
+        let digest = match msg {
+            Message::Vote(v) => crate::chain::Hash256::digest(&bincode::serialize(v).expect("encodable")),
+            Message::Proposal(p) => crate::chain::Hash256::tagged(
+                "proposal",
+                &[&p.round.to_le_bytes(), &p.block.hash().0, &bincode::serialize(&p.valid_round).expect("encodable")],
+            ),
+            _ => return true,
+        };
+        self.seen.insert(digest)
     }
 
     fn finalized_conflict(&self) -> impl Fn(&Transaction) -> bool + '_ {
@@ -318,6 +348,9 @@ impl Engine {
             _ => return Ok(()),
         };
         if height == self.height && self.started {
+            if !self.first_sight(&msg) {
+                return Ok(());
+            }
             match msg {
                 Message::Proposal(p) => self.on_proposal(from, *p)?,
                 Message::Vote(v) => self.on_vote(v)?,
@@ -350,7 +383,10 @@ impl Engine {
             let txs = &block.txs[1..];
             let conflicted = st.mempool.remove_for_block(txs);
             for tx in txs {
-                st.snowball.accept_external(&tx.txid());
+                // A block settles it: Snowball can forget the transaction.
+                let txid = tx.txid();
+                st.snowball.accept_external(&txid);
+                st.snowball.remove(&txid);
             }
             for t in &conflicted {
                 st.snowball.remove(t);
@@ -381,6 +417,7 @@ impl Engine {
             match t {
                 Timer::StartHeight(h) if h == self.height && !self.started => self.start_height()?,
                 Timer::Bft(kind, h, r) if h == self.height && self.started => {
+                    tracing::trace!(height = h, round = r, ?kind, "timeout fired");
                     if kind == TimeoutKind::Propose {
                         self.s.state().view.rounds_timed_out += 1;
                     }
@@ -449,8 +486,8 @@ impl Engine {
 
     fn status_round(&mut self) {
         if self.started && self.height_started_at.elapsed() > Duration::from_secs(1) {
-            for m in &self.own_msgs {
-                self.s.broadcast(m.clone());
+            for m in self.own_consensus_msgs() {
+                self.s.broadcast(m);
             }
         }
         let tip = self.parent.height();
@@ -738,8 +775,8 @@ impl Engine {
                 if let Some(hb) = &self.last_heartbeat {
                     self.s.p2p.send(peer, Message::Heartbeat(hb.clone()));
                 }
-                for m in &self.own_msgs {
-                    self.s.p2p.send(peer, m.clone());
+                for m in self.own_consensus_msgs() {
+                    self.s.p2p.send(peer, m);
                 }
                 if best_height > self.parent.height() {
                     self.request_sync();
@@ -775,6 +812,22 @@ impl Engine {
             },
         }
         Ok(())
+    }
+}
+
+/// Actions in logs without whole blocks.
+struct ActionSummary<'a>(&'a Action);
+
+impl std::fmt::Debug for ActionSummary<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Action::Propose { round, valid_round, valid_block } => {
+                write!(f, "propose r{round} valid_round={valid_round:?} reuse={}", valid_block.is_some())
+            }
+            Action::Vote { kind, round, block_hash } => write!(f, "{kind:?} r{round} {block_hash:?}"),
+            Action::ScheduleTimeout { kind, round, after_ms, .. } => write!(f, "timeout {kind:?} r{round} in {after_ms}ms"),
+            Action::Commit { round, block, .. } => write!(f, "commit r{round} {:?}", block.hash()),
+        }
     }
 }
 

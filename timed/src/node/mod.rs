@@ -113,8 +113,12 @@ impl Shared {
                 tip + 1,
                 now_ms(),
             )?;
-            if added != Added::Known {
-                st.snowball.insert(txid, &inputs, Instant::now());
+            if added != Added::Known
+                && st.snowball.insert(txid, &inputs, Instant::now()) == crate::consensus::snowball::InsertOutcome::Rejected
+            {
+                // It spends what an accepted transaction spends, or a rejected one's output.
+                st.mempool.reject(&txid, TxError::ConflictFinalized);
+                return Err(TxError::ConflictFinalized);
             }
             added
         };
@@ -205,7 +209,8 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
         counters: Counters::default(),
         recent_finality_ms: VecDeque::new(),
         finality_ms: Default::default(),
-        heartbeat_seq: 0,
+        // Sequence numbers must grow across restarts, or peers ignore us as a replay.
+        heartbeat_seq: now_ms(),
     };
     let metrics = Arc::new(Metrics::new());
     let (new_tx_send, new_tx_recv) = mpsc::unbounded_channel();
