@@ -15,9 +15,9 @@ fn snapshot(env: &Env, name: &str, text: &str) {
         s.add_filter(&re, with);
     }
     // Column widths follow the content; collapse them so only the content is compared.
-    s.add_filter(r"(validator\d) ┆ \d+ ┆", "$1 ┆ [PID] ┆");
-    s.add_filter(r"(node\d) ┆ \d+ ┆ \d+ │", "$1 ┆ [HEIGHT] ┆ [MS] │");
-    s.add_filter(r"(node\d) ┆ \d+ ┆ (stopped|not running|killed)", "$1 ┆ [PID] ┆ $2");
+    s.add_filter(r"(validator\d)\s+┆\s+\d+\s+┆", "$1 ┆ [PID] ┆");
+    s.add_filter(r"(node\d)\s+┆\s+\d+\s+┆\s+\d+\s+│", "$1 ┆ [HEIGHT] ┆ [MS] │");
+    s.add_filter(r"(node\d)\s+┆\s+\d+\s+┆\s+(stopped|not running|killed)", "$1 ┆ [PID] ┆ $2");
     s.add_filter(r"─+", "─");
     s.add_filter(r"═+", "═");
     s.add_filter(r" {2,}", " ");

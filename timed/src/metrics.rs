@@ -43,12 +43,12 @@ fn strip(name: &str) -> &str {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
-        let block_interval = Histogram::new([1.0, 2.0, 4.0, 6.0, 8.0, 9.0, 10.0, 11.0, 12.0, 15.0, 20.0, 30.0, 60.0].into_iter());
+        let block_interval = Histogram::new([1.0, 2.0, 4.0, 6.0, 8.0, 9.0, 10.0, 11.0, 12.0, 15.0, 20.0, 30.0, 60.0]);
         let tx_finality = Histogram::new(
-            [0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0].into_iter(),
+            [0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0],
         );
         let rpc_duration = Family::<MethodLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0].into_iter())
+            Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0])
         });
         let tx_finalized = Counter::default();
         let tx_rejected = Counter::default();

@@ -48,7 +48,7 @@ fn amount_units(v: f64) -> RpcResult<u64> {
 
 /// Where a transaction stands on this node.
 enum Found {
-    Chain { tx: Transaction, height: u64, block: Block },
+    Chain { tx: Transaction, height: u64, block: Box<Block> },
     Pool { tx: Transaction, finalized: bool, first_seen_ms: u64, fee: u64 },
 }
 
@@ -56,7 +56,7 @@ impl RpcImpl {
     fn find_tx(&self, txid: &Txid) -> RpcResult<Option<Found>> {
         if let Some((tx, height)) = self.s.ledger.store.get_tx(txid).map_err(internal)? {
             let block = self.s.ledger.store.block_by_height(height).map_err(internal)?.ok_or_else(|| internal("block missing"))?;
-            return Ok(Some(Found::Chain { tx, height, block }));
+            return Ok(Some(Found::Chain { tx, height, block: Box::new(block) }));
         }
         let st = self.s.state();
         Ok(st.mempool.get(txid).map(|e| Found::Pool {
@@ -186,7 +186,7 @@ impl RpcImpl {
         let names = &self.s.ledger.genesis.validators;
         let name = |i: u16| names.get(i as usize).map(|v| v.id.clone()).unwrap_or_else(|| format!("#{i}"));
         let tx = if verbosity >= 2 {
-            let found = |t: &Transaction| Found::Chain { tx: t.clone(), height: h.height, block: block.clone() };
+            let found = |t: &Transaction| Found::Chain { tx: t.clone(), height: h.height, block: Box::new(block.clone()) };
             block
                 .txs
                 .iter()

@@ -41,10 +41,10 @@ pub fn spawn_in(dir: &Path, id: &str, extra: &[&str]) -> Node {
         "--p2p-bind".into(),
         "127.0.0.1".into(),
     ];
-    if !extra.iter().any(|a| *a == "--port") {
+    if !extra.contains(&"--port") {
         args.extend(["--port".into(), "0".into()]);
     }
-    if !extra.iter().any(|a| *a == "--rpc-bind") {
+    if !extra.contains(&"--rpc-bind") {
         args.extend(["--rpc-bind".into(), "127.0.0.1:0".into()]);
     }
     args.extend(extra.iter().map(|s| s.to_string()));
