@@ -197,13 +197,36 @@ async fn five_validators_agree_finalize_and_survive_faults() {
     let slot_start = timed::chain::genesis::DEVNET_GENESIS_MS + b.slot * 2000;
     assert!(b.time_ms - slot_start < 2000, "produced within its own slot: {} ms late", b.time_ms - slot_start);
 
-    // Down for three blocks, then back: it syncs and agrees.
+    // Down for three blocks, then back: it syncs and agrees. Meanwhile the others see it go
+    // inactive (no heartbeat for three intervals) and lose leadership (no recent precommits).
     let down_at = min_height(&all_but(&nodes, victim)).await;
     wait_all(&all_but(&nodes, victim), down_at + 3, 60).await;
+    let observer = all_but(&nodes, victim)[0].client();
+    let entry = eventually(30, "the dead validator to turn inactive", || {
+        let observer = observer.clone();
+        let leader = leader.clone();
+        async move {
+            let list = observer.masternode_list().await.ok()?;
+            let e = list.into_iter().find(|m| m.id == leader)?;
+            (e.status == "inactive" && !e.leader_eligible).then_some(e)
+        }
+    })
+    .await;
+    assert!(!entry.connected);
     nodes[victim].restart();
     let now = min_height(&all_but(&nodes, victim)).await;
     wait_height(&nodes[victim], now, 60).await;
     assert_same_chain(&all(&nodes), now).await;
+    eventually(30, "the restarted validator to be active again", || {
+        let observer = observer.clone();
+        let leader = leader.clone();
+        async move {
+            let list = observer.masternode_list().await.ok()?;
+            let e = list.into_iter().find(|m| m.id == leader)?;
+            (e.status == "active" && e.verified_heartbeats > 0).then_some(())
+        }
+    })
+    .await;
     let set_hashes: Vec<String> = {
         let h = min_height(&all(&nodes)).await;
         let mut v = Vec::new();

@@ -297,10 +297,27 @@ async fn restart_keeps_height_utxos_and_balances() {
     if h == before_height.0 {
         assert_eq!(c.get_txout_set_info().await.unwrap().hash_serialized, before_height.1.to_hex());
     }
-    assert_eq!(c.get_balance(Some(other), Some(0)).await.unwrap(), 3.0);
-    let f = c.get_transaction_finality(txid).await.unwrap();
+    assert_eq!(c.get_balance(Some(other.clone()), Some(0)).await.unwrap(), 3.0);
+    let f = c.get_transaction_finality(txid.clone()).await.unwrap();
     assert!(f.finalized, "{f:?}");
     wait_height(&node, h + 2, 30).await;
+
+    // A crash (SIGKILL) right after a spend loses nothing that was reported final.
+    let txid2 = c.send_to_address(other.clone(), 4.0, None).await.unwrap();
+    assert!(c.wait_transaction_finality(txid2.clone(), Some(20.0)).await.unwrap().finalized);
+    let h_before = c.get_block_count().await.unwrap();
+    node.kill();
+    node.restart();
+    let c = node.client();
+    assert!(c.get_block_count().await.unwrap() >= h_before);
+    assert!(c.get_transaction_finality(txid2).await.unwrap().finalized);
+    assert_eq!(c.get_balance(Some(other.clone()), Some(0)).await.unwrap(), 7.0);
+
+    // ctrl-c (SIGINT) is a clean shutdown too.
+    let pid = node.child.as_ref().unwrap().id().to_string();
+    std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    let status = node.child.take().unwrap().wait().unwrap();
+    assert!(status.success(), "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
