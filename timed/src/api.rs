@@ -475,7 +475,11 @@ pub trait TimeRpc {
     async fn get_attestation_stats(&self) -> RpcResult<AttestationStats>;
 
     #[method(name = "getheartbeathistory")]
-    async fn get_heartbeat_history(&self, validator_id: Option<String>, count: Option<usize>) -> RpcResult<Vec<HeartbeatRecord>>;
+    async fn get_heartbeat_history(
+        &self,
+        validator_id: Option<String>,
+        count: Option<usize>,
+    ) -> RpcResult<Vec<HeartbeatRecord>>;
 
     #[method(name = "gettransactionfinality")]
     async fn get_transaction_finality(&self, txid: String) -> RpcResult<TxFinality>;

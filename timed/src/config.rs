@@ -178,10 +178,10 @@ fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, (bool, St
 }
 
 pub fn load_genesis(path: &Path) -> Result<GenesisConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::ReadGenesis { path: path.into(), source })?;
-    let g: GenesisConfig = toml::from_str(&text)
-        .map_err(|e| ConfigError::ParseGenesis { path: path.into(), message: e.to_string() })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::ReadGenesis { path: path.into(), source })?;
+    let g: GenesisConfig =
+        toml::from_str(&text).map_err(|e| ConfigError::ParseGenesis { path: path.into(), message: e.to_string() })?;
     g.validate()?;
     Ok(g)
 }
@@ -204,8 +204,7 @@ impl Cli {
             })?,
             None => FileConfig::default(),
         };
-        let validator_id =
-            self.validator_id.clone().or(file.validator_id).ok_or(ConfigError::MissingValidatorId)?;
+        let validator_id = self.validator_id.clone().or(file.validator_id).ok_or(ConfigError::MissingValidatorId)?;
         if !valid_validator_id(&validator_id) {
             return Err(ConfigError::BadValidatorId(validator_id));
         }
@@ -307,9 +306,18 @@ mod tests {
 
     #[test]
     fn plan_command_line_gives_a_devnet_of_three() {
-        let c = cli(&["--validator-id", "validator1", "--port", "8001", "--peers", "localhost:8002,localhost:8003", "--rpc-bind", "0.0.0.0:8081"])
-            .resolve()
-            .unwrap();
+        let c = cli(&[
+            "--validator-id",
+            "validator1",
+            "--port",
+            "8001",
+            "--peers",
+            "localhost:8002,localhost:8003",
+            "--rpc-bind",
+            "0.0.0.0:8081",
+        ])
+        .resolve()
+        .unwrap();
         assert_eq!(c.genesis.validators.len(), 3);
         assert_eq!(c.peers, vec!["localhost:8002", "localhost:8003"]);
         assert_eq!(c.p2p_listen.port(), 8001);
@@ -336,8 +344,14 @@ mod tests {
     fn bad_input_is_refused_clearly() {
         assert!(matches!(cli(&[]).resolve(), Err(ConfigError::MissingValidatorId)));
         assert!(matches!(cli(&["--validator-id", "validator9"]).resolve(), Err(ConfigError::NotInGenesis { .. })));
-        assert!(matches!(cli(&["--validator-id", "validator1", "--peers", "nohost"]).resolve(), Err(ConfigError::Invalid(_))));
+        assert!(matches!(
+            cli(&["--validator-id", "validator1", "--peers", "nohost"]).resolve(),
+            Err(ConfigError::Invalid(_))
+        ));
         assert!(matches!(cli(&["--validator-id", "bad id"]).resolve(), Err(ConfigError::BadValidatorId(_))));
-        assert!(matches!(cli(&["--validator-id", "validator1", "--rpc-user", "u"]).resolve(), Err(ConfigError::PartialCredentials)));
+        assert!(matches!(
+            cli(&["--validator-id", "validator1", "--rpc-user", "u"]).resolve(),
+            Err(ConfigError::PartialCredentials)
+        ));
     }
 }

@@ -38,7 +38,9 @@ fn hint(e: &anyhow::Error) -> Option<String> {
         return Some("another timed runs with this --data-dir; give each node its own".into());
     }
     if text.contains("genesis") && text.contains("differs") {
-        return Some("this data dir belongs to another network: use a fresh --data-dir, or the genesis it was made with".into());
+        return Some(
+            "this data dir belongs to another network: use a fresh --data-dir, or the genesis it was made with".into(),
+        );
     }
     None
 }

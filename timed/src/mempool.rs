@@ -82,9 +82,11 @@ impl Mempool {
     }
 
     fn finalized_spender(&self, op: &OutPoint) -> Option<Txid> {
-        self.spenders.get(op)?.iter().copied().find(|t| {
-            self.entries.get(t).is_some_and(|e| matches!(e.status, TxStatus::Finalized { .. }))
-        })
+        self.spenders
+            .get(op)?
+            .iter()
+            .copied()
+            .find(|t| self.entries.get(t).is_some_and(|e| matches!(e.status, TxStatus::Finalized { .. })))
     }
 
     /// A view of spendable outputs for building and checking new transactions.
@@ -135,10 +137,7 @@ impl Mempool {
             self.spenders.entry(input.prevout).or_default().push(txid);
         }
         self.bytes += size;
-        self.entries.insert(
-            txid,
-            Entry { tx, txid, size, fee, first_seen_ms: now_ms, status: TxStatus::Pending },
-        );
+        self.entries.insert(txid, Entry { tx, txid, size, fee, first_seen_ms: now_ms, status: TxStatus::Pending });
         Ok((txid, if conflicting { Added::Conflicting } else { Added::New }))
     }
 
@@ -235,7 +234,8 @@ impl Mempool {
                 if placed.contains(&e.txid) {
                     continue;
                 }
-                let ready = e.tx.inputs.iter().all(|i| !in_set.contains(&i.prevout.txid) || placed.contains(&i.prevout.txid));
+                let ready =
+                    e.tx.inputs.iter().all(|i| !in_set.contains(&i.prevout.txid) || placed.contains(&i.prevout.txid));
                 if ready && used + e.size <= max_bytes {
                     used += e.size;
                     placed.insert(e.txid);

@@ -44,19 +44,29 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let block_interval = Histogram::new([1.0, 2.0, 4.0, 6.0, 8.0, 9.0, 10.0, 11.0, 12.0, 15.0, 20.0, 30.0, 60.0]);
-        let tx_finality = Histogram::new(
-            [0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0],
-        );
+        let tx_finality = Histogram::new([0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0]);
         let rpc_duration = Family::<MethodLabel, Histogram>::new_with_constructor(|| {
             Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0])
         });
         let tx_finalized = Counter::default();
         let tx_rejected = Counter::default();
-        registry.register(names::BLOCK_INTERVAL, "Seconds between consecutive committed blocks", block_interval.clone());
-        registry.register(names::TX_FINALITY, "Seconds from first sight of a transaction to finality", tx_finality.clone());
+        registry.register(
+            names::BLOCK_INTERVAL,
+            "Seconds between consecutive committed blocks",
+            block_interval.clone(),
+        );
+        registry.register(
+            names::TX_FINALITY,
+            "Seconds from first sight of a transaction to finality",
+            tx_finality.clone(),
+        );
         registry.register(names::RPC_DURATION, "JSON-RPC request handling time in seconds", rpc_duration.clone());
         registry.register(strip(names::TX_FINALIZED), "Transactions finalized by Avalanche", tx_finalized.clone());
-        registry.register(strip(names::TX_REJECTED), "Transactions rejected (lost a conflict or expired)", tx_rejected.clone());
+        registry.register(
+            strip(names::TX_REJECTED),
+            "Transactions rejected (lost a conflict or expired)",
+            tx_rejected.clone(),
+        );
         Metrics { registry, block_interval, tx_finality, rpc_duration, tx_finalized, tx_rejected }
     }
 
@@ -85,7 +95,12 @@ impl Metrics {
         if let Some(p) = process_stats() {
             gauge(&mut out, names::PROCESS_RSS_BYTES, "Resident memory size in bytes", p.rss_bytes as f64);
             counter(&mut out, names::PROCESS_CPU_SECONDS, "User and system CPU time in seconds", p.cpu_seconds);
-            gauge(&mut out, names::PROCESS_START_TIME, "Start time of the process since the Unix epoch in seconds", p.start_time);
+            gauge(
+                &mut out,
+                names::PROCESS_START_TIME,
+                "Start time of the process since the Unix epoch in seconds",
+                p.start_time,
+            );
         }
         out.push_str("# EOF\n");
         out
@@ -116,8 +131,7 @@ pub fn process_stats() -> Option<ProcessStats> {
     let stime: f64 = f.get(12)?.parse().ok()?;
     let start_ticks: f64 = f.get(19)?.parse().ok()?;
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let rss_kb: u64 =
-        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+    let rss_kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
     let boot = std::fs::read_to_string("/proc/stat")
         .ok()?
         .lines()

@@ -176,7 +176,9 @@ mod tests {
         values
             .iter()
             .enumerate()
-            .map(|(i, v)| (OutPoint { txid: Hash256::digest(&[i as u8]), vout: 0 }, TxOut { value: *v, address: w.address() }))
+            .map(|(i, v)| {
+                (OutPoint { txid: Hash256::digest(&[i as u8]), vout: 0 }, TxOut { value: *v, address: w.address() })
+            })
             .collect()
     }
 

@@ -114,16 +114,7 @@ async fn five_validators_agree_finalize_and_survive_faults() {
     assert!(f.finalized, "{f:?}");
     let mut block = None;
     for n in &nodes {
-        let c = n.client();
-        let f = eventually(60, "confirmation everywhere", || {
-            let c = c.clone();
-            let txid = txid.clone();
-            async move {
-                let f = c.get_transaction_finality(txid).await.ok()?;
-                (f.status == "confirmed").then_some(f)
-            }
-        })
-        .await;
+        let f = wait_confirmed(n, &txid, 60).await;
         let b = (f.blockheight.unwrap(), f.blockhash.unwrap());
         assert!(block.as_ref().is_none_or(|x| *x == b), "different blocks: {block:?} vs {b:?}");
         block = Some(b);
@@ -145,7 +136,10 @@ async fn five_validators_agree_finalize_and_survive_faults() {
     let spend = |to: &Keypair| {
         let mut tx = Transaction::unsigned(
             vec![op],
-            vec![TxOut { value: coin.amount_units - 100_000, address: Address::from_pubkey(Network::Testnet, &to.public()) }],
+            vec![TxOut {
+                value: coin.amount_units - 100_000,
+                address: Address::from_pubkey(Network::Testnet, &to.public()),
+            }],
             0,
             None,
         );
@@ -189,8 +183,12 @@ async fn five_validators_agree_finalize_and_survive_faults() {
     nodes[victim].kill();
     wait_all(&all_but(&nodes, victim), victim_height + 3, 60).await;
     let c = all_but(&nodes, victim)[0].client();
-    let BlockResult::Verbose(b) = c.get_block(BlockRef::Height(victim_height), Some(1)).await.unwrap() else { panic!() };
-    let BlockResult::Verbose(prev) = c.get_block(BlockRef::Height(victim_height - 1), Some(1)).await.unwrap() else { panic!() };
+    let BlockResult::Verbose(b) = c.get_block(BlockRef::Height(victim_height), Some(1)).await.unwrap() else {
+        panic!()
+    };
+    let BlockResult::Verbose(prev) = c.get_block(BlockRef::Height(victim_height - 1), Some(1)).await.unwrap() else {
+        panic!()
+    };
     assert_ne!(b.producer, leader, "the dead leader cannot have produced height {victim_height}");
     assert!(b.round >= 1, "a backup made it: {b:?}");
     assert_eq!(b.slot, prev.slot + 1, "no slot was skipped");
@@ -250,7 +248,11 @@ async fn five_validators_agree_finalize_and_survive_faults() {
     assert!(set_hashes.windows(2).all(|w| w[0] == w[1]), "UTXO sets differ: {set_hashes:?}");
 
     // A node of another genesis is refused and learns nothing.
-    let stranger = spawn_in(&dir.join("stranger"), "validator1", &["--devnet-validators", "6", "--block-time", BLOCK_TIME, "--peers", &seed]);
+    let stranger = spawn_in(
+        &dir.join("stranger"),
+        "validator1",
+        &["--devnet-validators", "6", "--block-time", BLOCK_TIME, "--peers", &seed],
+    );
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(stranger.client().get_peer_info().await.unwrap().len(), 0);
     assert_eq!(stranger.client().get_block_count().await.unwrap(), 0);

@@ -51,7 +51,9 @@ async fn every_method_answers_and_a_spend_lands_in_a_block() {
     assert_eq!(b1.height, 1);
     assert_eq!(b1.previousblockhash.as_deref(), Some(genesis_hash.as_str()));
     assert_eq!(b1.producer, "validator1");
-    let BlockResult::Verbose(by_hash) = c.get_block(BlockRef::Hash(b1.hash.clone()), Some(2)).await.unwrap() else { panic!() };
+    let BlockResult::Verbose(by_hash) = c.get_block(BlockRef::Hash(b1.hash.clone()), Some(2)).await.unwrap() else {
+        panic!()
+    };
     assert_eq!(by_hash.hash, b1.hash);
     assert!(by_hash.tx[0].is_object());
     let BlockResult::Hex(hex) = c.get_block(BlockRef::Height(1), Some(0)).await.unwrap() else { panic!() };
@@ -73,19 +75,13 @@ async fn every_method_answers_and_a_spend_lands_in_a_block() {
     assert!(unspent.len() >= 20);
 
     // Pay a fresh address and watch it become final and confirmed.
-    let other = timed::chain::Address::from_pubkey(timed::chain::Network::Testnet, &timed::chain::Keypair::generate().public()).to_string();
+    let other =
+        timed::chain::Address::from_pubkey(timed::chain::Network::Testnet, &timed::chain::Keypair::generate().public())
+            .to_string();
     let txid = c.send_to_address(other.clone(), 12.5, Some("hello".into())).await.unwrap();
     let fin = c.wait_transaction_finality(txid.clone(), Some(20.0)).await.unwrap();
     assert!(fin.finalized, "{fin:?}");
-    let confirmed = eventually(30, "confirmation", || {
-        let c = c.clone();
-        let txid = txid.clone();
-        async move {
-            let f = c.get_transaction_finality(txid).await.ok()?;
-            (f.status == "confirmed").then_some(f)
-        }
-    })
-    .await;
+    let confirmed = wait_confirmed(&node, &txid, 30).await;
     assert!(confirmed.blockheight.unwrap() >= 1);
     assert_eq!(c.get_balance(Some(other.clone()), None).await.unwrap(), 12.5);
     let after = c.get_balance(None, None).await.unwrap();
@@ -104,7 +100,10 @@ async fn every_method_answers_and_a_spend_lands_in_a_block() {
     let coin = c.list_unspent(None, None, None).await.unwrap().into_iter().find(|u| u.spendable).unwrap();
     let mut outs = std::collections::BTreeMap::new();
     outs.insert(other.clone(), coin.amount - 0.01);
-    let unsigned = c.create_raw_transaction(vec![InputRef { txid: coin.txid.clone(), vout: coin.vout }], outs, None, None).await.unwrap();
+    let unsigned = c
+        .create_raw_transaction(vec![InputRef { txid: coin.txid.clone(), vout: coin.vout }], outs, None, None)
+        .await
+        .unwrap();
     let signed = c.sign_raw_transaction_with_wallet(unsigned).await.unwrap();
     assert!(signed.complete);
     let txid2 = c.send_raw_transaction(signed.hex.clone()).await.unwrap();
@@ -207,10 +206,18 @@ curl -s http://localhost:{port}/rpc \
         assert_eq!(json_of(&b)["error"]["code"], -32600, "id {id}: {b}");
     }
     // Named params and the root path.
-    let (b, _) = curl(&format!("http://{}/", node.rpc), r#"{"jsonrpc":"2.0","method":"getblockhash","params":{"height":0},"id":1}"#, &[]);
+    let (b, _) = curl(
+        &format!("http://{}/", node.rpc),
+        r#"{"jsonrpc":"2.0","method":"getblockhash","params":{"height":0},"id":1}"#,
+        &[],
+    );
     assert_eq!(json_of(&b)["result"].as_str().unwrap().len(), 64);
     // Batches answer each call; notifications get no reply.
-    let (b, _) = curl(&url, r#"[{"jsonrpc":"2.0","method":"getblockcount","id":1},{"jsonrpc":"2.0","method":"uptime","id":2},{"jsonrpc":"2.0","method":"uptime"}]"#, &[]);
+    let (b, _) = curl(
+        &url,
+        r#"[{"jsonrpc":"2.0","method":"getblockcount","id":1},{"jsonrpc":"2.0","method":"uptime","id":2},{"jsonrpc":"2.0","method":"uptime"}]"#,
+        &[],
+    );
     assert_eq!(json_of(&b).as_array().unwrap().len(), 2);
     let (b, code) = curl(&url, r#"{"jsonrpc":"2.0","method":"uptime"}"#, &[]);
     assert!(b.is_empty() && code == "204", "notification answered: {b:?} {code}");
@@ -218,13 +225,19 @@ curl -s http://localhost:{port}/rpc \
     let big: Vec<Value> = (0..101).map(|i| json!({"jsonrpc":"2.0","method":"uptime","id":i})).collect();
     let (b, _) = curl(&url, &Value::Array(big).to_string(), &[]);
     assert!(b.contains("-32010") || b.to_lowercase().contains("batch"), "{b}");
-    let huge = format!(r#"{{"jsonrpc":"2.0","method":"validateaddress","params":["{}"],"id":1}}"#, "A".repeat(2 * 1024 * 1024));
+    let huge = format!(
+        r#"{{"jsonrpc":"2.0","method":"validateaddress","params":["{}"],"id":1}}"#,
+        "A".repeat(2 * 1024 * 1024)
+    );
     let path = node.dir.join("huge.json");
     std::fs::write(&path, huge).unwrap();
     let (_, code) = curl(&url, &format!("@{}", path.display()), &[]);
     assert_eq!(code, "413");
     // Unknown paths are refused; /metrics is Prometheus text a real parser accepts.
-    let out = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{}/nope", node.rpc)]).output().unwrap();
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{}/nope", node.rpc)])
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
     let metrics = Command::new("curl").args(["-s", &format!("http://{}/metrics", node.rpc)]).output().unwrap();
     let text = String::from_utf8(metrics.stdout).unwrap();
@@ -242,7 +255,13 @@ curl -s http://localhost:{port}/rpc \
     let out = parse.wait_with_output().unwrap();
     assert!(out.status.success(), "metrics do not parse: {}\n{text}", String::from_utf8_lossy(&out.stderr));
     let names = String::from_utf8_lossy(&out.stdout);
-    for n in ["timed_block_height", "process_resident_memory_bytes", "process_cpu_seconds", "timed_tx_finality_seconds", "timed_rpc_request_duration_seconds"] {
+    for n in [
+        "timed_block_height",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds",
+        "timed_tx_finality_seconds",
+        "timed_rpc_request_duration_seconds",
+    ] {
         assert!(names.contains(n), "{n} missing: {names}");
     }
     // The WebSocket transport shares the port.
@@ -275,7 +294,9 @@ async fn restart_keeps_height_utxos_and_balances() {
     let mut node = single(&[]);
     wait_height(&node, 3, 30).await;
     let c = node.client();
-    let other = timed::chain::Address::from_pubkey(timed::chain::Network::Testnet, &timed::chain::Keypair::generate().public()).to_string();
+    let other =
+        timed::chain::Address::from_pubkey(timed::chain::Network::Testnet, &timed::chain::Keypair::generate().public())
+            .to_string();
     let txid = c.send_to_address(other.clone(), 3.0, None).await.unwrap();
     assert!(c.wait_transaction_finality(txid.clone(), Some(20.0)).await.unwrap().finalized);
     let status = node.stop();
@@ -283,7 +304,9 @@ async fn restart_keeps_height_utxos_and_balances() {
     assert!(node.log().contains("stopped cleanly"));
     // What was reported final is on disk, in a block or in the finalized table.
     let before_height = {
-        let store = timed::storage::Store::open(&node.dir.join("chain.redb"), &timed::chain::GenesisConfig::devnet(1, 1)).unwrap();
+        let store =
+            timed::storage::Store::open(&node.dir.join("chain.redb"), &timed::chain::GenesisConfig::devnet(1, 1))
+                .unwrap();
         let (h, _) = store.tip().unwrap();
         let txid = timed::chain::Hash256::from_hex(&txid).unwrap();
         assert!(store.tx_location(&txid).unwrap().is_some() || store.is_finalized_pending(&txid).unwrap());
@@ -322,7 +345,8 @@ async fn restart_keeps_height_utxos_and_balances() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_start_up_input_is_refused_clearly() {
-    let out = Command::new(timed_bin()).args(["--validator-id", "validator7", "--devnet-validators", "3"]).output().unwrap();
+    let out =
+        Command::new(timed_bin()).args(["--validator-id", "validator7", "--devnet-validators", "3"]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("error: validator \"validator7\" is not in the genesis"), "{err}");
@@ -333,7 +357,17 @@ async fn bad_start_up_input_is_refused_clearly() {
     let dir = node.dir.clone();
     let before = std::fs::read(dir.join("chain.redb")).unwrap();
     let out = Command::new(timed_bin())
-        .args(["--validator-id", "validator1", "--devnet-validators", "2", "--port", "0", "--rpc-bind", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "--validator-id",
+            "validator1",
+            "--devnet-validators",
+            "2",
+            "--port",
+            "0",
+            "--rpc-bind",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(&dir)
         .output()
         .unwrap();

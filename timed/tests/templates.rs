@@ -22,14 +22,16 @@ fn render(dir: &std::path::Path) -> std::path::PathBuf {
 fn unit_verifies_cleanly_and_is_sandboxed() {
     let dir = tempfile::tempdir().unwrap();
     let unit = render(dir.path());
-    let out = Command::new("systemd-analyze").arg("verify").arg(&unit).output().expect("systemd-analyze (package systemd)");
+    let out =
+        Command::new("systemd-analyze").arg("verify").arg(&unit).output().expect("systemd-analyze (package systemd)");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "verify failed: {stderr}");
     // verify only warns about unknown keys and bad values; any output is a finding.
     let complaints: Vec<&str> = stderr.lines().filter(|l| l.contains("timed.service")).collect();
     assert!(complaints.is_empty(), "systemd-analyze verify complained: {stderr}");
 
-    let out = Command::new("systemd-analyze").args(["security", "--offline=true", "--no-pager"]).arg(&unit).output().unwrap();
+    let out =
+        Command::new("systemd-analyze").args(["security", "--offline=true", "--no-pager"]).arg(&unit).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     let score: f64 = text
         .lines()

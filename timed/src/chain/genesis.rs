@@ -300,10 +300,7 @@ pub fn reward_outputs(
             None => {}
         }
     }
-    shares
-        .into_iter()
-        .map(|(i, value)| TxOut { value, address: validators[i as usize].reward_address })
-        .collect()
+    shares.into_iter().map(|(i, value)| TxOut { value, address: validators[i as usize].reward_address }).collect()
 }
 
 #[cfg(test)]

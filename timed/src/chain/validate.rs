@@ -197,12 +197,8 @@ mod tests {
 
     fn pay(k: &Keypair, ins: Vec<OutPoint>, outs: Vec<u64>) -> Transaction {
         let to = Address::from_pubkey(Network::Testnet, &Keypair::insecure_from_label("to").public());
-        let mut tx = Transaction::unsigned(
-            ins,
-            outs.into_iter().map(|value| TxOut { value, address: to }).collect(),
-            0,
-            None,
-        );
+        let mut tx =
+            Transaction::unsigned(ins, outs.into_iter().map(|value| TxOut { value, address: to }).collect(), 0, None);
         tx.sign_all(k, CHAIN);
         tx
     }
@@ -255,10 +251,7 @@ mod tests {
         assert_eq!(check(&pay(&k, vec![ops[0]], vec![545]), &u), Err(TxError::Dust));
         assert_eq!(check(&pay(&k, vec![ops[0], ops[0]], vec![COIN]), &u), Err(TxError::DuplicateInputs));
         assert_eq!(check(&pay(&k, vec![ops[0]], vec![u64::MAX, u64::MAX]), &u), Err(TxError::OutputOverflow));
-        assert_eq!(
-            check(&pay(&k, vec![ops[0]], vec![MAX_MONEY, MAX_MONEY]), &u),
-            Err(TxError::OutputOverflow)
-        );
+        assert_eq!(check(&pay(&k, vec![ops[0]], vec![MAX_MONEY, MAX_MONEY]), &u), Err(TxError::OutputOverflow));
         assert_eq!(check(&pay(&k, vec![ops[0]], vec![COIN]), &u), Err(TxError::FeeTooLow));
         assert_eq!(check(&pay(&k, vec![ops[0]], vec![COIN + 1]), &u), Err(TxError::InputsBelowOutputs));
         let mut no_out = pay(&k, vec![ops[0]], vec![]);

@@ -77,7 +77,15 @@ pub fn restore_finalized(s: &Shared) -> anyhow::Result<()> {
     let mut st = s.state();
     for (tx, at_ms) in pending {
         let txid = tx.txid();
-        match st.mempool.add(tx, s.ledger.store.as_ref(), false, s.chain_id(), s.ledger.genesis.network_byte(), tip + 1, at_ms) {
+        match st.mempool.add(
+            tx,
+            s.ledger.store.as_ref(),
+            false,
+            s.chain_id(),
+            s.ledger.genesis.network_byte(),
+            tip + 1,
+            at_ms,
+        ) {
             Ok(_) => {
                 st.mempool.mark_finalized(&txid, at_ms);
             }
@@ -209,7 +217,15 @@ impl Engine {
             let more = match a {
                 Action::Propose { round, valid_round, valid_block } => self.propose(round, valid_round, valid_block)?,
                 Action::Vote { kind, round, block_hash } => {
-                    let vote = Vote::new_signed(kind, self.height, round, block_hash, self.s.me, &self.s.key, self.s.chain_id());
+                    let vote = Vote::new_signed(
+                        kind,
+                        self.height,
+                        round,
+                        block_hash,
+                        self.s.me,
+                        &self.s.key,
+                        self.s.chain_id(),
+                    );
                     self.s.broadcast(Message::Vote(vote.clone()));
                     self.bft.on_vote(&vote)
                 }
@@ -241,12 +257,25 @@ impl Engine {
         Ok(())
     }
 
-    fn propose(&mut self, round: u32, valid_round: Option<u32>, valid_block: Option<Block>) -> anyhow::Result<Vec<Action>> {
+    fn propose(
+        &mut self,
+        round: u32,
+        valid_round: Option<u32>,
+        valid_block: Option<Block>,
+    ) -> anyhow::Result<Vec<Action>> {
         let block = match valid_block {
             Some(b) => b,
             None => {
                 let candidates = self.s.state().mempool.block_candidates(crate::chain::block::MAX_BLOCK_SIZE / 2);
-                self.s.ledger.build_block(&self.parent, round, self.s.me, &self.s.key, candidates, self.last_commit.clone(), now_ms())?
+                self.s.ledger.build_block(
+                    &self.parent,
+                    round,
+                    self.s.me,
+                    &self.s.key,
+                    candidates,
+                    self.last_commit.clone(),
+                    now_ms(),
+                )?
             }
         };
         tracing::debug!(height = self.height, round, hash = %block.hash(), txs = block.txs.len(), "proposing");
@@ -302,10 +331,17 @@ impl Engine {
         let expected = self.ranking[round as usize % self.ranking.len()];
         // A fresh block is made in its own round; a re-proposed one in an earlier round.
         if from != expected || h.round > round || (p.valid_round.is_none() && h.round != round) {
-            tracing::debug!(from, producer = h.producer, expected, round, "proposal from a validator that does not lead this round");
+            tracing::debug!(
+                from,
+                producer = h.producer,
+                expected,
+                round,
+                "proposal from a validator that does not lead this round"
+            );
             return Ok(());
         }
-        let valid = match self.s.ledger.check_block(&p.block, &self.parent, Some(now_ms()), &self.finalized_conflict()) {
+        let valid = match self.s.ledger.check_block(&p.block, &self.parent, Some(now_ms()), &self.finalized_conflict())
+        {
             Ok(()) => true,
             Err(err) => {
                 tracing::warn!(height = h.height, round, producer = h.producer, "invalid proposal: {err}");
@@ -577,10 +613,8 @@ impl Engine {
             return;
         }
         let (k, _, _) = params.effective(pool.len());
-        let weights: Vec<(ValidatorIndex, u64)> = pool
-            .iter()
-            .map(|v| (*v, self.s.ledger.genesis.validators[*v as usize].tier.sampling_weight()))
-            .collect();
+        let weights: Vec<(ValidatorIndex, u64)> =
+            pool.iter().map(|v| (*v, self.s.ledger.genesis.validators[*v as usize].tier.sampling_weight())).collect();
         let mut rng = rand::thread_rng();
         let asked: Vec<ValidatorIndex> = match weights.choose_multiple_weighted(&mut rng, k, |(_, w)| *w as f64) {
             Ok(it) => it.map(|(v, _)| *v).collect(),
@@ -825,7 +859,9 @@ impl std::fmt::Debug for ActionSummary<'_> {
                 write!(f, "propose r{round} valid_round={valid_round:?} reuse={}", valid_block.is_some())
             }
             Action::Vote { kind, round, block_hash } => write!(f, "{kind:?} r{round} {block_hash:?}"),
-            Action::ScheduleTimeout { kind, round, after_ms, .. } => write!(f, "timeout {kind:?} r{round} in {after_ms}ms"),
+            Action::ScheduleTimeout { kind, round, after_ms, .. } => {
+                write!(f, "timeout {kind:?} r{round} in {after_ms}ms")
+            }
             Action::Commit { round, block, .. } => write!(f, "commit r{round} {:?}", block.hash()),
         }
     }
@@ -841,4 +877,3 @@ pub fn latency_percentiles(samples: &std::collections::VecDeque<u64>) -> (Option
     let pick = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
     (Some(pick(0.5)), Some(pick(0.99)))
 }
-

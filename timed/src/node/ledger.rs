@@ -5,7 +5,10 @@ use crate::chain::amount::checked_sum;
 use crate::chain::block::{last_commit_hash, merkle_root, BlockHeader, BLOCK_VERSION, MAX_BLOCK_SIZE};
 use crate::chain::genesis::{reward_outputs, BLOCK_REWARD};
 use crate::chain::validate::{check_transaction, TxError, UtxoView};
-use crate::chain::{Block, CommitCert, GenesisConfig, Hash256, Keypair, OutPoint, PublicKey, Signature, Transaction, TxOut, ValidatorIndex};
+use crate::chain::{
+    Block, CommitCert, GenesisConfig, Hash256, Keypair, OutPoint, PublicKey, Signature, Transaction, TxOut,
+    ValidatorIndex,
+};
 use crate::consensus::leader;
 use crate::p2p::message::verify_cert;
 use crate::storage::{Store, StoreError};
@@ -88,9 +91,7 @@ impl Ledger {
 
     pub fn tip_block(&self) -> Result<Block, StoreError> {
         let (h, _) = self.store.tip()?;
-        self.store
-            .block_by_height(h)?
-            .ok_or_else(|| StoreError::Corrupt(format!("tip block {h} is missing")))
+        self.store.block_by_height(h)?.ok_or_else(|| StoreError::Corrupt(format!("tip block {h} is missing")))
     }
 
     /// The slot a block on top of `parent` belongs to: the first slot after both the parent's

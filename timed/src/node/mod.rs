@@ -114,7 +114,8 @@ impl Shared {
                 now_ms(),
             )?;
             if added != Added::Known
-                && st.snowball.insert(txid, &inputs, Instant::now()) == crate::consensus::snowball::InsertOutcome::Rejected
+                && st.snowball.insert(txid, &inputs, Instant::now())
+                    == crate::consensus::snowball::InsertOutcome::Rejected
             {
                 // It spends what an accepted transaction spends, or a rejected one's output.
                 st.mempool.reject(&txid, TxError::ConflictFinalized);
@@ -179,7 +180,9 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
         "store opened"
     );
     if devnet {
-        tracing::warn!("devnet genesis: every key is derived from its validator id and is public; never hold value on it");
+        tracing::warn!(
+            "devnet genesis: every key is derived from its validator id and is public; never hold value on it"
+        );
     }
 
     let (tip_tx, tip_rx) = watch::channel(tip_height);

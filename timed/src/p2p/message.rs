@@ -140,7 +140,13 @@ impl Heartbeat {
         p
     }
 
-    pub fn new_signed(validator: ValidatorIndex, sequence: u64, timestamp_ms: u64, key: &Keypair, chain_id: &str) -> Self {
+    pub fn new_signed(
+        validator: ValidatorIndex,
+        sequence: u64,
+        timestamp_ms: u64,
+        key: &Keypair,
+        chain_id: &str,
+    ) -> Self {
         let signature = key.sign(Domain::Heartbeat, chain_id, &Self::payload(validator, sequence, timestamp_ms));
         Heartbeat { validator, sequence, timestamp_ms, signature }
     }
@@ -178,7 +184,8 @@ impl Attestation {
 
     pub fn new_signed(hb: &Heartbeat, witness: ValidatorIndex, key: &Keypair, chain_id: &str) -> Self {
         let digest = hb.digest();
-        let signature = key.sign(Domain::Attestation, chain_id, &Self::payload(hb.validator, hb.sequence, &digest, witness));
+        let signature =
+            key.sign(Domain::Attestation, chain_id, &Self::payload(hb.validator, hb.sequence, &digest, witness));
         Attestation { subject: hb.validator, sequence: hb.sequence, heartbeat_digest: digest, witness, signature }
     }
 
@@ -220,11 +227,20 @@ pub enum Message {
     Proposal(Box<Proposal>),
     Vote(Vote),
     /// Ask for committed blocks `from..=to` (at most [`MAX_BLOCKS_PER_REPLY`]).
-    GetBlocks { from: u64, to: u64 },
+    GetBlocks {
+        from: u64,
+        to: u64,
+    },
     /// Committed blocks, each with the certificate that finalized it, in height order.
     Blocks(Vec<(Block, CommitCert)>),
-    PollQuery { id: u64, txids: Vec<Txid> },
-    PollReply { id: u64, prefs: Vec<Preference> },
+    PollQuery {
+        id: u64,
+        txids: Vec<Txid>,
+    },
+    PollReply {
+        id: u64,
+        prefs: Vec<Preference>,
+    },
     Heartbeat(Heartbeat),
     Attestation(Attestation),
 }

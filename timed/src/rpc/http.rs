@@ -10,9 +10,9 @@ use base64::Engine;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use jsonrpsee::core::BoxError;
+use jsonrpsee::server::{HttpBody, HttpRequest, HttpResponse};
 use serde_json::Value;
 use std::collections::HashMap;
-use jsonrpsee::server::{HttpBody, HttpRequest, HttpResponse};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -152,14 +152,22 @@ where
         let path = req.uri().path();
         if path == "/metrics" {
             let resp = if req.method() == http::Method::GET {
-                plain(http::StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", (self.door.metrics)())
+                plain(
+                    http::StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    (self.door.metrics)(),
+                )
             } else {
                 plain(http::StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET for /metrics\n".into())
             };
             return Box::pin(async move { Ok(resp) });
         }
         if path != "/" && path != "/rpc" {
-            let resp = plain(http::StatusCode::NOT_FOUND, "text/plain", "JSON-RPC is served at / and /rpc; metrics at /metrics\n".into());
+            let resp = plain(
+                http::StatusCode::NOT_FOUND,
+                "text/plain",
+                "JSON-RPC is served at / and /rpc; metrics at /metrics\n".into(),
+            );
             return Box::pin(async move { Ok(resp) });
         }
         match check_basic_auth(&req, &self.door.credentials) {

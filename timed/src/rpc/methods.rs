@@ -43,7 +43,9 @@ fn parse_address(s: &str, shared: &Shared) -> RpcResult<Address> {
 }
 
 fn amount_units(v: f64) -> RpcResult<u64> {
-    from_time(v).filter(|u| *u > 0).ok_or_else(|| err(codes::INVALID_PARAMETER, "amount must be a positive number of TIME"))
+    from_time(v)
+        .filter(|u| *u > 0)
+        .ok_or_else(|| err(codes::INVALID_PARAMETER, "amount must be a positive number of TIME"))
 }
 
 /// Where a transaction stands on this node.
@@ -55,7 +57,13 @@ enum Found {
 impl RpcImpl {
     fn find_tx(&self, txid: &Txid) -> RpcResult<Option<Found>> {
         if let Some((tx, height)) = self.s.ledger.store.get_tx(txid).map_err(internal)? {
-            let block = self.s.ledger.store.block_by_height(height).map_err(internal)?.ok_or_else(|| internal("block missing"))?;
+            let block = self
+                .s
+                .ledger
+                .store
+                .block_by_height(height)
+                .map_err(internal)?
+                .ok_or_else(|| internal("block missing"))?;
             return Ok(Some(Found::Chain { tx, height, block: Box::new(block) }));
         }
         let st = self.s.state();
@@ -105,7 +113,12 @@ impl RpcImpl {
                 .outputs
                 .iter()
                 .enumerate()
-                .map(|(n, o)| VoutInfo { value: to_time(o.value), value_units: o.value, n: n as u32, address: o.address.to_string() })
+                .map(|(n, o)| VoutInfo {
+                    value: to_time(o.value),
+                    value_units: o.value,
+                    n: n as u32,
+                    address: o.address.to_string(),
+                })
                 .collect(),
             blockhash,
             blockheight,
@@ -119,7 +132,8 @@ impl RpcImpl {
         let block = match r {
             BlockRef::Height(h) => self.s.ledger.store.block_by_height(*h).map_err(internal)?,
             BlockRef::Hash(s) => {
-                let hash = Hash256::from_hex(s).ok_or_else(|| err(codes::INVALID_PARAMETER, "block hash must be 64 hex characters"))?;
+                let hash = Hash256::from_hex(s)
+                    .ok_or_else(|| err(codes::INVALID_PARAMETER, "block hash must be 64 hex characters"))?;
                 self.s.ledger.store.block_by_hash(&hash).map_err(internal)?
             }
         };
@@ -130,8 +144,7 @@ impl RpcImpl {
     /// anything a pooled transaction already spends.
     fn wallet_coins(&self) -> RpcResult<Vec<(OutPoint, TxOut)>> {
         let addr = self.s.wallet.address();
-        let mut coins: Vec<(OutPoint, TxOut, u64)> =
-            self.s.ledger.store.utxos_for_address(&addr).map_err(internal)?;
+        let mut coins: Vec<(OutPoint, TxOut, u64)> = self.s.ledger.store.utxos_for_address(&addr).map_err(internal)?;
         coins.sort_by_key(|(op, _, h)| (*h, *op));
         let st = self.s.state();
         let mut out: Vec<(OutPoint, TxOut)> =
@@ -186,7 +199,8 @@ impl RpcImpl {
         let names = &self.s.ledger.genesis.validators;
         let name = |i: u16| names.get(i as usize).map(|v| v.id.clone()).unwrap_or_else(|| format!("#{i}"));
         let tx = if verbosity >= 2 {
-            let found = |t: &Transaction| Found::Chain { tx: t.clone(), height: h.height, block: Box::new(block.clone()) };
+            let found =
+                |t: &Transaction| Found::Chain { tx: t.clone(), height: h.height, block: Box::new(block.clone()) };
             block
                 .txs
                 .iter()
@@ -249,17 +263,17 @@ impl RpcImpl {
 #[async_trait]
 impl TimeRpcServer for RpcImpl {
     async fn send_raw_transaction(&self, hexstring: String) -> RpcResult<String> {
-        let tx = Transaction::from_hex(&hexstring)
-            .ok_or_else(|| err(codes::DESERIALIZATION_ERROR, "TX decode failed"))?;
+        let tx =
+            Transaction::from_hex(&hexstring).ok_or_else(|| err(codes::DESERIALIZATION_ERROR, "TX decode failed"))?;
         let (txid, _) = self.s.submit_tx(tx).map_err(tx_err)?;
         Ok(txid.to_hex())
     }
 
     async fn get_raw_transaction(&self, txid: String, verbose: Option<bool>) -> RpcResult<RawTransaction> {
         let id = parse_txid(&txid)?;
-        let found = self.find_tx(&id)?.ok_or_else(|| {
-            err(codes::INVALID_ADDRESS_OR_KEY, "No such mempool or blockchain transaction")
-        })?;
+        let found = self
+            .find_tx(&id)?
+            .ok_or_else(|| err(codes::INVALID_ADDRESS_OR_KEY, "No such mempool or blockchain transaction"))?;
         let tx = match &found {
             Found::Chain { tx, .. } | Found::Pool { tx, .. } => tx.clone(),
         };
@@ -327,7 +341,8 @@ impl TimeRpcServer for RpcImpl {
     }
 
     async fn sign_raw_transaction_with_wallet(&self, hexstring: String) -> RpcResult<SignResult> {
-        let mut tx = Transaction::from_hex(&hexstring).ok_or_else(|| err(codes::DESERIALIZATION_ERROR, "TX decode failed"))?;
+        let mut tx =
+            Transaction::from_hex(&hexstring).ok_or_else(|| err(codes::DESERIALIZATION_ERROR, "TX decode failed"))?;
         let me = self.s.wallet.address();
         let owned: std::collections::HashSet<OutPoint> =
             self.wallet_coins()?.into_iter().filter(|(_, o)| o.address == me).map(|(op, _)| op).collect();
@@ -339,14 +354,14 @@ impl TimeRpcServer for RpcImpl {
         let to = parse_address(&address, &self.s)?;
         let units = amount_units(amount)?;
         let coins = self.wallet_coins()?;
-        let tx = self
-            .s
-            .wallet
-            .pay(&coins, to, units, memo.map(String::into_bytes), self.s.chain_id())
-            .map_err(|e| match e {
-                crate::wallet::WalletError::InsufficientFunds { .. } => err(codes::WALLET_INSUFFICIENT_FUNDS, e.to_string()),
+        let tx = self.s.wallet.pay(&coins, to, units, memo.map(String::into_bytes), self.s.chain_id()).map_err(
+            |e| match e {
+                crate::wallet::WalletError::InsufficientFunds { .. } => {
+                    err(codes::WALLET_INSUFFICIENT_FUNDS, e.to_string())
+                }
                 other => err(codes::INVALID_PARAMETER, other.to_string()),
-            })?;
+            },
+        )?;
         let (txid, _) = self.s.submit_tx(tx).map_err(tx_err)?;
         Ok(txid.to_hex())
     }
@@ -362,7 +377,11 @@ impl TimeRpcServer for RpcImpl {
         if coins.len() < min {
             return Ok(MergeResult { txid: None, merged: 0, amount: 0.0 });
         }
-        let tx = self.s.wallet.merge(&coins, self.s.chain_id()).map_err(|e| err(codes::WALLET_INSUFFICIENT_FUNDS, e.to_string()))?;
+        let tx = self
+            .s
+            .wallet
+            .merge(&coins, self.s.chain_id())
+            .map_err(|e| err(codes::WALLET_INSUFFICIENT_FUNDS, e.to_string()))?;
         let amount = to_time(tx.outputs[0].value);
         let (txid, _) = self.s.submit_tx(tx).map_err(tx_err)?;
         Ok(MergeResult { txid: Some(txid.to_hex()), merged: coins.len(), amount })
@@ -397,7 +416,8 @@ impl TimeRpcServer for RpcImpl {
 
     async fn get_blockchain_info(&self) -> RpcResult<BlockchainInfo> {
         let (height, hash) = self.tip()?;
-        let tip = self.s.ledger.store.block_by_height(height).map_err(internal)?.ok_or_else(|| internal("tip missing"))?;
+        let tip =
+            self.s.ledger.store.block_by_height(height).map_err(internal)?.ok_or_else(|| internal("tip missing"))?;
         let g = &self.s.ledger.genesis;
         let best_peer = self.s.p2p.peer_info().iter().map(|p| p.best_height).max().unwrap_or(0);
         Ok(BlockchainInfo {
@@ -442,7 +462,12 @@ impl TimeRpcServer for RpcImpl {
         Ok(to_time(total))
     }
 
-    async fn list_unspent(&self, minconf: Option<u64>, maxconf: Option<u64>, addresses: Option<Vec<String>>) -> RpcResult<Vec<Unspent>> {
+    async fn list_unspent(
+        &self,
+        minconf: Option<u64>,
+        maxconf: Option<u64>,
+        addresses: Option<Vec<String>>,
+    ) -> RpcResult<Vec<Unspent>> {
         let minconf = minconf.unwrap_or(1);
         let maxconf = maxconf.unwrap_or(9_999_999);
         let (tip, _) = self.tip()?;
@@ -548,13 +573,12 @@ impl TimeRpcServer for RpcImpl {
                 .mempool
                 .entries()
                 .map(|e| {
-                    let depends = e
-                        .tx
-                        .inputs
-                        .iter()
-                        .filter(|i| pooled.contains(&i.prevout.txid))
-                        .map(|i| i.prevout.txid.to_hex())
-                        .collect();
+                    let depends =
+                        e.tx.inputs
+                            .iter()
+                            .filter(|i| pooled.contains(&i.prevout.txid))
+                            .map(|i| i.prevout.txid.to_hex())
+                            .collect();
                     let entry = MempoolEntry {
                         size: e.size,
                         fee: to_time(e.fee),
@@ -583,14 +607,8 @@ impl TimeRpcServer for RpcImpl {
         let connected: std::collections::HashSet<u16> = self.s.p2p.connected().into_iter().collect();
         let st = self.s.state();
         Ok(self
-            .s
-            .ledger
-            .genesis
-            .validators
-            .iter()
-            .enumerate()
+            .validators()
             .map(|(i, v)| {
-                let i = i as u16;
                 let last = st.heartbeats.last(i);
                 MasternodeEntry {
                     id: v.id.clone(),
@@ -668,7 +686,13 @@ impl TimeRpcServer for RpcImpl {
                 ismine: a == self.s.wallet.address(),
                 error: (a.network() != self.s.ledger.genesis.network).then(|| "address is for another network".into()),
             },
-            Err(e) => AddressValidation { isvalid: false, address: None, network: None, ismine: false, error: Some(e.to_string()) },
+            Err(e) => AddressValidation {
+                isvalid: false,
+                address: None,
+                network: None,
+                ismine: false,
+                error: Some(e.to_string()),
+            },
         })
     }
 
@@ -687,30 +711,29 @@ impl TimeRpcServer for RpcImpl {
             invalid_rejected: st.counters.invalid_rejected,
             verified_heartbeats: stats.verified_total,
             per_validator: self
-                .s
-                .ledger
-                .genesis
-                .validators
-                .iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    let i = i as u16;
-                    ValidatorAttestation {
-                        id: v.id.clone(),
-                        last_seq: hb.last(i).map(|(s, _)| s),
-                        verified: hb.verified_count(i),
-                        unverified: hb.unverified_count(i),
-                        status: hb.status(i, now).name().into(),
-                    }
+                .validators()
+                .map(|(i, v)| ValidatorAttestation {
+                    id: v.id.clone(),
+                    last_seq: hb.last(i).map(|(s, _)| s),
+                    verified: hb.verified_count(i),
+                    unverified: hb.unverified_count(i),
+                    status: hb.status(i, now).name().into(),
                 })
                 .collect(),
         })
     }
 
-    async fn get_heartbeat_history(&self, validator_id: Option<String>, count: Option<usize>) -> RpcResult<Vec<HeartbeatRecord>> {
+    async fn get_heartbeat_history(
+        &self,
+        validator_id: Option<String>,
+        count: Option<usize>,
+    ) -> RpcResult<Vec<HeartbeatRecord>> {
         let g = &self.s.ledger.genesis;
         let filter = match &validator_id {
-            Some(id) => Some(g.validator_index(id).ok_or_else(|| err(codes::INVALID_PARAMETER, format!("unknown validator {id:?}")))?),
+            Some(id) => Some(
+                g.validator_index(id)
+                    .ok_or_else(|| err(codes::INVALID_PARAMETER, format!("unknown validator {id:?}")))?,
+            ),
             None => None,
         };
         let count = count.unwrap_or(50).min(1000);
@@ -756,13 +779,21 @@ impl TimeRpcServer for RpcImpl {
                 return Err(err(codes::INVALID_ADDRESS_OR_KEY, "unknown transaction"));
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(err(codes::TIMEOUT, format!("transaction {txid} not final after {secs} s (status {})", f.status)));
+                return Err(err(
+                    codes::TIMEOUT,
+                    format!("transaction {txid} not final after {secs} s (status {})", f.status),
+                ));
             }
         }
     }
 }
 
 impl RpcImpl {
+    /// Genesis validators with their index.
+    fn validators(&self) -> impl Iterator<Item = (u16, &crate::chain::ValidatorInfo)> + '_ {
+        self.s.ledger.genesis.validators.iter().enumerate().map(|(i, v)| (i as u16, v))
+    }
+
     fn spent_value(&self, op: &OutPoint) -> Option<u64> {
         let (tx, _) = self.s.ledger.store.get_tx(&op.txid).ok().flatten()?;
         tx.outputs.get(op.vout as usize).map(|o| o.value)

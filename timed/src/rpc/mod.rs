@@ -78,11 +78,8 @@ pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) -> an
         }),
     };
     let metrics = shared.metrics.clone();
-    let rpc_mw = RpcServiceBuilder::new().layer_fn(move |inner| guard::Guard {
-        inner,
-        require_auth,
-        metrics: metrics.clone(),
-    });
+    let rpc_mw =
+        RpcServiceBuilder::new().layer_fn(move |inner| guard::Guard { inner, require_auth, metrics: metrics.clone() });
     let config = ServerConfig::builder()
         .max_connections(cfg.rpc_max_connections)
         .max_request_body_size(cfg.rpc_max_request_bytes)

@@ -32,10 +32,7 @@ pub(super) fn outpoint_from(key: &[u8]) -> OutPoint {
     txid.copy_from_slice(&key[..HASH_LEN]);
     let mut vout = [0u8; 4];
     vout.copy_from_slice(&key[HASH_LEN..OUTPOINT_LEN]);
-    OutPoint {
-        txid: Hash256(txid),
-        vout: u32::from_be_bytes(vout),
-    }
+    OutPoint { txid: Hash256(txid), vout: u32::from_be_bytes(vout) }
 }
 
 pub(super) fn address(a: &Address) -> [u8; ADDRESS_LEN] {
@@ -53,9 +50,7 @@ pub(super) fn address_outpoint(a: &Address, op: &OutPoint) -> [u8; ADDRESS_OUTPO
 }
 
 /// First and last possible key of one address in the address index (both inclusive).
-pub(super) fn address_bounds(
-    a: &Address,
-) -> ([u8; ADDRESS_OUTPOINT_LEN], [u8; ADDRESS_OUTPOINT_LEN]) {
+pub(super) fn address_bounds(a: &Address) -> ([u8; ADDRESS_OUTPOINT_LEN], [u8; ADDRESS_OUTPOINT_LEN]) {
     let mut lo = [0u8; ADDRESS_OUTPOINT_LEN];
     let mut hi = [0xffu8; ADDRESS_OUTPOINT_LEN];
     lo[..ADDRESS_LEN].copy_from_slice(&address(a));
@@ -100,28 +95,13 @@ mod tests {
 
     #[test]
     fn address_bounds_cover_exactly_one_address() {
-        let a = Address {
-            network_byte: Network::Testnet as u8,
-            hash: [7; 20],
-        };
-        let b = Address {
-            network_byte: Network::Testnet as u8,
-            hash: [8; 20],
-        };
+        let a = Address { network_byte: Network::Testnet as u8, hash: [7; 20] };
+        let b = Address { network_byte: Network::Testnet as u8, hash: [8; 20] };
         let (lo, hi) = address_bounds(&a);
-        let op = OutPoint {
-            txid: Hash256([0xff; 32]),
-            vout: u32::MAX,
-        };
+        let op = OutPoint { txid: Hash256([0xff; 32]), vout: u32::MAX };
         let k = address_outpoint(&a, &op);
         assert!(lo <= k && k <= hi);
-        let other = address_outpoint(
-            &b,
-            &OutPoint {
-                txid: Hash256::ZERO,
-                vout: 0,
-            },
-        );
+        let other = address_outpoint(&b, &OutPoint { txid: Hash256::ZERO, vout: 0 });
         assert!(other > hi);
     }
 }

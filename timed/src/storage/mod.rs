@@ -27,13 +27,11 @@ mod tests;
 use crate::api::TxOutSetInfo;
 use crate::chain::amount::to_time;
 use crate::chain::{
-    Address, Block, BlockHash, CommitCert, GenesisConfig, Hash256, OutPoint, Transaction, TxOut,
-    Txid, UtxoView,
+    Address, Block, BlockHash, CommitCert, GenesisConfig, Hash256, OutPoint, Transaction, TxOut, Txid, UtxoView,
 };
 use keys::{ADDRESS_OUTPOINT_LEN, HASH_LEN, HEIGHT_LEN, OUTPOINT_LEN};
 use redb::{
-    Database, DatabaseError, Durability, ReadTransaction, ReadableTable, TableDefinition,
-    TableError, WriteTransaction,
+    Database, DatabaseError, Durability, ReadTransaction, ReadableTable, TableDefinition, TableError, WriteTransaction,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -46,16 +44,13 @@ pub const STORE_FORMAT_VERSION: u32 = 1;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const BLOCKS: TableDefinition<&[u8; HEIGHT_LEN], &[u8]> = TableDefinition::new("blocks");
-const BLOCK_HASHES: TableDefinition<&[u8; HEIGHT_LEN], &[u8; HASH_LEN]> =
-    TableDefinition::new("block_hashes");
+const BLOCK_HASHES: TableDefinition<&[u8; HEIGHT_LEN], &[u8; HASH_LEN]> = TableDefinition::new("block_hashes");
 const BLOCK_HEIGHTS: TableDefinition<&[u8; HASH_LEN], u64> = TableDefinition::new("block_heights");
 const CERTS: TableDefinition<&[u8; HEIGHT_LEN], &[u8]> = TableDefinition::new("certs");
 const TX_INDEX: TableDefinition<&[u8; HASH_LEN], (u64, u32)> = TableDefinition::new("tx_index");
 const UTXOS: TableDefinition<&[u8; OUTPOINT_LEN], &[u8]> = TableDefinition::new("utxos");
-const ADDRESS_UTXOS: TableDefinition<&[u8; ADDRESS_OUTPOINT_LEN], u64> =
-    TableDefinition::new("address_utxos");
-const FINALIZED_PENDING: TableDefinition<&[u8; HASH_LEN], &[u8]> =
-    TableDefinition::new("finalized_pending");
+const ADDRESS_UTXOS: TableDefinition<&[u8; ADDRESS_OUTPOINT_LEN], u64> = TableDefinition::new("address_utxos");
+const FINALIZED_PENDING: TableDefinition<&[u8; HASH_LEN], &[u8]> = TableDefinition::new("finalized_pending");
 
 const META_FORMAT_VERSION: &str = "format_version";
 const META_GENESIS_HASH: &str = "genesis_hash";
@@ -67,34 +62,19 @@ pub enum StoreError {
     #[error("database {} is in use by another process (is another timed running on this data dir?)", path.display())]
     InUse { path: PathBuf },
     #[error("database {} belongs to another chain: its genesis is {stored}, this node's is {expected}", path.display())]
-    GenesisMismatch {
-        stored: Hash256,
-        expected: Hash256,
-        path: PathBuf,
-    },
+    GenesisMismatch { stored: Hash256, expected: Hash256, path: PathBuf },
     #[error("database {} has format version {found}, newer than the {supported} this build supports; upgrade timed", path.display())]
-    NewerFormat {
-        found: u32,
-        supported: u32,
-        path: PathBuf,
-    },
+    NewerFormat { found: u32, supported: u32, path: PathBuf },
     #[error("database is corrupt: {0}")]
     Corrupt(String),
     #[error("block at height {got} does not extend the tip at height {tip}")]
     WrongHeight { tip: u64, got: u64 },
     #[error("block at height {height} has parent {got}, but the tip is {expected}")]
-    WrongParent {
-        height: u64,
-        expected: BlockHash,
-        got: BlockHash,
-    },
-    #[error("certificate for {cert_hash} at height {cert_height} does not match block {block_hash} at height {height}")]
-    CertMismatch {
-        height: u64,
-        block_hash: BlockHash,
-        cert_height: u64,
-        cert_hash: BlockHash,
-    },
+    WrongParent { height: u64, expected: BlockHash, got: BlockHash },
+    #[error(
+        "certificate for {cert_hash} at height {cert_height} does not match block {block_hash} at height {height}"
+    )]
+    CertMismatch { height: u64, block_hash: BlockHash, cert_height: u64, cert_hash: BlockHash },
     #[error("block at height {height} spends {outpoint}, which is missing or already spent")]
     MissingInput { height: u64, outpoint: OutPoint },
     #[error("block at height {height} contains transaction {txid}, which is already in the chain")]
@@ -120,14 +100,7 @@ macro_rules! db_error_from {
         })*
     };
 }
-db_error_from!(
-    redb::Error,
-    DatabaseError,
-    redb::TransactionError,
-    TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+db_error_from!(redb::Error, DatabaseError, redb::TransactionError, TableError, redb::StorageError, redb::CommitError);
 
 /// What `gettxoutsetinfo` reports, computed in one read transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,9 +136,7 @@ pub struct Store {
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        f.debug_struct("Store").field("path", &self.path).finish_non_exhaustive()
     }
 }
 
@@ -177,14 +148,9 @@ fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError
     bincode::deserialize(bytes).map_err(|e| StoreError::Corrupt(format!("undecodable {what}: {e}")))
 }
 
-fn read_tip<T: ReadableTable<&'static str, &'static [u8]>>(
-    meta: &T,
-) -> Result<(u64, BlockHash), StoreError> {
-    let raw = meta
-        .get(META_TIP)?
-        .ok_or_else(|| StoreError::Corrupt("no tip recorded".into()))?;
-    keys::tip_from(raw.value())
-        .ok_or_else(|| StoreError::Corrupt("tip record has the wrong length".into()))
+fn read_tip<T: ReadableTable<&'static str, &'static [u8]>>(meta: &T) -> Result<(u64, BlockHash), StoreError> {
+    let raw = meta.get(META_TIP)?.ok_or_else(|| StoreError::Corrupt("no tip recorded".into()))?;
+    keys::tip_from(raw.value()).ok_or_else(|| StoreError::Corrupt("tip record has the wrong length".into()))
 }
 
 impl Store {
@@ -193,22 +159,14 @@ impl Store {
     /// format is refused.
     pub fn open(path: &Path, genesis: &GenesisConfig) -> Result<Store, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|source| StoreError::Io {
-                path: parent.to_path_buf(),
-                source,
-            })?;
+            std::fs::create_dir_all(parent).map_err(|source| StoreError::Io { path: parent.to_path_buf(), source })?;
         }
         // redb holds an exclusive file lock for as long as the database is open.
         let db = Database::create(path).map_err(|e| match e {
-            DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
-                path: path.to_path_buf(),
-            },
+            DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { path: path.to_path_buf() },
             other => other.into(),
         })?;
-        let store = Store {
-            db,
-            path: path.to_path_buf(),
-        };
+        let store = Store { db, path: path.to_path_buf() };
         // Initialization is one transaction, so a meta table exists iff the store is complete.
         let initialized = match store.db.begin_read()?.open_table(META) {
             Ok(_) => true,
@@ -239,10 +197,7 @@ impl Store {
         let txn = self.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
-            meta.insert(
-                META_FORMAT_VERSION,
-                STORE_FORMAT_VERSION.to_be_bytes().as_slice(),
-            )?;
+            meta.insert(META_FORMAT_VERSION, STORE_FORMAT_VERSION.to_be_bytes().as_slice())?;
             meta.insert(META_GENESIS_HASH, block.hash().0.as_slice())?;
             meta.insert(META_CHAIN_ID, genesis.chain_id.as_bytes())?;
         }
@@ -264,43 +219,28 @@ impl Store {
     fn check_identity(&self, genesis: &GenesisConfig) -> Result<(), StoreError> {
         let rtx = self.begin_read()?;
         let meta = rtx.open_table(META)?;
-        let version = meta
-            .get(META_FORMAT_VERSION)?
-            .ok_or_else(|| StoreError::Corrupt("no format version recorded".into()))?;
+        let version =
+            meta.get(META_FORMAT_VERSION)?.ok_or_else(|| StoreError::Corrupt("no format version recorded".into()))?;
         let version: [u8; 4] = version
             .value()
             .try_into()
             .map_err(|_| StoreError::Corrupt("format version has the wrong length".into()))?;
         let found = u32::from_be_bytes(version);
         if found > STORE_FORMAT_VERSION {
-            return Err(StoreError::NewerFormat {
-                found,
-                supported: STORE_FORMAT_VERSION,
-                path: self.path.clone(),
-            });
+            return Err(StoreError::NewerFormat { found, supported: STORE_FORMAT_VERSION, path: self.path.clone() });
         }
         if found < STORE_FORMAT_VERSION {
             // Version 1 is the first layout; anything lower was never written by timed.
-            return Err(StoreError::Corrupt(format!(
-                "unknown format version {found}"
-            )));
+            return Err(StoreError::Corrupt(format!("unknown format version {found}")));
         }
-        let stored = meta
-            .get(META_GENESIS_HASH)?
-            .ok_or_else(|| StoreError::Corrupt("no genesis hash recorded".into()))?;
+        let stored =
+            meta.get(META_GENESIS_HASH)?.ok_or_else(|| StoreError::Corrupt("no genesis hash recorded".into()))?;
         let stored = Hash256(
-            stored
-                .value()
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("genesis hash has the wrong length".into()))?,
+            stored.value().try_into().map_err(|_| StoreError::Corrupt("genesis hash has the wrong length".into()))?,
         );
         let expected = genesis.genesis_hash();
         if stored != expected {
-            return Err(StoreError::GenesisMismatch {
-                stored,
-                expected,
-                path: self.path.clone(),
-            });
+            return Err(StoreError::GenesisMismatch { stored, expected, path: self.path.clone() });
         }
         read_tip(&meta)?;
         Ok(())
@@ -324,28 +264,18 @@ impl Store {
 
     pub fn block_by_hash(&self, hash: &BlockHash) -> Result<Option<Block>, StoreError> {
         let rtx = self.begin_read()?;
-        let Some(h) = rtx
-            .open_table(BLOCK_HEIGHTS)?
-            .get(&hash.0)?
-            .map(|v| v.value())
-        else {
+        let Some(h) = rtx.open_table(BLOCK_HEIGHTS)?.get(&hash.0)?.map(|v| v.value()) else {
             return Ok(None);
         };
         let raw = rtx.open_table(BLOCKS)?.get(&keys::height(h))?;
         match raw {
             Some(v) => Ok(Some(decode("block", v.value())?)),
-            None => Err(StoreError::Corrupt(format!(
-                "block {hash} indexed at height {h} but not stored"
-            ))),
+            None => Err(StoreError::Corrupt(format!("block {hash} indexed at height {h} but not stored"))),
         }
     }
 
     pub fn height_of(&self, hash: &BlockHash) -> Result<Option<u64>, StoreError> {
-        Ok(self
-            .begin_read()?
-            .open_table(BLOCK_HEIGHTS)?
-            .get(&hash.0)?
-            .map(|v| v.value()))
+        Ok(self.begin_read()?.open_table(BLOCK_HEIGHTS)?.get(&hash.0)?.map(|v| v.value()))
     }
 
     /// The certificate that finalized block `h` (none for genesis).
@@ -371,9 +301,9 @@ impl Store {
             let (k, v) = entry?;
             let h = keys::height_from(k.value());
             let block: Block = decode("block", v.value())?;
-            let cert = certs.get(k.value())?.ok_or_else(|| {
-                StoreError::Corrupt(format!("block at height {h} has no certificate"))
-            })?;
+            let cert = certs
+                .get(k.value())?
+                .ok_or_else(|| StoreError::Corrupt(format!("block at height {h} has no certificate")))?;
             out.push((block, decode("certificate", cert.value())?));
         }
         Ok(out)
@@ -401,17 +331,10 @@ impl Store {
         let txn = self.begin_write()?;
         let (tip_height, tip_hash) = read_tip(&txn.open_table(META)?)?;
         if tip_height.checked_add(1) != Some(height) {
-            return Err(StoreError::WrongHeight {
-                tip: tip_height,
-                got: height,
-            });
+            return Err(StoreError::WrongHeight { tip: tip_height, got: height });
         }
         if block.header.prev_hash != tip_hash {
-            return Err(StoreError::WrongParent {
-                height,
-                expected: tip_hash,
-                got: block.header.prev_hash,
-            });
+            return Err(StoreError::WrongParent { height, expected: tip_hash, got: block.header.prev_hash });
         }
         // On any error below, dropping `txn` uncommitted rolls every write back.
         write_block(&txn, block, Some(cert))?;
@@ -426,10 +349,7 @@ impl Store {
     }
 
     /// Unspent outputs paying to `addr`, in outpoint order, with the height that created each.
-    pub fn utxos_for_address(
-        &self,
-        addr: &Address,
-    ) -> Result<Vec<(OutPoint, TxOut, u64)>, StoreError> {
+    pub fn utxos_for_address(&self, addr: &Address) -> Result<Vec<(OutPoint, TxOut, u64)>, StoreError> {
         let rtx = self.begin_read()?;
         let index = rtx.open_table(ADDRESS_UTXOS)?;
         let utxos = rtx.open_table(UTXOS)?;
@@ -438,9 +358,9 @@ impl Store {
         for entry in index.range::<&[u8; ADDRESS_OUTPOINT_LEN]>(&lo..=&hi)? {
             let (k, height) = entry?;
             let op = keys::outpoint_from(&k.value()[keys::ADDRESS_LEN..]);
-            let raw = utxos.get(&keys::outpoint(&op))?.ok_or_else(|| {
-                StoreError::Corrupt(format!("address index lists {op}, which is not unspent"))
-            })?;
+            let raw = utxos
+                .get(&keys::outpoint(&op))?
+                .ok_or_else(|| StoreError::Corrupt(format!("address index lists {op}, which is not unspent")))?;
             out.push((op, decode("output", raw.value())?, height.value()));
         }
         Ok(out)
@@ -448,11 +368,7 @@ impl Store {
 
     /// Height of the block holding `txid` and the transaction's position in it.
     pub fn tx_location(&self, txid: &Txid) -> Result<Option<(u64, u32)>, StoreError> {
-        Ok(self
-            .begin_read()?
-            .open_table(TX_INDEX)?
-            .get(&txid.0)?
-            .map(|v| v.value()))
+        Ok(self.begin_read()?.open_table(TX_INDEX)?.get(&txid.0)?.map(|v| v.value()))
     }
 
     /// A transaction in the chain with the height of its block.
@@ -464,18 +380,14 @@ impl Store {
         let raw = rtx
             .open_table(BLOCKS)?
             .get(&keys::height(height))?
-            .ok_or_else(|| {
-                StoreError::Corrupt(format!("tx {txid} indexed at missing height {height}"))
-            })?;
+            .ok_or_else(|| StoreError::Corrupt(format!("tx {txid} indexed at missing height {height}")))?;
         let block: Block = decode("block", raw.value())?;
         let tx = block
             .txs
             .into_iter()
             .nth(pos as usize)
             .filter(|tx| tx.txid() == *txid)
-            .ok_or_else(|| {
-                StoreError::Corrupt(format!("tx {txid} not at position {pos} of block {height}"))
-            })?;
+            .ok_or_else(|| StoreError::Corrupt(format!("tx {txid} not at position {pos} of block {height}")))?;
         Ok(Some((tx, height)))
     }
 
@@ -502,13 +414,7 @@ impl Store {
                 .ok_or_else(|| StoreError::Corrupt("unspent outputs add up past u64".into()))?;
         }
         let hash = Hash256(Sha256::digest(hasher.finalize()).into());
-        Ok(UtxoSetInfo {
-            height,
-            tip,
-            count,
-            total,
-            hash,
-        })
+        Ok(UtxoSetInfo { height, tip, count, total, hash })
     }
 
     /// Persists a transaction that Avalanche finalized but no block holds yet. Durable before
@@ -518,8 +424,7 @@ impl Store {
         let txid = tx.txid();
         let txn = self.begin_write()?;
         if txn.open_table(TX_INDEX)?.get(&txid.0)?.is_none() {
-            txn.open_table(FINALIZED_PENDING)?
-                .insert(&txid.0, encode(&(tx, finalized_ms)).as_slice())?;
+            txn.open_table(FINALIZED_PENDING)?.insert(&txid.0, encode(&(tx, finalized_ms)).as_slice())?;
         }
         txn.commit()?;
         Ok(())
@@ -539,11 +444,7 @@ impl Store {
     }
 
     pub fn is_finalized_pending(&self, txid: &Txid) -> Result<bool, StoreError> {
-        Ok(self
-            .begin_read()?
-            .open_table(FINALIZED_PENDING)?
-            .get(&txid.0)?
-            .is_some())
+        Ok(self.begin_read()?.open_table(FINALIZED_PENDING)?.get(&txid.0)?.is_some())
     }
 
     /// Size of the database file in bytes (0 if it cannot be read).
@@ -557,21 +458,15 @@ impl Store {
 }
 
 /// Writes everything a block changes inside `txn`. The caller has checked that it extends the tip.
-fn write_block(
-    txn: &WriteTransaction,
-    block: &Block,
-    cert: Option<&CommitCert>,
-) -> Result<(), StoreError> {
+fn write_block(txn: &WriteTransaction, block: &Block, cert: Option<&CommitCert>) -> Result<(), StoreError> {
     let height = block.height();
     let hash = block.hash();
     let hkey = keys::height(height);
-    txn.open_table(BLOCKS)?
-        .insert(&hkey, block.to_bytes().as_slice())?;
+    txn.open_table(BLOCKS)?.insert(&hkey, block.to_bytes().as_slice())?;
     txn.open_table(BLOCK_HASHES)?.insert(&hkey, &hash.0)?;
     txn.open_table(BLOCK_HEIGHTS)?.insert(&hash.0, height)?;
     if let Some(cert) = cert {
-        txn.open_table(CERTS)?
-            .insert(&hkey, encode(cert).as_slice())?;
+        txn.open_table(CERTS)?.insert(&hkey, encode(cert).as_slice())?;
     }
     let mut tx_index = txn.open_table(TX_INDEX)?;
     let mut utxos = txn.open_table(UTXOS)?;
@@ -589,32 +484,20 @@ fn write_block(
             let op = input.prevout;
             let spent: TxOut = match utxos.remove(&keys::outpoint(&op))? {
                 Some(v) => decode("output", v.value())?,
-                None => {
-                    return Err(StoreError::MissingInput {
-                        height,
-                        outpoint: op,
-                    })
-                }
+                None => return Err(StoreError::MissingInput { height, outpoint: op }),
             };
             by_address.remove(&keys::address_outpoint(&spent.address, &op))?;
         }
         for (vout, out) in tx.outputs.iter().enumerate() {
-            let op = OutPoint {
-                txid,
-                vout: vout as u32,
-            };
-            if utxos
-                .insert(&keys::outpoint(&op), encode(out).as_slice())?
-                .is_some()
-            {
+            let op = OutPoint { txid, vout: vout as u32 };
+            if utxos.insert(&keys::outpoint(&op), encode(out).as_slice())?.is_some() {
                 return Err(StoreError::DuplicateTx { height, txid });
             }
             by_address.insert(&keys::address_outpoint(&out.address, &op), height)?;
         }
         pending.remove(&txid.0)?;
     }
-    txn.open_table(META)?
-        .insert(META_TIP, keys::tip(height, &hash).as_slice())?;
+    txn.open_table(META)?.insert(META_TIP, keys::tip(height, &hash).as_slice())?;
     Ok(())
 }
 

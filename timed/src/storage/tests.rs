@@ -1,8 +1,6 @@
 use super::*;
 use crate::chain::amount::COIN;
-use crate::chain::block::{
-    last_commit_hash, merkle_root, vote_payload, BLOCK_VERSION, VOTE_PRECOMMIT,
-};
+use crate::chain::block::{last_commit_hash, merkle_root, vote_payload, BLOCK_VERSION, VOTE_PRECOMMIT};
 use crate::chain::genesis::{devnet_validator_key, devnet_wallet_key, BLOCK_REWARD};
 use crate::chain::tx::TX_VERSION;
 use crate::chain::{BlockHeader, Domain, Keypair, Network, Signature};
@@ -13,10 +11,7 @@ fn devnet() -> GenesisConfig {
 }
 
 fn addr(label: &str) -> Address {
-    Address::from_pubkey(
-        Network::Testnet,
-        &Keypair::insecure_from_label(label).public(),
-    )
+    Address::from_pubkey(Network::Testnet, &Keypair::insecure_from_label(label).public())
 }
 
 fn wallet(id: &str) -> Address {
@@ -25,23 +20,12 @@ fn wallet(id: &str) -> Address {
 
 /// Genesis output `vout`; devnet(3) gives validator1 vouts 0..20, validator2 20..40, validator3 40..60.
 fn genesis_op(g: &GenesisConfig, vout: u32) -> OutPoint {
-    OutPoint {
-        txid: g.genesis_block().txs[0].txid(),
-        vout,
-    }
+    OutPoint { txid: g.genesis_block().txs[0].txid(), vout }
 }
 
 /// A transaction spending `ins` (all owned by validator `owner`'s wallet), signed for real.
-fn spend(
-    g: &GenesisConfig,
-    owner: &str,
-    ins: Vec<OutPoint>,
-    outs: Vec<(Address, u64)>,
-) -> Transaction {
-    let outputs = outs
-        .into_iter()
-        .map(|(address, value)| TxOut { value, address })
-        .collect();
+fn spend(g: &GenesisConfig, owner: &str, ins: Vec<OutPoint>, outs: Vec<(Address, u64)>) -> Transaction {
+    let outputs = outs.into_iter().map(|(address, value)| TxOut { value, address }).collect();
     let mut tx = Transaction::unsigned(ins, outputs, 0, None);
     tx.sign_all(&devnet_wallet_key(owner), &g.chain_id);
     tx
@@ -49,29 +33,14 @@ fn spend(
 
 fn certify(g: &GenesisConfig, block: &Block) -> CommitCert {
     let hash = block.hash();
-    let payload = vote_payload(
-        VOTE_PRECOMMIT,
-        block.height(),
-        block.header.round,
-        Some(&hash),
-    );
+    let payload = vote_payload(VOTE_PRECOMMIT, block.height(), block.header.round, Some(&hash));
     let votes = g
         .validators
         .iter()
         .enumerate()
-        .map(|(i, v)| {
-            (
-                i as u16,
-                devnet_validator_key(&v.id).sign(Domain::Vote, &g.chain_id, &payload),
-            )
-        })
+        .map(|(i, v)| (i as u16, devnet_validator_key(&v.id).sign(Domain::Vote, &g.chain_id, &payload)))
         .collect();
-    CommitCert {
-        height: block.height(),
-        round: block.header.round,
-        block_hash: hash,
-        votes,
-    }
+    CommitCert { height: block.height(), round: block.header.round, block_hash: hash, votes }
 }
 
 /// The next block on `store`'s tip: a coinbase to "miner" followed by `txs`, signed by validator1.
@@ -81,10 +50,7 @@ fn next_block(store: &Store, g: &GenesisConfig, txs: Vec<Transaction>) -> (Block
     let coinbase = Transaction {
         version: TX_VERSION,
         inputs: vec![],
-        outputs: vec![TxOut {
-            value: BLOCK_REWARD,
-            address: addr("miner"),
-        }],
+        outputs: vec![TxOut { value: BLOCK_REWARD, address: addr("miner") }],
         lock_time: height,
         memo: None,
     };
@@ -103,12 +69,7 @@ fn next_block(store: &Store, g: &GenesisConfig, txs: Vec<Transaction>) -> (Block
         producer: 0,
         last_commit_hash: last_commit_hash(&last_commit),
     };
-    let mut block = Block {
-        header,
-        producer_sig: Signature([0; 64]),
-        txs: all,
-        last_commit,
-    };
+    let mut block = Block { header, producer_sig: Signature([0; 64]), txs: all, last_commit };
     block.sign(&devnet_validator_key("validator1"), &g.chain_id);
     let cert = certify(g, &block);
     (block, cert)
@@ -121,12 +82,7 @@ fn open_in(dir: &TempDir, g: &GenesisConfig) -> Store {
 /// Everything a failed commit must leave untouched.
 fn snapshot(store: &Store) -> (u64, BlockHash, UtxoSetInfo, Vec<(OutPoint, TxOut, u64)>) {
     let (h, hash) = store.tip().unwrap();
-    (
-        h,
-        hash,
-        store.utxo_set_info().unwrap(),
-        store.utxos_for_address(&wallet("validator1")).unwrap(),
-    )
+    (h, hash, store.utxo_set_info().unwrap(), store.utxos_for_address(&wallet("validator1")).unwrap())
 }
 
 #[test]
@@ -145,31 +101,16 @@ fn genesis_is_created_and_reopened() {
     let genesis = g.genesis_block();
     assert_eq!(store.tip().unwrap(), (0, g.genesis_hash()));
     assert_eq!(store.block_by_height(0).unwrap(), Some(genesis.clone()));
-    assert_eq!(
-        store.block_by_hash(&g.genesis_hash()).unwrap(),
-        Some(genesis.clone())
-    );
+    assert_eq!(store.block_by_hash(&g.genesis_hash()).unwrap(), Some(genesis.clone()));
     assert_eq!(store.block_hash_at(0).unwrap(), Some(g.genesis_hash()));
     assert_eq!(store.height_of(&g.genesis_hash()).unwrap(), Some(0));
     assert_eq!(store.cert_at(0).unwrap(), None);
     assert_eq!(store.block_by_height(1).unwrap(), None);
     assert!(store.blocks_range(0, 10).unwrap().is_empty());
-    assert_eq!(
-        store.tx_location(&genesis.txs[0].txid()).unwrap(),
-        Some((0, 0))
-    );
-    assert_eq!(
-        store
-            .utxos_for_address(&wallet("validator1"))
-            .unwrap()
-            .len(),
-        20
-    );
+    assert_eq!(store.tx_location(&genesis.txs[0].txid()).unwrap(), Some((0, 0)));
+    assert_eq!(store.utxos_for_address(&wallet("validator1")).unwrap().len(), 20);
     let info = store.utxo_set_info().unwrap();
-    assert_eq!(
-        (info.height, info.tip, info.count, info.total),
-        (0, g.genesis_hash(), 60, 3 * 20 * 50_000 * COIN)
-    );
+    assert_eq!((info.height, info.tip, info.count, info.total), (0, g.genesis_hash(), 60, 3 * 20 * 50_000 * COIN));
     assert!(store.size_on_disk() > 0);
     drop(store);
 
@@ -193,10 +134,7 @@ fn commit_updates_utxos_and_indexes() {
         vec![(alice, 10 * COIN), (wallet("validator1"), 49_989 * COIN)],
     );
     let pay_id = pay.txid();
-    let change = OutPoint {
-        txid: pay_id,
-        vout: 1,
-    };
+    let change = OutPoint { txid: pay_id, vout: 1 };
     let respend = spend(&g, "validator1", vec![change], vec![(alice, 49_988 * COIN)]);
     let (b1, c1) = next_block(&store, &g, vec![pay.clone(), respend.clone()]);
     store.commit_block(&b1, &c1).unwrap();
@@ -210,54 +148,28 @@ fn commit_updates_utxos_and_indexes() {
     assert_eq!(store.get_utxo(&genesis_op(&g, 0)).unwrap(), None);
     assert_eq!(store.get_utxo(&change).unwrap(), None);
     assert_eq!(
-        store
-            .get_utxo(&OutPoint {
-                txid: pay_id,
-                vout: 0
-            })
-            .unwrap(),
-        Some(TxOut {
-            value: 10 * COIN,
-            address: alice
-        })
+        store.get_utxo(&OutPoint { txid: pay_id, vout: 0 }).unwrap(),
+        Some(TxOut { value: 10 * COIN, address: alice })
     );
     assert_eq!(store.tx_location(&pay_id).unwrap(), Some((1, 1)));
     assert_eq!(store.tx_location(&respend.txid()).unwrap(), Some((1, 2)));
-    assert_eq!(
-        store.get_tx(&respend.txid()).unwrap(),
-        Some((respend.clone(), 1))
-    );
+    assert_eq!(store.get_tx(&respend.txid()).unwrap(), Some((respend.clone(), 1)));
     assert_eq!(store.get_tx(&Hash256::digest(b"nope")).unwrap(), None);
 
     let mine = store.utxos_for_address(&alice).unwrap();
     assert_eq!(mine.len(), 2);
-    assert!(mine
-        .iter()
-        .all(|(_, out, h)| out.address == alice && *h == 1));
-    assert_eq!(
-        mine.iter().map(|(_, o, _)| o.value).sum::<u64>(),
-        10 * COIN + 49_988 * COIN
-    );
+    assert!(mine.iter().all(|(_, out, h)| out.address == alice && *h == 1));
+    assert_eq!(mine.iter().map(|(_, o, _)| o.value).sum::<u64>(), 10 * COIN + 49_988 * COIN);
     let v1 = store.utxos_for_address(&wallet("validator1")).unwrap();
     assert_eq!(v1.len(), 19);
     assert!(!v1.iter().any(|(op, _, _)| *op == genesis_op(&g, 0)));
     assert_eq!(store.utxos_for_address(&addr("miner")).unwrap().len(), 1);
 
     // Block 2 spends an output of block 1; the UtxoView the validator uses sees the same set.
-    let alice_op = OutPoint {
-        txid: pay_id,
-        vout: 0,
-    };
+    let alice_op = OutPoint { txid: pay_id, vout: 0 };
     assert!(UtxoView::get_utxo(&store, &alice_op).is_some());
-    let mut from_alice = Transaction::unsigned(
-        vec![alice_op],
-        vec![TxOut {
-            value: 9 * COIN,
-            address: addr("bob"),
-        }],
-        0,
-        None,
-    );
+    let mut from_alice =
+        Transaction::unsigned(vec![alice_op], vec![TxOut { value: 9 * COIN, address: addr("bob") }], 0, None);
     from_alice.sign_all(&Keypair::insecure_from_label("alice"), &g.chain_id);
     let (b2, c2) = next_block(&store, &g, vec![from_alice.clone()]);
     assert_eq!(b2.last_commit.as_ref(), Some(&c1));
@@ -287,23 +199,12 @@ fn block_with_missing_input_changes_nothing() {
     let before = snapshot(&store);
 
     // A valid spend first, so a partial application would be visible.
-    let good = spend(
-        &g,
-        "validator1",
-        vec![genesis_op(&g, 1)],
-        vec![(addr("alice"), COIN)],
-    );
-    let ghost = OutPoint {
-        txid: Hash256::digest(b"never created"),
-        vout: 0,
-    };
+    let good = spend(&g, "validator1", vec![genesis_op(&g, 1)], vec![(addr("alice"), COIN)]);
+    let ghost = OutPoint { txid: Hash256::digest(b"never created"), vout: 0 };
     let bad = spend(&g, "validator1", vec![ghost], vec![(addr("alice"), COIN)]);
     let (block, cert) = next_block(&store, &g, vec![good.clone(), bad]);
     match store.commit_block(&block, &cert) {
-        Err(StoreError::MissingInput {
-            height: 1,
-            outpoint,
-        }) => assert_eq!(outpoint, ghost),
+        Err(StoreError::MissingInput { height: 1, outpoint }) => assert_eq!(outpoint, ghost),
         other => panic!("expected MissingInput, got {other:?}"),
     }
     assert_eq!(snapshot(&store), before);
@@ -313,31 +214,15 @@ fn block_with_missing_input_changes_nothing() {
     assert_eq!(store.cert_at(1).unwrap(), None);
 
     // Spending an output twice in one block, or again after it was spent, is refused as well.
-    let first = spend(
-        &g,
-        "validator1",
-        vec![genesis_op(&g, 2)],
-        vec![(addr("alice"), COIN)],
-    );
-    let twice = spend(
-        &g,
-        "validator1",
-        vec![genesis_op(&g, 2)],
-        vec![(addr("bob"), COIN)],
-    );
+    let first = spend(&g, "validator1", vec![genesis_op(&g, 2)], vec![(addr("alice"), COIN)]);
+    let twice = spend(&g, "validator1", vec![genesis_op(&g, 2)], vec![(addr("bob"), COIN)]);
     let (block, cert) = next_block(&store, &g, vec![first.clone(), twice.clone()]);
-    assert!(matches!(
-        store.commit_block(&block, &cert),
-        Err(StoreError::MissingInput { .. })
-    ));
+    assert!(matches!(store.commit_block(&block, &cert), Err(StoreError::MissingInput { .. })));
     assert_eq!(snapshot(&store), before);
     let (block, cert) = next_block(&store, &g, vec![first]);
     store.commit_block(&block, &cert).unwrap();
     let (block, cert) = next_block(&store, &g, vec![twice]);
-    assert!(matches!(
-        store.commit_block(&block, &cert),
-        Err(StoreError::MissingInput { height: 2, .. })
-    ));
+    assert!(matches!(store.commit_block(&block, &cert), Err(StoreError::MissingInput { height: 2, .. })));
     assert_eq!(store.tip().unwrap().0, 1);
 }
 
@@ -352,28 +237,18 @@ fn wrong_height_parent_or_cert_is_refused() {
     let mut skip = block.clone();
     skip.header.height = 2;
     let cert = certify(&g, &skip);
-    assert!(matches!(
-        store.commit_block(&skip, &cert),
-        Err(StoreError::WrongHeight { tip: 0, got: 2 })
-    ));
+    assert!(matches!(store.commit_block(&skip, &cert), Err(StoreError::WrongHeight { tip: 0, got: 2 })));
 
     // Re-committing genesis (height 0 on tip 0) is a wrong height too.
     let genesis = g.genesis_block();
     let cert = certify(&g, &genesis);
-    assert!(matches!(
-        store.commit_block(&genesis, &cert),
-        Err(StoreError::WrongHeight { tip: 0, got: 0 })
-    ));
+    assert!(matches!(store.commit_block(&genesis, &cert), Err(StoreError::WrongHeight { tip: 0, got: 0 })));
 
     let mut orphan = block.clone();
     orphan.header.prev_hash = Hash256::digest(b"elsewhere");
     let cert = certify(&g, &orphan);
     match store.commit_block(&orphan, &cert) {
-        Err(StoreError::WrongParent {
-            height: 1,
-            expected,
-            got,
-        }) => {
+        Err(StoreError::WrongParent { height: 1, expected, got }) => {
             assert_eq!(expected, g.genesis_hash());
             assert_eq!(got, orphan.header.prev_hash);
         }
@@ -381,19 +256,13 @@ fn wrong_height_parent_or_cert_is_refused() {
     }
 
     let foreign = certify(&g, &orphan);
-    assert!(matches!(
-        store.commit_block(&block, &foreign),
-        Err(StoreError::CertMismatch { .. })
-    ));
+    assert!(matches!(store.commit_block(&block, &foreign), Err(StoreError::CertMismatch { .. })));
     assert_eq!(snapshot(&store), before);
 
     let cert = certify(&g, &block);
     store.commit_block(&block, &cert).unwrap();
     // The same block again no longer extends the tip.
-    assert!(matches!(
-        store.commit_block(&block, &cert),
-        Err(StoreError::WrongHeight { tip: 1, got: 1 })
-    ));
+    assert!(matches!(store.commit_block(&block, &cert), Err(StoreError::WrongHeight { tip: 1, got: 1 })));
 }
 
 #[test]
@@ -402,24 +271,9 @@ fn reopen_keeps_height_utxos_and_finalized_pending() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("chain.redb");
     let store = Store::open(&path, &g).unwrap();
-    let included = spend(
-        &g,
-        "validator2",
-        vec![genesis_op(&g, 20)],
-        vec![(addr("alice"), COIN)],
-    );
-    let waiting = spend(
-        &g,
-        "validator3",
-        vec![genesis_op(&g, 40)],
-        vec![(addr("bob"), COIN)],
-    );
-    let later = spend(
-        &g,
-        "validator3",
-        vec![genesis_op(&g, 41)],
-        vec![(addr("bob"), COIN)],
-    );
+    let included = spend(&g, "validator2", vec![genesis_op(&g, 20)], vec![(addr("alice"), COIN)]);
+    let waiting = spend(&g, "validator3", vec![genesis_op(&g, 40)], vec![(addr("bob"), COIN)]);
+    let later = spend(&g, "validator3", vec![genesis_op(&g, 41)], vec![(addr("bob"), COIN)]);
     store.put_finalized(&included, 1_000).unwrap();
     store.put_finalized(&later, 3_000).unwrap();
     store.put_finalized(&waiting, 2_000).unwrap();
@@ -442,10 +296,7 @@ fn reopen_keeps_height_utxos_and_finalized_pending() {
     assert_eq!(store.utxo_set_info().unwrap(), info);
     assert_eq!(store.cert_at(2).unwrap(), Some(c2));
     // Oldest finality first.
-    assert_eq!(
-        store.finalized_pending().unwrap(),
-        vec![(waiting.clone(), 2_000), (later.clone(), 3_000)]
-    );
+    assert_eq!(store.finalized_pending().unwrap(), vec![(waiting.clone(), 2_000), (later.clone(), 3_000)]);
     assert!(store.is_finalized_pending(&waiting.txid()).unwrap());
     assert!(!store.is_finalized_pending(&included.txid()).unwrap());
 }
@@ -458,11 +309,7 @@ fn other_genesis_is_refused() {
     let path = dir.path().join("chain.redb");
     drop(Store::open(&path, &g).unwrap());
     match Store::open(&path, &other) {
-        Err(StoreError::GenesisMismatch {
-            stored,
-            expected,
-            path: p,
-        }) => {
+        Err(StoreError::GenesisMismatch { stored, expected, path: p }) => {
             assert_eq!(stored, g.genesis_hash());
             assert_eq!(expected, other.genesis_hash());
             assert_eq!(p, path);
@@ -470,10 +317,7 @@ fn other_genesis_is_refused() {
         other => panic!("expected GenesisMismatch, got {other:?}"),
     }
     // The refused open left the store intact.
-    assert_eq!(
-        Store::open(&path, &g).unwrap().tip().unwrap(),
-        (0, g.genesis_hash())
-    );
+    assert_eq!(Store::open(&path, &g).unwrap().tip().unwrap(), (0, g.genesis_hash()));
 }
 
 #[test]
@@ -487,10 +331,7 @@ fn newer_format_is_refused() {
         let txn = db.begin_write().unwrap();
         txn.open_table(META)
             .unwrap()
-            .insert(
-                META_FORMAT_VERSION,
-                (STORE_FORMAT_VERSION + 1).to_be_bytes().as_slice(),
-            )
+            .insert(META_FORMAT_VERSION, (STORE_FORMAT_VERSION + 1).to_be_bytes().as_slice())
             .unwrap();
         txn.commit().unwrap();
     }
@@ -508,12 +349,7 @@ fn utxo_hash_tracks_content() {
     let build = |to: &str| {
         let dir = TempDir::new().unwrap();
         let store = open_in(&dir, &g);
-        let tx = spend(
-            &g,
-            "validator1",
-            vec![genesis_op(&g, 5)],
-            vec![(addr(to), 7 * COIN)],
-        );
+        let tx = spend(&g, "validator1", vec![genesis_op(&g, 5)], vec![(addr(to), 7 * COIN)]);
         let (b, c) = next_block(&store, &g, vec![tx]);
         store.commit_block(&b, &c).unwrap();
         let (b, c) = next_block(&store, &g, vec![]);
@@ -540,14 +376,8 @@ fn second_open_reports_in_use() {
     let path = dir.path().join("chain.redb");
     let first = Store::open(&path, &g).unwrap();
     let err = Store::open(&path, &g).unwrap_err();
-    assert!(
-        matches!(&err, StoreError::InUse { path: p } if *p == path),
-        "{err:?}"
-    );
-    assert!(
-        err.to_string().contains("in use by another process"),
-        "{err}"
-    );
+    assert!(matches!(&err, StoreError::InUse { path: p } if *p == path), "{err:?}");
+    assert!(err.to_string().contains("in use by another process"), "{err}");
     drop(first);
     Store::open(&path, &g).unwrap();
 }

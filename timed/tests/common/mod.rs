@@ -58,8 +58,15 @@ pub fn spawn_in(dir: &Path, id: &str, extra: &[&str]) -> Node {
         .stderr(log)
         .spawn()
         .expect("spawn timed");
-    let mut node =
-        Node { child: Some(child), dir: dir.to_path_buf(), id: id.into(), rpc: String::new(), p2p: String::new(), args, _tmp: None };
+    let mut node = Node {
+        child: Some(child),
+        dir: dir.to_path_buf(),
+        id: id.into(),
+        rpc: String::new(),
+        p2p: String::new(),
+        args,
+        _tmp: None,
+    };
     node.wait_ready();
     node
 }
@@ -171,6 +178,20 @@ pub async fn wait_height(n: &Node, h: u64, secs: u64) {
     eventually(secs, &format!("{} to reach height {h}", n.id), || {
         let c = c.clone();
         async move { (c.get_block_count().await.ok()? >= h).then_some(()) }
+    })
+    .await
+}
+
+/// Waits until `txid` is in a block on `n`; returns its finality record.
+pub async fn wait_confirmed(n: &Node, txid: &str, secs: u64) -> timed::api::TxFinality {
+    let c = n.client();
+    eventually(secs, &format!("{txid} confirmed on {}", n.id), || {
+        let c = c.clone();
+        let txid = txid.to_string();
+        async move {
+            let f = c.get_transaction_finality(txid).await.ok()?;
+            (f.status == "confirmed").then_some(f)
+        }
     })
     .await
 }
