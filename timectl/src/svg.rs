@@ -210,7 +210,11 @@ impl Chart {
             );
         }
 
+        let n_series = self.series.len();
         for (i, series) in self.series.iter().enumerate() {
+            // Earlier series are drawn wider, so lines that coincide (nodes agreeing) still
+            // show every colour at the edges.
+            let width = 1.6 + 1.2 * (n_series - 1 - i).min(4) as f64;
             let color = series.color.unwrap_or(PALETTE[i % PALETTE.len()]);
             match series.style {
                 Style::Line => {
@@ -223,7 +227,7 @@ impl Chart {
                         } else if run.len() > 1 {
                             let _ = write!(
                                 s,
-                                r#"<polyline fill="none" stroke="{color}" stroke-width="1.8" points="{}"/>"#,
+                                r#"<polyline fill="none" stroke="{color}" stroke-width="{width:.1}" stroke-linejoin="round" points="{}"/>"#,
                                 run.join(" ")
                             );
                         }

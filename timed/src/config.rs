@@ -30,7 +30,7 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub config: Option<PathBuf>,
     /// This validator's id in the genesis (devnet: validator1..validatorN).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub validator_id: Option<String>,
     /// P2P listen port.
     #[arg(long)]

@@ -376,3 +376,40 @@ async fn bad_start_up_input_is_refused_clearly() {
     assert!(err.contains("error:") && err.contains("genesis"), "{err}");
     assert_eq!(std::fs::read(dir.join("chain.redb")).unwrap(), before);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_genesis_file_from_keygen_runs_a_real_network() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("alpha");
+    let out = Command::new(timed_bin())
+        .args(["keygen", "--validator-id", "alpha", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let entry = String::from_utf8(out.stdout).unwrap();
+    let reward = entry.lines().find_map(|l| l.strip_prefix("reward_address = ")).unwrap().trim_matches('"').to_string();
+    let genesis = format!(
+        "chain_id = \"timecoin-testnet-x\"\nnetwork = \"testnet\"\ntimestamp_ms = 1766448000000\nblock_time_secs = 1\n\n{entry}\n[[allocations]]\naddress = \"{reward}\"\namount = 100000000000\noutputs = 3\n"
+    );
+    let gpath = tmp.path().join("genesis.toml");
+    std::fs::write(&gpath, &genesis).unwrap();
+    let node = spawn_in(&data, "alpha", &["--genesis", gpath.to_str().unwrap()]);
+    wait_height(&node, 2, 30).await;
+    let c = node.client();
+    assert_eq!(c.get_blockchain_info().await.unwrap().chain_id, "timecoin-testnet-x");
+    assert_eq!(c.get_balance(None, None).await.unwrap() as u64, 3000 + 10 * c.get_block_count().await.unwrap());
+    // The same genesis with a devnet key in the data dir is refused: keys must match the genesis.
+    let other = tmp.path().join("beta");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("validator.key"), hex::encode([7u8; 32])).unwrap();
+    let out = Command::new(timed_bin())
+        .args(["--validator-id", "alpha", "--port", "0", "--rpc-bind", "127.0.0.1:0", "--genesis"])
+        .arg(&gpath)
+        .arg("--data-dir")
+        .arg(&other)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("is not the key the genesis lists"), "{err}");
+}

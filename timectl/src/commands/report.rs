@@ -215,7 +215,7 @@ h1{font-size:22px}h2{font-size:17px;margin-top:28px}\
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left;vertical-align:top}\
 th{background:#f4f4f4}.bad{color:#b00000;font-weight:bold}.good{color:#1a7f37;font-weight:bold}\
 .warn{color:#9a6700}.badge{padding:2px 10px;border-radius:4px;color:#fff}\
-.pass{background:#1a7f37}.fail{background:#b00000}figure{margin:12px 0}footer{color:#777;font-size:12px;margin-top:30px}";
+.pass{background:#1a7f37}.fail{background:#b00000}figure{margin:12px 0}figure svg{max-width:100%;height:auto}footer{color:#777;font-size:12px;margin-top:30px}";
 
 pub fn render_html(records: &[Record], source: &str) -> String {
     let a = monitor::analyze(records);
