@@ -2,6 +2,7 @@
 //! `timectl` calls the generated client. Result types follow Bitcoin Core / Dash field names
 //! where those methods exist there; amounts in results are TIME as JSON numbers.
 
+#[cfg(feature = "server")]
 use jsonrpsee::core::RpcResult;
 #[cfg(any(feature = "server", feature = "client"))]
 use jsonrpsee::proc_macros::rpc;

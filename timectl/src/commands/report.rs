@@ -1,7 +1,7 @@
 //! `timectl report RUN.jsonl -o report.html`: one self-contained HTML page with the verdict,
 //! the findings and inline SVG plots of a stability run. Works on a run still in progress.
 
-use crate::commands::stability::summary_rows;
+use crate::commands::stability::{summary_rows, MAX_FINDINGS_SHOWN};
 use crate::error::EXIT_OK;
 use crate::monitor::{self, Analysis, Finding, Record, Severity};
 use crate::output::{human_duration, rfc3339, Ui};
@@ -257,7 +257,7 @@ pub fn render_html(records: &[Record], source: &str) -> String {
         h.push_str("<p>None: no forks, stalls, lost transactions or unreachable nodes.</p>");
     } else {
         h.push_str("<table><tr><th>at</th><th>severity</th><th>finding</th><th>detail</th></tr>");
-        for f in &a.findings {
+        for f in a.findings.iter().take(MAX_FINDINGS_SHOWN) {
             let (sev, class) = match f.severity() {
                 Severity::Error => ("error", "bad"),
                 Severity::Warning => ("warning", "warn"),
@@ -271,6 +271,9 @@ pub fn render_html(records: &[Record], source: &str) -> String {
             );
         }
         h.push_str("</table>");
+        if let Some(more) = a.findings.len().checked_sub(MAX_FINDINGS_SHOWN).filter(|m| *m > 0) {
+            let _ = write!(h, "<p>... and {more} more findings, all in the run log.</p>");
+        }
     }
 
     h.push_str("<h2>Plots</h2>");

@@ -68,6 +68,8 @@ pub struct StabilityArgs {
 
 /// Probe amount in TIME: far above dust, far below any wallet's genesis outputs.
 const PROBE_AMOUNT: f64 = 0.001;
+/// A halted network produces a finding per probe; tables show the first ones.
+pub const MAX_FINDINGS_SHOWN: usize = 50;
 /// Every this many intervals an earlier fork-check height is checked again.
 const RECHECK_EVERY: u64 = 5;
 
@@ -132,7 +134,7 @@ pub fn render_summary(a: &Analysis, ui: Ui) -> String {
     let mut out = t.to_string();
     if !a.findings.is_empty() {
         let mut f = ui.table(&["at", "severity", "finding", "detail"]);
-        for x in &a.findings {
+        for x in a.findings.iter().take(MAX_FINDINGS_SHOWN) {
             let (sev, color) = match x.severity() {
                 Severity::Error => ("error", comfy_table::Color::Red),
                 Severity::Warning => ("warning", comfy_table::Color::Yellow),
@@ -146,6 +148,9 @@ pub fn render_summary(a: &Analysis, ui: Ui) -> String {
         }
         out.push('\n');
         out.push_str(&f.to_string());
+        if let Some(more) = a.findings.len().checked_sub(MAX_FINDINGS_SHOWN).filter(|m| *m > 0) {
+            out.push_str(&format!("\n... and {more} more findings (all of them: --json, or the run log)"));
+        }
     }
     out
 }

@@ -24,6 +24,8 @@ use tokio::sync::{mpsc, watch};
 const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most consensus messages kept for the next height while this node is still finishing one.
 const MAX_BUFFERED: usize = 1024;
+/// Most transactions re-sent at once (to a new peer, or to all when they linger).
+const MAX_REGOSSIP: usize = 256;
 /// Finality latencies kept for p50/p99.
 const LATENCY_WINDOW: usize = 1000;
 
@@ -413,7 +415,10 @@ impl Engine {
         let interval_s = block.header.timestamp_ms.saturating_sub(self.parent.header.timestamp_ms) as f64 / 1000.0;
         self.s.ledger.store.commit_block(&block, &cert)?;
         tracing::info!(height, hash = %block.hash(), round = cert.round, txs = block.txs.len() - 1, "block committed");
-        self.s.metrics.block_interval.observe(interval_s);
+        // The genesis time is fixed in the past: the first interval says nothing about pace.
+        if self.parent.height() > 0 {
+            self.s.metrics.block_interval.observe(interval_s);
+        }
         {
             let mut st = self.s.state();
             let txs = &block.txs[1..];
@@ -526,6 +531,11 @@ impl Engine {
                 self.s.broadcast(m);
             }
         }
+        // Undecided transactions that have waited a while are gossiped again, in case a peer
+        // missed them (a dropped connection, a full send queue).
+        for tx in self.pooled_txs(MAX_REGOSSIP, Duration::from_secs(3)) {
+            self.s.broadcast(Message::Tx(Box::new(tx)));
+        }
         let tip = self.parent.height();
         self.s.broadcast(Message::Status(ChainStatus { height: tip, tip: self.parent.hash() }));
         if self.peer_heights.values().any(|h| *h > tip) {
@@ -560,6 +570,18 @@ impl Engine {
             // The only validator's own view is the whole network's.
             self.accept(&[txid]);
         }
+    }
+
+    /// Pooled transactions still undecided and at least `min_age` old, oldest first.
+    fn pooled_txs(&self, max: usize, min_age: Duration) -> Vec<Transaction> {
+        let st = self.s.state();
+        let now = Instant::now();
+        st.snowball
+            .batch(max)
+            .into_iter()
+            .filter(|t| st.snowball.first_seen(t).is_some_and(|at| now.duration_since(at) >= min_age))
+            .filter_map(|t| st.mempool.get(&t).map(|e| e.tx.clone()))
+            .collect()
     }
 
     fn on_gossip_tx(&mut self, from: ValidatorIndex, tx: Transaction) {
@@ -811,6 +833,11 @@ impl Engine {
                 }
                 for m in self.own_consensus_msgs() {
                     self.s.p2p.send(peer, m);
+                }
+                // Transactions gossiped before this peer was connected would never reach it,
+                // and polls would count it as not knowing them.
+                for tx in self.pooled_txs(MAX_REGOSSIP, Duration::ZERO) {
+                    self.s.p2p.send(peer, Message::Tx(Box::new(tx)));
                 }
                 if best_height > self.parent.height() {
                     self.request_sync();
