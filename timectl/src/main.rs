@@ -10,6 +10,8 @@ mod monitor;
 mod output;
 mod prom;
 mod svg;
+#[cfg(test)]
+mod svg_check;
 
 use clap::Parser;
 

@@ -316,7 +316,8 @@ async fn run(bin: &str, dir: &Path, n: usize, block_time: u64, seconds: u64, tps
     let started = Instant::now();
     for node in &nodes {
         let c = node.client.clone();
-        wait_for(120, &format!("{} to have {} peers", node.id, n - 1), || {
+        let what = format!("{} to have {} peers (see {})", node.id, n - 1, node.dir.join("timed.log").display());
+        wait_for(120, &what, || {
             let c = c.clone();
             async move { (c.get_peer_info().await.ok()?.len() == n - 1).then_some(()) }
         })
@@ -382,11 +383,11 @@ async fn run(bin: &str, dir: &Path, n: usize, block_time: u64, seconds: u64, tps
     let window = t0.elapsed().as_secs_f64();
     let wall1 = wall_ms();
     let load_end = loadavg();
+    let h1 = nodes[0].client.get_block_count().await.map_err(|e| e.to_string())?;
     let mut outcomes = Vec::new();
     for t in tasks {
         outcomes.push(t.await.map_err(|e| e.to_string())?);
     }
-    let h1 = nodes[0].client.get_block_count().await.map_err(|e| e.to_string())?;
     let hwm: Vec<u64> = nodes.iter().map(|n| status_kb(n.pid, "VmHWM:").unwrap_or(0)).collect();
 
     // ---- blocks: intervals inside the window, then agreement on every height ----
@@ -511,7 +512,7 @@ async fn run(bin: &str, dir: &Path, n: usize, block_time: u64, seconds: u64, tps
         "FAILS"
     };
     println!(
-        "| block interval | {bt:.0} s ± {:.0} s | {:.0}–{:.0} s | mean {mean:.2} s, p50 {:.2}, min {:.2}, max {:.2} ({within}/{} within ± 20 %) | {block_verdict} | mean off by {:.2} s |",
+        "| block interval | {bt:.0} s ± {:.1} s | {:.1}–{:.0} s | mean {mean:.2} s, p50 {:.2}, min {:.2}, max {:.2} ({within}/{} within ± 20 %) | {block_verdict} | mean off by {:.2} s |",
         0.2 * bt,
         0.5 * bt,
         3.0 * bt,
@@ -584,6 +585,8 @@ async fn run(bin: &str, dir: &Path, n: usize, block_time: u64, seconds: u64, tps
         "node-side finality on {} (first seen to final): p50 {:?} ms, p99 {:?} ms; polls sent {}, failed {}",
         nodes[0].id, av.finality_ms_p50, av.finality_ms_p99, av.polls_sent, av.polls_failed
     );
+    let list: Vec<String> = intervals.iter().map(|i| format!("{i:.2}")).collect();
+    println!("block intervals (s), heights {h0}..{h1}: {}", list.join(" "));
     println!("wall clock of the window: {wall0}..{wall1} ms since the epoch");
     if !forks.is_empty() {
         return Err(format!("forks at heights {forks:?}"));

@@ -308,18 +308,7 @@ mod tests {
     use super::*;
     use crate::monitor::tests::{clean_run, start, tick};
 
-    /// Every <svg> in the page parses as XML on its own.
-    pub fn svgs_parse(html: &str) -> usize {
-        let mut n = 0;
-        let mut rest = html;
-        while let Some(i) = rest.find("<svg") {
-            let end = rest[i..].find("</svg>").expect("closed svg") + i + 6;
-            roxmltree::Document::parse(&rest[i..end]).expect("svg is well-formed");
-            n += 1;
-            rest = &rest[end..];
-        }
-        n
-    }
+    use crate::svg_check::svgs_parse;
 
     #[test]
     fn clean_report_has_all_plots() {

@@ -37,6 +37,24 @@ pub struct NodeStatus {
     pub uptime_secs: Option<u64>,
 }
 
+impl NodeStatus {
+    /// A row for a node that did not answer.
+    pub fn unreachable(node: String, error: String) -> Self {
+        NodeStatus {
+            node,
+            reachable: false,
+            error: Some(error),
+            height: None,
+            tip: None,
+            peers: None,
+            mempool: None,
+            finality_mode: None,
+            version: None,
+            uptime_secs: None,
+        }
+    }
+}
+
 async fn query(n: crate::inventory::Node, timeout: Duration) -> Result<NodeStatus, String> {
     let c = client::rpc_client(&n, timeout)?;
     let e = |e: jsonrpsee::core::ClientError| client::compact_error(&e);
@@ -96,20 +114,7 @@ pub async fn run(a: StatusArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
         .nodes
         .iter()
         .zip(results)
-        .map(|(n, (r, _))| {
-            r.unwrap_or_else(|error| NodeStatus {
-                node: n.name.clone(),
-                reachable: false,
-                error: Some(error),
-                height: None,
-                tip: None,
-                peers: None,
-                mempool: None,
-                finality_mode: None,
-                version: None,
-                uptime_secs: None,
-            })
-        })
+        .map(|(n, (r, _))| r.unwrap_or_else(|error| NodeStatus::unreachable(n.name.clone(), error)))
         .collect();
     if ui.json {
         ui.print_json(&rows);
@@ -143,18 +148,7 @@ mod tests {
                 version: Some("/timed:0.1.0/".into()),
                 uptime_secs: Some(3725),
             },
-            NodeStatus {
-                node: "node2".into(),
-                reachable: false,
-                error: Some("unreachable: Connection refused (os error 111)".into()),
-                height: None,
-                tip: None,
-                peers: None,
-                mempool: None,
-                finality_mode: None,
-                version: None,
-                uptime_secs: None,
-            },
+            NodeStatus::unreachable("node2".into(), "unreachable: Connection refused (os error 111)".into()),
         ];
         insta::assert_snapshot!(render(&rows, ui));
     }

@@ -48,6 +48,18 @@ fn amount_units(v: f64) -> RpcResult<u64> {
         .ok_or_else(|| err(codes::INVALID_PARAMETER, "amount must be a positive number of TIME"))
 }
 
+fn unspent(op: &OutPoint, o: &TxOut, confirmations: u64, spendable: bool) -> Unspent {
+    Unspent {
+        txid: op.txid.to_hex(),
+        vout: op.vout,
+        address: o.address.to_string(),
+        amount: to_time(o.value),
+        amount_units: o.value,
+        confirmations,
+        spendable,
+    }
+}
+
 /// Where a transaction stands on this node.
 enum Found {
     Chain { tx: Transaction, height: u64, block: Box<Block> },
@@ -481,28 +493,13 @@ impl TimeRpcServer for RpcImpl {
             for (op, o, h) in self.s.ledger.store.utxos_for_address(&addr).map_err(internal)? {
                 let conf = tip - h + 1;
                 if conf >= minconf && conf <= maxconf {
-                    out.push(Unspent {
-                        txid: op.txid.to_hex(),
-                        vout: op.vout,
-                        address: o.address.to_string(),
-                        amount: to_time(o.value),
-                        amount_units: o.value,
-                        confirmations: conf,
-                        spendable: addr == self.s.wallet.address() && !st.mempool.is_spent(&op),
-                    });
+                    let spendable = addr == self.s.wallet.address() && !st.mempool.is_spent(&op);
+                    out.push(unspent(&op, &o, conf, spendable));
                 }
             }
             if minconf == 0 {
                 for (op, o) in st.mempool.finalized_outputs_for(&addr) {
-                    out.push(Unspent {
-                        txid: op.txid.to_hex(),
-                        vout: op.vout,
-                        address: o.address.to_string(),
-                        amount: to_time(o.value),
-                        amount_units: o.value,
-                        confirmations: 0,
-                        spendable: addr == self.s.wallet.address(),
-                    });
+                    out.push(unspent(&op, &o, 0, addr == self.s.wallet.address()));
                 }
             }
         }
