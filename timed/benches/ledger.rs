@@ -20,7 +20,7 @@ use timed::chain::{
     Address, Block, CommitCert, GenesisConfig, Hash256, Keypair, Network, OutPoint, Transaction, TxOut, Txid,
 };
 use timed::consensus::snowball::{Snowball, SnowballParams};
-use timed::mempool::{Mempool, DEFAULT_MAX_BYTES};
+use timed::mempool::{Mempool, TxStatus, DEFAULT_MAX_BYTES};
 use timed::node::ledger::Ledger;
 use timed::storage::Store;
 
@@ -409,12 +409,72 @@ fn bench_storage(b: &mut Bench, dir: &std::path::Path) -> Chain {
             blocks += 1;
         }
         let txs = blocks * size as u64;
-        let note = |d: Duration| format!("{:.0} tx/s; block {} KB", txs as f64 / d.as_secs_f64(), bytes / 1024);
+        let note =
+            |d: Duration| format!("{:.0} tx/s; block {:.1} KB", txs as f64 / d.as_secs_f64(), bytes as f64 / 1024.0);
         b.push(&format!("Store::commit_block, {size} tx/block"), blocks, commit, &note(commit));
         b.push(&format!("Ledger::build_block, {size} tx/block"), blocks, build, &note(build));
         b.push(&format!("Ledger::check_block, {size} tx/block"), blocks, check, &note(check));
     }
+    // The tip is now a 1000-tx block: eligible_after reads whole recent blocks for their
+    // certificates' signers, so its cost grows with block size.
+    let parent = c.parent.clone();
+    b.run("Ledger::eligible_after (parent: 1000-tx blocks)", "called by build/check_block", || {
+        timed(|| {
+            black_box(c.ledger.eligible_after(&parent).expect("eligible"));
+            1
+        })
+    });
+    bench_proposal_check(b, &mut c);
     c
+}
+
+/// check_block as the engine calls it for a proposal: with a finalized-conflict test that, like
+/// `Engine::finalized_conflict`, scans every pooled entry for each input. The pool holds the
+/// block's own transactions, finalized, as it does when a proposal arrives.
+fn bench_proposal_check(b: &mut Bench, c: &mut Chain) {
+    for size in [100usize, 1000] {
+        let (mut plain, mut engine_like, mut blocks) = (Duration::ZERO, Duration::ZERO, 0u64);
+        while engine_like < b.target || blocks < 3 {
+            let txs = c.payments(size);
+            let mut pool = Mempool::new(DEFAULT_MAX_BYTES);
+            for tx in &txs {
+                let (txid, _) =
+                    pool.add(tx.clone(), c.store.as_ref(), false, &c.g.chain_id, NET, u64::MAX, 0).expect("valid");
+                pool.mark_finalized(&txid, 1);
+            }
+            let conflict = |tx: &Transaction| {
+                let txid = tx.txid();
+                tx.inputs.iter().any(|i| {
+                    pool.entries().any(|e| {
+                        e.txid != txid
+                            && matches!(e.status, TxStatus::Finalized { .. })
+                            && e.tx.inputs.iter().any(|x| x.prevout == i.prevout)
+                    })
+                })
+            };
+            let now = c.g.slot_start_ms(c.ledger.slot_after(&c.parent.header));
+            let block = c.ledger.build_block(&c.parent, 0, 0, &c.vkey, txs.clone(), c.last_cert.clone(), now).unwrap();
+            let (r, t) = timed(|| c.ledger.check_block(&block, &c.parent, None, &|_| false));
+            r.expect("valid");
+            plain += t;
+            let (r, t) = timed(|| c.ledger.check_block(&block, &c.parent, None, &conflict));
+            r.expect("valid");
+            engine_like += t;
+            let cert = c.certify(&block);
+            c.store.commit_block(&block, &cert).expect("commit");
+            c.parent = block;
+            c.last_cert = Some(cert);
+            c.recycle(&txs);
+            blocks += 1;
+        }
+        b.push(&format!("check_block {size} tx, no conflict test"), blocks, plain, "same blocks as next row");
+        b.push(
+            &format!("check_block {size} tx, engine-style conflict scan"),
+            blocks,
+            engine_like,
+            &format!("pool of {size} finalized"),
+        );
+    }
 }
 
 fn bench_store_reads(b: &mut Bench, c: &mut Chain) {

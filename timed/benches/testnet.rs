@@ -261,7 +261,9 @@ fn margin(measured: f64, limit: f64, lower_is_better: bool) -> String {
 }
 
 fn verdict(measured: f64, target: f64, acceptable: f64) -> &'static str {
-    if measured <= target {
+    if measured.is_nan() {
+        "n/a (no data)"
+    } else if measured <= target {
         "meets target"
     } else if measured <= acceptable {
         "acceptable"
@@ -324,6 +326,27 @@ async fn run(bin: &str, dir: &Path, n: usize, block_time: u64, seconds: u64, tps
         .await;
     }
     println!("all {n} nodes peered after {:.1} s", started.elapsed().as_secs_f64());
+    // A node polls only validators it has heard a heartbeat from; until then it cannot
+    // finalize anything. How long that takes after peering is worth seeing on its own.
+    let mut ready_at: Vec<Option<f64>> = vec![None; n];
+    let deadline = Instant::now() + Duration::from_secs(3 * block_time + 60);
+    while ready_at.iter().any(Option::is_none) {
+        for (k, node) in nodes.iter().enumerate() {
+            if ready_at[k].is_none() {
+                let av = node.client.get_avalanche_status().await.map_err(|e| e.to_string())?;
+                if av.sampleable_validators >= n - 1 {
+                    ready_at[k] = Some(started.elapsed().as_secs_f64());
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("nodes never saw heartbeats from all peers: {ready_at:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready: Vec<String> =
+        nodes.iter().zip(&ready_at).map(|(node, t)| format!("{} {:.1} s", node.id, t.unwrap_or(f64::NAN))).collect();
+    println!("every peer sampleable (heartbeats heard) after: {}", ready.join(", "));
     let mut wallets = Vec::new();
     for node in &nodes {
         wallets.push(node.client.masternode_status().await.map_err(|e| e.to_string())?.wallet_address);
@@ -337,9 +360,17 @@ async fn run(bin: &str, dir: &Path, n: usize, block_time: u64, seconds: u64, tps
     }
     println!("warm-up payment final after {:.2} s; measuring for {seconds} s", warm.elapsed().as_secs_f64());
 
+    // A devnet genesis lies in the past, so block 1 is made at start-up, mid-slot; from block 2
+    // on blocks sit on slot boundaries. Intervals are measured from there.
+    let c = nodes[0].client.clone();
+    let h0 = wait_for(3 * block_time + 30, "height 2", || {
+        let c = c.clone();
+        async move { c.get_block_count().await.ok().filter(|h| *h >= 2) }
+    })
+    .await;
+
     // ---- measurement window ----
     let ticks = clock_ticks();
-    let h0 = nodes[0].client.get_block_count().await.map_err(|e| e.to_string())?;
     let t0 = Instant::now();
     let wall0 = wall_ms();
     let load_start = loadavg();
@@ -348,8 +379,12 @@ async fn run(bin: &str, dir: &Path, n: usize, block_time: u64, seconds: u64, tps
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sampling = tokio::spawn(sampler(probes, rpc_log.clone(), stop_rx));
     let clients: Vec<HttpClient> = nodes.iter().map(|n| n.client.clone()).collect();
+    // BENCH_TPS=0 measures an idle network: no sends, the same sampling.
     let total = (seconds as f64 * tps).round() as usize;
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / tps));
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / tps.max(1e-3)));
+    if total == 0 {
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+    }
     let mut tasks = Vec::with_capacity(total);
     for i in 0..total {
         tick.tick().await;
