@@ -81,7 +81,8 @@ impl Mempool {
         }
     }
 
-    fn finalized_spender(&self, op: &OutPoint) -> Option<Txid> {
+    /// The finalized pooled transaction that spends `op`, if any (one index look-up).
+    pub fn finalized_spender(&self, op: &OutPoint) -> Option<Txid> {
         self.spenders
             .get(op)?
             .iter()

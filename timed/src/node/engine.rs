@@ -24,6 +24,8 @@ use tokio::sync::{mpsc, watch};
 const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most consensus messages kept for the next height while this node is still finishing one.
 const MAX_BUFFERED: usize = 1024;
+/// Most transactions held back waiting for an undecided parent.
+const MAX_ORPHANS: usize = 10_000;
 /// Most transactions re-sent at once (to a new peer, or to all when they linger).
 const MAX_REGOSSIP: usize = 256;
 /// Finality latencies kept for p50/p99.
@@ -71,6 +73,14 @@ struct Engine {
     /// Digests of proposals and votes already handled at this height, so the re-broadcasts
     /// cost a hash, not a signature check.
     seen: HashSet<crate::chain::Hash256>,
+    /// Status ticks left during which our last heartbeat is sent again. A connection can be
+    /// replaced silently when two nodes dial each other, and a heartbeat sent on the losing one
+    /// is lost: without it the peer would not sample us for a whole heartbeat interval.
+    heartbeat_resends: u32,
+    /// Transactions whose parent is still undecided here, by parent txid: they are submitted
+    /// again when the parent becomes final instead of being refused for missing inputs.
+    orphans: HashMap<Txid, Vec<Transaction>>,
+    orphan_count: usize,
 }
 
 pub fn restore_finalized(s: &Shared) -> anyhow::Result<()> {
@@ -133,6 +143,9 @@ pub async fn run(
         own_proposal: None,
         height_started_at: Instant::now(),
         seen: HashSet::new(),
+        heartbeat_resends: 3,
+        orphans: HashMap::new(),
+        orphan_count: 0,
         s,
     };
     if e.parent.height() > 0 {
@@ -317,13 +330,7 @@ impl Engine {
         move |tx: &Transaction| {
             let st = self.s.state();
             let txid = tx.txid();
-            tx.inputs.iter().any(|i| {
-                st.mempool.entries().any(|e| {
-                    e.txid != txid
-                        && matches!(e.status, TxStatus::Finalized { .. })
-                        && e.tx.inputs.iter().any(|x| x.prevout == i.prevout)
-                })
-            })
+            tx.inputs.iter().any(|i| st.mempool.finalized_spender(&i.prevout).is_some_and(|t| t != txid))
         }
     }
 
@@ -435,8 +442,11 @@ impl Engine {
             st.view.blocks_committed += 1;
             st.view.last_block_ms = block.header.timestamp_ms;
         }
+        for tx in &block.txs[1..] {
+            self.adopt_orphans(&tx.txid());
+        }
         self.s.finality_changed.notify_waiters();
-        let _ = self.s.tip.send(height);
+        let _ = self.s.tip.send_replace(height);
         self.s.broadcast(Message::Status(ChainStatus { height, tip: block.hash() }));
         self.last_commit = Some(cert);
         self.parent = block;
@@ -531,6 +541,12 @@ impl Engine {
                 self.s.broadcast(m);
             }
         }
+        if self.heartbeat_resends > 0 {
+            self.heartbeat_resends -= 1;
+            if let Some(hb) = &self.last_heartbeat {
+                self.s.broadcast(Message::Heartbeat(hb.clone()));
+            }
+        }
         // Undecided transactions that have waited a while are gossiped again, in case a peer
         // missed them (a dropped connection, a full send queue).
         for tx in self.pooled_txs(MAX_REGOSSIP, Duration::from_secs(3)) {
@@ -555,6 +571,7 @@ impl Engine {
             }
             drop(st);
             self.s.metrics.tx_rejected.inc_by(expired_txs.len() as u64);
+            self.drop_orphans(&expired_txs);
             self.s.finality_changed.notify_waiters();
         }
     }
@@ -585,10 +602,44 @@ impl Engine {
     }
 
     fn on_gossip_tx(&mut self, from: ValidatorIndex, tx: Transaction) {
-        match self.s.submit_tx(tx) {
+        let parents: Vec<Txid> = tx.inputs.iter().map(|i| i.prevout.txid).collect();
+        match self.s.submit_tx(tx.clone()) {
             Ok((_, crate::mempool::Added::Known)) => {}
             Ok((txid, _)) => tracing::trace!(%txid, from, "transaction from peer"),
+            Err(TxError::MissingInputs) => {
+                // Its parent may be final at the sender but still undecided here.
+                let pending_parent = {
+                    let st = self.s.state();
+                    parents.into_iter().find(|p| st.mempool.get(p).is_some_and(|e| e.status == TxStatus::Pending))
+                };
+                match pending_parent {
+                    Some(parent) if self.orphan_count < MAX_ORPHANS => {
+                        self.orphans.entry(parent).or_default().push(tx);
+                        self.orphan_count += 1;
+                    }
+                    _ => tracing::debug!(from, "peer's transaction refused: {}", TxError::MissingInputs),
+                }
+            }
             Err(e) => tracing::debug!(from, "peer's transaction refused: {e}"),
+        }
+    }
+
+    /// Forgets the transactions that waited for a parent that lost.
+    fn drop_orphans(&mut self, parents: &[Txid]) {
+        for p in parents {
+            if let Some(v) = self.orphans.remove(p) {
+                self.orphan_count -= v.len();
+            }
+        }
+    }
+
+    /// Submits again the transactions that waited for `parent` to become final.
+    fn adopt_orphans(&mut self, parent: &Txid) {
+        for tx in self.orphans.remove(parent).unwrap_or_default() {
+            self.orphan_count -= 1;
+            if let Err(e) = self.s.submit_tx(tx) {
+                tracing::debug!(%parent, "waiting transaction refused once its parent was final: {e}");
+            }
         }
     }
 
@@ -705,6 +756,7 @@ impl Engine {
             }
             drop(st);
             self.s.metrics.tx_rejected.inc_by(decisions.rejected.len() as u64);
+            self.drop_orphans(&decisions.rejected);
         }
         self.accept(&decisions.accepted);
         if !decisions.rejected.is_empty() {
@@ -743,6 +795,7 @@ impl Engine {
             self.s.metrics.tx_finality.observe(latency as f64 / 1000.0);
             self.s.metrics.tx_finalized.inc();
             tracing::debug!(%txid, latency_ms = latency, "transaction finalized");
+            self.adopt_orphans(txid);
         }
         self.s.finality_changed.notify_waiters();
     }
@@ -828,6 +881,7 @@ impl Engine {
         match ev {
             Inbound::Connected { peer, best_height } => {
                 self.peer_heights.insert(peer, best_height);
+                self.heartbeat_resends = 3;
                 if let Some(hb) = &self.last_heartbeat {
                     self.s.p2p.send(peer, Message::Heartbeat(hb.clone()));
                 }
