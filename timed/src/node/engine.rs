@@ -770,13 +770,17 @@ impl Engine {
             return;
         }
         let now = now_ms();
-        for txid in txids {
-            let entry = self.s.state().mempool.get(txid).cloned();
-            let Some(entry) = entry else { continue };
-            if let Err(e) = self.s.ledger.store.put_finalized(&entry.tx, now) {
-                tracing::error!(%txid, "cannot persist a finalized transaction, not reporting it final: {e}");
-                continue;
-            }
+        let entries: Vec<crate::mempool::Entry> = {
+            let st = self.s.state();
+            txids.iter().filter_map(|t| st.mempool.get(t).cloned()).collect()
+        };
+        let txs: Vec<Transaction> = entries.iter().map(|e| e.tx.clone()).collect();
+        if let Err(e) = self.s.ledger.store.put_finalized_many(&txs, now) {
+            tracing::error!(count = txs.len(), "cannot persist finalized transactions, not reporting them final: {e}");
+            return;
+        }
+        for entry in entries {
+            let txid = &entry.txid;
             let latency = now.saturating_sub(entry.first_seen_ms);
             let mut st = self.s.state();
             st.mempool.mark_finalized(txid, now);

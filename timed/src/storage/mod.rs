@@ -421,10 +421,22 @@ impl Store {
     /// return: the node reports finality only after this returns. A transaction already in a block
     /// is left out, as nothing would ever remove it from the pending table.
     pub fn put_finalized(&self, tx: &Transaction, finalized_ms: u64) -> Result<(), StoreError> {
-        let txid = tx.txid();
+        self.put_finalized_many(std::slice::from_ref(tx), finalized_ms)
+    }
+
+    /// [`Store::put_finalized`] for several transactions in one durable write: a poll that
+    /// finalizes many transactions pays for one fsync, not one each.
+    pub fn put_finalized_many(&self, txs: &[Transaction], finalized_ms: u64) -> Result<(), StoreError> {
         let txn = self.begin_write()?;
-        if txn.open_table(TX_INDEX)?.get(&txid.0)?.is_none() {
-            txn.open_table(FINALIZED_PENDING)?.insert(&txid.0, encode(&(tx, finalized_ms)).as_slice())?;
+        {
+            let index = txn.open_table(TX_INDEX)?;
+            let mut pending = txn.open_table(FINALIZED_PENDING)?;
+            for tx in txs {
+                let txid = tx.txid();
+                if index.get(&txid.0)?.is_none() {
+                    pending.insert(&txid.0, encode(&(tx, finalized_ms)).as_slice())?;
+                }
+            }
         }
         txn.commit()?;
         Ok(())
