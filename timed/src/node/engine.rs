@@ -267,8 +267,9 @@ impl Engine {
             };
             queue.extend(more);
         }
-        let step = self.bft.step_name().to_string();
-        self.s.state().view.step = step;
+        // Until the next height starts, the machine still holds the finished one's step.
+        let step = if self.started { self.bft.step_name() } else { "waiting-for-slot" };
+        self.s.state().view.step = step.to_string();
         Ok(())
     }
 
