@@ -128,9 +128,15 @@ impl Node {
         }
     }
 
-    /// Starts the same node again on the same data dir and arguments (ports re-chosen unless fixed).
+    /// Starts the same node again on the same data dir and arguments, and on the same P2P port
+    /// as a restarted server would be: peers keep redialling the address they knew (a node
+    /// started without --peers could not rejoin otherwise). The RPC port is chosen anew.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop it first");
+        let port = self.p2p.rsplit(':').next().unwrap().to_string();
+        if let Some(i) = self.args.iter().position(|a| a == "--port") {
+            self.args[i + 1] = port;
+        }
         let _ = std::fs::remove_file(self.dir.join("node.json"));
         let log = std::fs::OpenOptions::new().append(true).open(self.dir.join("timed.log")).unwrap();
         self.child = Some(
