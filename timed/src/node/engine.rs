@@ -528,8 +528,8 @@ impl Engine {
                 tracing::warn!(from, height = block.height(), "synced block is invalid: {err}");
                 return Ok(());
             }
-            // The certificate proves a quorum committed it: our own round for this height ends.
-            self.bft = Bft::new(self.bft.params().clone());
+            // The certificate proves a quorum committed it; `start_height` of the next height
+            // discards whatever this node's own round had.
             self.commit(block, cert)?;
         }
         self.request_sync();
@@ -558,13 +558,8 @@ impl Engine {
         if self.peer_heights.values().any(|h| *h > tip) {
             self.request_sync();
         }
-        // Drop polls that can never finish.
-        let now = Instant::now();
-        let expired: Vec<u64> = self.polls.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| *id).collect();
-        for id in expired {
-            self.finish_poll(id);
-        }
-        let expired_txs = self.s.state().snowball.expire(now);
+        // Polls past their deadline are finished by `poll_round`; here only transactions expire.
+        let expired_txs = self.s.state().snowball.expire(Instant::now());
         if !expired_txs.is_empty() {
             let mut st = self.s.state();
             for t in &expired_txs {
@@ -820,16 +815,13 @@ impl Engine {
                             return Preference::Yes;
                         }
                     }
-                    if st.mempool.rejection(t).is_some() {
-                        return Preference::No;
+                    match st.snowball.preference(t) {
+                        Preference::Unknown if st.mempool.rejection(t).is_some() => Preference::No,
+                        Preference::Unknown if self.s.ledger.store.tx_location(t).ok().flatten().is_some() => {
+                            Preference::Yes
+                        }
+                        p => p,
                     }
-                    if st.snowball.contains(t) {
-                        return if st.snowball.is_preferred(t) { Preference::Yes } else { Preference::No };
-                    }
-                    if self.s.ledger.store.tx_location(t).ok().flatten().is_some() {
-                        return Preference::Yes;
-                    }
-                    Preference::Unknown
                 })
                 .collect()
         };
