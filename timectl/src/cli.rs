@@ -1,7 +1,7 @@
 //! The command line: global options and one subcommand per module in `commands/`.
 
-use crate::commands::{local, report, resources, rpc, stability, status};
-use clap::{Args, Parser, Subcommand};
+pub use crate::commands::Command;
+use clap::{Args, Parser};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
@@ -41,23 +41,6 @@ pub struct Global {
     /// Print machine-readable JSON instead of tables (and no progress output).
     #[arg(long, global = true, display_order = 102)]
     pub json: bool,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Start or stop a network of timed processes on this machine.
-    #[command(subcommand)]
-    Local(local::LocalCommand),
-    /// Call one JSON-RPC method on some or all nodes, concurrently.
-    Rpc(rpc::RpcArgs),
-    /// One row per node: height, tip, peers, mempool, finality mode, version, uptime.
-    Status(status::StatusArgs),
-    /// Watch the network for forks, stalls and lost transactions (the 72-hour test).
-    Stability(stability::StabilityArgs),
-    /// Memory, CPU, bandwidth, block time, finality and RPC latency against the targets.
-    Resources(resources::ResourcesArgs),
-    /// Turn a stability run log into a self-contained HTML report.
-    Report(report::ReportArgs),
 }
 
 #[cfg(test)]

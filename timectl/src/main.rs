@@ -4,8 +4,10 @@
 mod cli;
 mod client;
 mod commands;
+mod context;
 mod error;
 mod inventory;
+mod measure;
 mod monitor;
 mod output;
 mod prom;
@@ -31,10 +33,11 @@ fn main() -> std::process::ExitCode {
 
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
-    match runtime.block_on(commands::run(cli)) {
+    let ctx = context::Ctx::new(cli.global.inventory, cli.global.network, output::Ui::detect(cli.global.json));
+    match runtime.block_on(commands::run(cli.command, &ctx)) {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
-            error::report(&e, stderr_color);
+            error::report(&e, stderr_color, commands::hint_of);
             std::process::ExitCode::from(error::EXIT_FAILURE)
         }
     }

@@ -4,9 +4,9 @@
 //! picked by the OS and read back from each node's node.json (no fixed-port clashes), and
 //! readiness is "RPC answers" rather than `sleep 5`.
 
-use crate::cli::Global;
 use crate::client;
-use crate::inventory::{self, Inventory, InventoryError, Node, Provider};
+use crate::context::Ctx;
+use crate::inventory::{self, Inventory, InventoryError, Node, ProviderKind};
 use crate::output::{self, Ui};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
@@ -141,10 +141,11 @@ pub struct NodeJson {
     pub genesis_hash: String,
 }
 
-pub async fn run(cmd: LocalCommand, g: &Global, ui: Ui) -> anyhow::Result<u8> {
+pub async fn run(cmd: LocalCommand, ctx: &Ctx) -> anyhow::Result<u8> {
+    let ui = ctx.ui;
     match cmd {
-        LocalCommand::Up(a) => up(a, g, ui).await,
-        LocalCommand::Down(a) => down(a, g, ui).await,
+        LocalCommand::Up(a) => up(a, ctx, ui).await,
+        LocalCommand::Down(a) => down(a, ctx, ui).await,
     }
 }
 
@@ -385,8 +386,8 @@ async fn wait_rpc_ready(nodes: &[Node], started: &mut [Started], timeout: f64, u
     Ok(())
 }
 
-async fn up(a: UpArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
-    let (inv_path, network) = match (&g.inventory, &g.network) {
+async fn up(a: UpArgs, ctx: &Ctx, ui: Ui) -> anyhow::Result<u8> {
+    let (inv_path, network) = match (&ctx.inventory_file, &ctx.network) {
         (Some(p), _) => (p.clone(), p.file_stem().map_or("local".into(), |s| s.to_string_lossy().into_owned())),
         (None, Some(n)) => (inventory::network_path(n), n.clone()),
         (None, None) => (inventory::network_path("local"), "local".to_string()),
@@ -395,7 +396,7 @@ async fn up(a: UpArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
     // Refuse to clobber a running network, or a non-local inventory of the same name.
     if inv_path.exists() {
         let old = Inventory::load(&inv_path)?;
-        if old.provider != Provider::Local {
+        if old.provider != ProviderKind::Local {
             return Err(LocalError::NotLocal { path: inv_path, provider: old.provider.name().into() }.into());
         }
         if let Some(n) = old.nodes.iter().find(|n| n.pid.is_some_and(|p| is_our_timed(p, n.data_dir.as_deref()))) {
@@ -485,7 +486,7 @@ async fn up(a: UpArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
 fn write_inventory(path: &Path, network: &str, nodes: Vec<Node>) -> Result<Inventory, InventoryError> {
     let inv = Inventory {
         network: network.to_string(),
-        provider: Provider::Local,
+        provider: ProviderKind::Local,
         created: Some(output::rfc3339(output::now_ms())),
         nodes,
     };
@@ -501,9 +502,10 @@ struct DownRow {
     result: &'static str,
 }
 
-async fn down(a: DownArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
-    let (path, inv) = crate::commands::open_inventory(g)?;
-    if inv.provider != Provider::Local {
+async fn down(a: DownArgs, ctx: &Ctx, ui: Ui) -> anyhow::Result<u8> {
+    let (path, inv) = ctx.inventory()?;
+    let (path, inv) = (path.to_path_buf(), inv.clone());
+    if inv.provider != ProviderKind::Local {
         return Err(LocalError::NotLocal { path, provider: inv.provider.name().into() }.into());
     }
     let spinner = ui.spinner(format!("stopping {} nodes", inv.nodes.len()));
