@@ -9,12 +9,13 @@ use crate::context::Ctx;
 use crate::inventory::{self, Inventory, InventoryError, Node, ProviderKind};
 use crate::output::{self, Ui};
 use clap::{Args, Subcommand};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 use timed::api::TimeRpcClient;
+use timed::node_info::NodeInfo;
 
 #[derive(Debug, Subcommand)]
 pub enum LocalCommand {
@@ -130,17 +131,6 @@ impl LocalError {
     }
 }
 
-/// What a node writes to DIR/node.json once it listens.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct NodeJson {
-    pub pid: u32,
-    pub validator_id: String,
-    pub p2p: String,
-    pub rpc: String,
-    #[serde(default)]
-    pub genesis_hash: String,
-}
-
 pub async fn run(cmd: LocalCommand, ctx: &Ctx) -> anyhow::Result<u8> {
     let ui = ctx.ui;
     match cmd {
@@ -222,7 +212,7 @@ struct Started {
     child: Child,
     data_dir: PathBuf,
     log: PathBuf,
-    info: Option<NodeJson>,
+    info: Option<NodeInfo>,
 }
 
 struct Plan<'a> {
@@ -237,12 +227,8 @@ fn spawn_node(plan: &Plan, index: u32, base: &Path, peers: Option<&str>) -> Resu
     let log = base.join(format!("{name}.log"));
     std::fs::create_dir_all(&data_dir).map_err(io_err(&data_dir))?;
     // A node.json from an earlier run would be read as this run's ports.
-    match std::fs::remove_file(data_dir.join("node.json")) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(io_err(&data_dir)(e));
-        }
-        _ => {}
-    }
+    NodeInfo::remove(&data_dir)
+        .map_err(|e| LocalError::BadNodeJson { path: NodeInfo::path(&data_dir), message: e.to_string() })?;
     let log_file = std::fs::File::create(&log).map_err(io_err(&log))?;
     let log_err = log_file.try_clone().map_err(io_err(&log))?;
     let mut cmd = std::process::Command::new(plan.timed);
@@ -271,7 +257,7 @@ fn spawn_node(plan: &Plan, index: u32, base: &Path, peers: Option<&str>) -> Resu
 }
 
 async fn wait_node_json(s: &mut Started, deadline: Instant, secs: f64) -> Result<(), LocalError> {
-    let path = s.data_dir.join("node.json");
+    let path = NodeInfo::path(&s.data_dir);
     loop {
         if let Ok(Some(status)) = s.child.try_wait() {
             return Err(LocalError::Exited {
@@ -281,18 +267,20 @@ async fn wait_node_json(s: &mut Started, deadline: Instant, secs: f64) -> Result
                 tail: log_tail(&s.log, 15),
             });
         }
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            // The node may be mid-write; only a complete document counts.
-            if let Ok(info) = serde_json::from_str::<NodeJson>(&text) {
-                if info.pid != s.child.id() {
-                    return Err(LocalError::BadNodeJson {
-                        path,
-                        message: format!("pid {} is not the started {}", info.pid, s.child.id()),
-                    });
-                }
-                s.info = Some(info);
-                return Ok(());
+        // timed writes the file with a rename, so what is there is complete.
+        let read = NodeInfo::read(&s.data_dir).map_err(|e| LocalError::BadNodeJson {
+            path: path.clone(),
+            message: std::error::Error::source(&e).map_or_else(|| e.to_string(), |c| c.to_string()),
+        })?;
+        if let Some(info) = read {
+            if info.pid != s.child.id() {
+                return Err(LocalError::BadNodeJson {
+                    path,
+                    message: format!("pid {} is not the started {}", info.pid, s.child.id()),
+                });
             }
+            s.info = Some(info);
+            return Ok(());
         }
         if Instant::now() >= deadline {
             return Err(LocalError::NoNodeJson { node: s.name.clone(), path, secs, log: s.log.clone() });
@@ -323,8 +311,8 @@ fn to_node(s: &Started) -> Node {
         host: "127.0.0.1".into(),
         ssh_user: None,
         ssh_port: None,
-        p2p: info.p2p.clone(),
-        rpc: info.rpc.clone(),
+        p2p: info.p2p.to_string(),
+        rpc: info.rpc.to_string(),
         validator_id: info.validator_id.clone(),
         provider_id: None,
         pid: Some(info.pid),
@@ -431,7 +419,7 @@ async fn up(a: UpArgs, ctx: &Ctx, ui: Ui) -> anyhow::Result<u8> {
         let r = wait_node_json(&mut first, deadline, a.timeout).await;
         started.push(first);
         r?;
-        let seed = started[0].info.as_ref().map(|i| i.p2p.clone());
+        let seed = started[0].info.as_ref().map(|i| i.p2p.to_string());
         for i in 2..=a.nodes {
             spinner.set_message(format!("starting node{i} of {}", a.nodes));
             started.push(spawn_node(&plan, i, &base, seed.as_deref())?);
@@ -602,14 +590,5 @@ mod tests {
         assert!(!is_our_timed(std::process::id(), None));
         // PID 0 has no /proc entry.
         assert!(!alive(0));
-    }
-
-    #[test]
-    fn node_json_parses() {
-        let j: NodeJson = serde_json::from_str(
-            r#"{"pid":123,"validator_id":"validator1","p2p":"127.0.0.1:40001","rpc":"127.0.0.1:40081","genesis_hash":"ab"}"#,
-        )
-        .unwrap();
-        assert_eq!(j.rpc, "127.0.0.1:40081");
     }
 }
