@@ -41,6 +41,27 @@ pub struct Global {
     /// Print machine-readable JSON instead of tables (and no progress output).
     #[arg(long, global = true, display_order = 102)]
     pub json: bool,
+    /// SSH private key remote hosts accept (default: ssh's own choice).
+    #[arg(
+        long,
+        global = true,
+        env = "TIMECTL_SSH_IDENTITY",
+        hide_env_values = true,
+        value_name = "FILE",
+        display_order = 103
+    )]
+    pub ssh_identity: Option<PathBuf>,
+    /// known_hosts file for remote hosts (default: the network's own, pinned on first contact).
+    /// Host keys are always checked.
+    #[arg(
+        long,
+        global = true,
+        env = "TIMECTL_SSH_KNOWN_HOSTS",
+        hide_env_values = true,
+        value_name = "FILE",
+        display_order = 104
+    )]
+    pub ssh_known_hosts: Option<PathBuf>,
 }
 
 #[cfg(test)]

@@ -36,6 +36,9 @@ fn hint_of(e: &(dyn std::error::Error + 'static), more: HintFn) -> Option<String
     if let Some(e) = e.downcast_ref::<InventoryError>() {
         return e.hint();
     }
+    if let Some(e) = e.downcast_ref::<crate::ssh::SshError>() {
+        return e.hint();
+    }
     if let Some(h) = more(e) {
         return Some(h);
     }

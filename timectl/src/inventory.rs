@@ -82,6 +82,21 @@ pub struct Node {
     pub data_dir: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<PathBuf>,
+    /// Credentials for the node's wallet methods, read at run time (the RPC cookie over SSH);
+    /// never written to or read from the file.
+    #[serde(skip)]
+    pub rpc_auth: Option<RpcAuth>,
+}
+
+/// `user:password` for HTTP basic auth. Its `Debug` hides the value so that no log line or
+/// error message can carry it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RpcAuth(pub String);
+
+impl std::fmt::Debug for RpcAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RpcAuth(<redacted>)")
+    }
 }
 
 impl Node {
@@ -236,6 +251,12 @@ pub fn state_dir() -> Option<PathBuf> {
         return Some(PathBuf::from(d).join("timectl"));
     }
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state/timectl"))
+}
+
+/// A deployed network's materials (keys, genesis, configs, pinned host keys), outside
+/// `inventories/` so that inventories can be shared without secrets: `STATE/networks/NAME`.
+pub fn network_state_dir(network: &str) -> PathBuf {
+    state_dir().unwrap_or_else(|| PathBuf::from(".timectl")).join("networks").join(network)
 }
 
 fn last_inventory_file() -> Option<PathBuf> {

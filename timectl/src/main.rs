@@ -13,6 +13,7 @@ mod output;
 mod prom;
 #[allow(dead_code)] // the seam deploy and the cloud providers build on; wired in by `deploy`
 mod providers;
+mod ssh;
 mod svg;
 #[cfg(test)]
 mod svg_check;
@@ -33,8 +34,14 @@ fn main() -> std::process::ExitCode {
 
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
-    let ctx = context::Ctx::new(cli.global.inventory, cli.global.network, output::Ui::detect(cli.global.json));
-    match runtime.block_on(commands::run(cli.command, &ctx)) {
+    let ctx = context::Ctx::new(cli.global.inventory, cli.global.network, output::Ui::detect(cli.global.json))
+        .with_ssh(cli.global.ssh_identity, cli.global.ssh_known_hosts);
+    let result = runtime.block_on(async {
+        let r = commands::run(cli.command, &ctx).await;
+        ctx.close().await;
+        r
+    });
+    match result {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             error::report(&e, stderr_color, commands::hint_of);

@@ -59,8 +59,8 @@ impl ResourceSource for MetricsScrape {
 /// Metrics from the node, memory and CPU from `/proc` on its host over SSH.
 pub struct ProcOverSsh {
     pub metrics: MetricsScrape,
-    pub identity: Option<std::path::PathBuf>,
-    pub known_hosts: Option<std::path::PathBuf>,
+    /// Per node name: its host's session and the RPC address as the host sees it.
+    pub hosts: std::collections::HashMap<String, (std::sync::Arc<crate::ssh::Host>, String)>,
 }
 
 /// Finds the node process (the systemd unit's main PID, else whoever listens on the RPC port)
@@ -97,34 +97,13 @@ pub fn parse_proc(out: &str) -> Result<(f64, f64), String> {
 
 impl ProcOverSsh {
     async fn read_proc(&self, node: &Node) -> Result<(f64, f64), String> {
-        let port = node.rpc.rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
-        let mut cmd = tokio::process::Command::new("ssh");
-        cmd.args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10"]);
-        if let Some(k) = &self.known_hosts {
-            cmd.arg("-o").arg(format!("UserKnownHostsFile={}", k.display()));
-        }
-        if let Some(i) = &self.identity {
-            cmd.arg("-i").arg(i).args(["-o", "IdentitiesOnly=yes"]);
-        }
-        if let Some(p) = node.ssh_port {
-            cmd.arg("-p").arg(p.to_string());
-        }
-        let target = match &node.ssh_user {
-            Some(u) => format!("{u}@{}", node.host),
-            None => node.host.clone(),
-        };
-        // The script travels as one argument to `sh -c`, its port as $1.
-        let remote = format!("sh -c '{}' timed-proc {port}", PROC_SCRIPT.replace('\'', "'\\''"));
-        cmd.arg(&target).arg(remote).kill_on_drop(true);
-        let out = tokio::time::timeout(self.metrics.timeout + Duration::from_secs(10), cmd.output())
-            .await
-            .map_err(|_| format!("ssh {target}: timed out"))?
-            .map_err(|e| format!("cannot run ssh: {e}"))?;
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            return Err(format!("ssh {target}: {}", err.trim()));
-        }
-        parse_proc(&String::from_utf8_lossy(&out.stdout))
+        let (host, remote_rpc) =
+            self.hosts.get(&node.name).ok_or_else(|| format!("no SSH session to {}", node.name))?;
+        let port = remote_rpc.rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
+        // Not `sh -e`: a host without systemd makes the first probe fail, the second decides.
+        let script = format!("set +e; set -- {}\n{PROC_SCRIPT}", crate::ssh::shell_quote(&port));
+        let out = host.run("read /proc", &script).await.map_err(|e| e.to_string())?;
+        parse_proc(&out)
     }
 }
 

@@ -318,6 +318,7 @@ fn to_node(s: &Started) -> Node {
         pid: Some(info.pid),
         data_dir: Some(s.data_dir.clone()),
         log: Some(s.log.clone()),
+        rpc_auth: None,
     }
 }
 

@@ -35,12 +35,6 @@ pub struct ResourcesArgs {
     /// Exit 6 when a measurement is outside the acceptable range.
     #[arg(long)]
     pub strict: bool,
-    /// SSH private key for reading /proc on remote hosts (default: ssh's own choice).
-    #[arg(long, env = "TIMECTL_SSH_IDENTITY", hide_env_values = true, value_name = "FILE")]
-    pub ssh_identity: Option<std::path::PathBuf>,
-    /// known_hosts file for remote hosts (default: ssh's own). Host keys are always checked.
-    #[arg(long, env = "TIMECTL_SSH_KNOWN_HOSTS", hide_env_values = true, value_name = "FILE")]
-    pub ssh_known_hosts: Option<std::path::PathBuf>,
 }
 
 /// Two snapshots `interval` apart from every node, judged against the targets.
@@ -294,13 +288,13 @@ pub async fn run(a: ResourcesArgs, ctx: &Ctx) -> anyhow::Result<u8> {
     let ui = ctx.ui;
     let (_, inv) = ctx.inventory()?;
     let timeout = Duration::from_secs_f64(a.timeout);
-    let nodes = inv.nodes.clone();
+    let nodes = ctx.reach(inv, &inv.nodes).await?;
     let targets = Targets { block_time_secs: configured_block_time(&nodes, timeout).await };
     let metrics = MetricsScrape { timeout };
     // Local processes report themselves; on remote hosts the kernel's figures are read over SSH.
     let remote = inv.provider.tunnels_rpc();
     let (rows, source) = if remote {
-        let src = ProcOverSsh { metrics, identity: a.ssh_identity.clone(), known_hosts: a.ssh_known_hosts.clone() };
+        let src = ProcOverSsh { metrics, hosts: ctx.sessions_for(&inv.nodes).await };
         (sample(&src, &nodes, &a, ui, &targets).await, "metrics+proc-over-ssh")
     } else {
         (sample(&metrics, &nodes, &a, ui, &targets).await, "metrics")

@@ -72,6 +72,7 @@ pub async fn run(a: RpcArgs, ctx: &Ctx) -> anyhow::Result<u8> {
     let ui = ctx.ui;
     let (path, inv) = ctx.inventory()?;
     let nodes = inv.select(&a.node, path)?;
+    let nodes = ctx.reach(inv, &nodes).await?;
     let params: Vec<Value> = a.params.iter().map(|p| parse_param(p)).collect();
     let timeout = Duration::from_secs_f64(a.timeout);
     let spinner = ui.spinner(format!("{} on {} nodes", a.method, nodes.len()));

@@ -398,8 +398,9 @@ pub async fn run(a: StabilityArgs, ctx: &Ctx) -> anyhow::Result<u8> {
     // Not capped by the interval: a slow answer delays the next sample, while a short cap
     // would call a busy node unreachable.
     let timeout = Duration::from_secs_f64(a.timeout.max(0.1));
-    let clients = inv
-        .nodes
+    // Remote nodes through SSH forwards (held open by the context for the whole run).
+    let reached = ctx.reach(&inv, &inv.nodes).await?;
+    let clients = reached
         .iter()
         .map(|n| client::rpc_client(n, timeout))
         .collect::<Result<Vec<_>, _>>()
@@ -408,7 +409,7 @@ pub async fn run(a: StabilityArgs, ctx: &Ctx) -> anyhow::Result<u8> {
     let (seq, next_probe) = monitor::next_counters(&records);
     let mut m = Monitor {
         wallets: vec![None; inv.nodes.len()],
-        nodes: inv.nodes.clone(),
+        nodes: reached,
         clients,
         timeout,
         cfg: cfg.clone(),
