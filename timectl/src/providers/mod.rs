@@ -9,6 +9,8 @@
 
 use async_trait::async_trait;
 
+pub mod rehearsal;
+
 /// What to provision.
 #[derive(Clone, Debug)]
 pub struct ProvisionRequest {
