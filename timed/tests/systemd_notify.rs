@@ -104,7 +104,7 @@ fn without_notify_socket_nothing_is_sent_and_the_node_runs() {
 }
 
 #[test]
-fn a_dead_notify_socket_is_logged_not_fatal() {
+fn a_dead_notify_socket_is_logged_not_fatal_and_journal_lines_have_no_timestamp() {
     // systemd gone or a wrong path: the node still serves, and says why it could not notify.
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("node");
@@ -114,6 +114,8 @@ fn a_dead_notify_socket_is_logged_not_fatal() {
         .args(["--port", "0", "--p2p-bind", "127.0.0.1", "--rpc-bind", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
         .env("NOTIFY_SOCKET", tmp.path().join("nobody-listens"))
+        // As under systemd with StandardError=journal.
+        .env("JOURNAL_STREAM", "8:12345")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -131,4 +133,9 @@ fn a_dead_notify_socket_is_logged_not_fatal() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(NodeInfo::read(&data).unwrap().is_some(), "the node kept running and serving");
+    // The journal stamps each line: timed adds no timestamp of its own there.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = text.lines().find(|l| l.contains("cannot notify")).unwrap();
+    assert!(line.trim_start().starts_with("WARN"), "{line}");
+    assert!(!text.contains('\u{1b}'), "{text}");
 }
