@@ -338,7 +338,6 @@ impl Host {
     /// Writes `bytes` to `dest` with `mode` and `owner` (user:group), atomically: through stdin
     /// to a temporary file beside it, then renamed, so a reader never sees half a file and
     /// the content never appears in a process argument.
-    #[allow(dead_code)] // the install stage uses it
     pub async fn upload(&self, step: &str, bytes: &[u8], dest: &str, mode: u32, owner: &str) -> Result<(), SshError> {
         let script = format!(
             "umask 077; d=$(dirname {dest}); mkdir -p \"$d\"; t=$(mktemp \"$d/.timectl.XXXXXX\"); cat > \"$t\"; chown {owner} \"$t\"; chmod {mode:o} \"$t\"; mv -f \"$t\" {dest}",
@@ -413,12 +412,16 @@ pub struct Pool {
 impl Pool {
     /// Opens a session to every target; all or nothing (on failure the ones opened are closed).
     pub async fn connect(targets: &[Target], opts: &SshOptions) -> Result<Pool, Vec<SshError>> {
-        use futures::StreamExt;
-        let results: Vec<(usize, Result<Host, SshError>)> = futures::stream::iter(targets.iter().enumerate())
-            .map(|(i, t)| async move { (i, Host::connect(t, opts).await) })
-            .buffer_unordered(opts.parallelism.max(1))
-            .collect()
-            .await;
+        // Owned per task, so the future is Send for any caller (async_trait providers too).
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(opts.parallelism.max(1)));
+        let tasks = targets.iter().cloned().enumerate().map(|(i, t)| {
+            let (gate, opts) = (gate.clone(), opts.clone());
+            async move {
+                let _permit = gate.acquire_owned().await;
+                (i, Host::connect(&t, &opts).await)
+            }
+        });
+        let results: Vec<(usize, Result<Host, SshError>)> = futures::future::join_all(tasks).await;
         let mut hosts: Vec<Option<Host>> = (0..targets.len()).map(|_| None).collect();
         let mut errors = Vec::new();
         for (i, r) in results {

@@ -3,7 +3,11 @@
 //! causes and hint. This is the one place that knows every command: commands never import
 //! each other.
 
+pub mod deploy;
+pub mod destroy;
+pub mod install;
 pub mod local;
+pub mod provision;
 pub mod report;
 pub mod resources;
 pub mod rpc;
@@ -28,6 +32,14 @@ pub enum Command {
     Resources(resources::ResourcesArgs),
     /// Turn a stability run log into a self-contained HTML report.
     Report(report::ReportArgs),
+    /// Provision hosts and install a running network on them (provision + install).
+    Deploy(deploy::DeployArgs),
+    /// Create a network's hosts with a provider and write its inventory.
+    Provision(provision::ProvisionArgs),
+    /// Install timed under systemd on the inventory's hosts and start the network.
+    Install(install::InstallArgs),
+    /// Remove a deployed network: services, hosts timectl made, keys, inventory.
+    Destroy(destroy::DestroyArgs),
 }
 
 pub async fn run(command: Command, ctx: &Ctx) -> anyhow::Result<u8> {
@@ -38,6 +50,10 @@ pub async fn run(command: Command, ctx: &Ctx) -> anyhow::Result<u8> {
         Command::Stability(a) => stability::run(a, ctx).await,
         Command::Resources(a) => resources::run(a, ctx).await,
         Command::Report(a) => report::run(a, ctx),
+        Command::Deploy(a) => deploy::run(a, ctx).await,
+        Command::Provision(a) => provision::run(a, ctx).await,
+        Command::Install(a) => install::run(a, ctx).await,
+        Command::Destroy(a) => destroy::run(a, ctx).await,
     }
 }
 
