@@ -286,3 +286,89 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .expect("sha256sum");
     String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string()
 }
+
+fn snapshot(env: &common::Env, name: &str, text: &str) {
+    let mut s = insta::Settings::clone_current();
+    for (re, with) in common::filters(env) {
+        s.add_filter(&re, with);
+    }
+    s.bind(|| insta::assert_snapshot!(name, text));
+}
+
+/// Refusals that happen before anything is made: not root, a missing tool, a bad name. Each
+/// names the cause and what to do, and leaves no state behind.
+#[test]
+fn rehearsal_refuses_clearly_and_makes_nothing() {
+    rehearsal::require_root();
+    let env = common::Env::new();
+    // The unprivileged run must be able to read the key and the binaries.
+    std::fs::set_permissions(env.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let key = env.path().join("key.pub");
+    std::fs::write(&key, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ test\n")
+        .unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let deploy = |network: &str| {
+        let mut c = env.cmd();
+        c.args([
+            "--network",
+            network,
+            "deploy",
+            "--provider",
+            "rehearsal",
+            "--nodes",
+            "1",
+            "--yes",
+            "--ssh-public-key",
+        ])
+        .arg(&key)
+        .stdin(std::process::Stdio::null());
+        c
+    };
+
+    // As nobody: setpriv (util-linux) drops to uid/gid 65534 for this one process.
+    let c = deploy("nr");
+    let args: Vec<String> = std::iter::once(c.get_program().to_string_lossy().into_owned())
+        .chain(c.get_args().map(|a| a.to_string_lossy().into_owned()))
+        .collect();
+    // The checkout may sit in a directory nobody cannot enter (/root): run a copy from here.
+    // timed goes beside it, where timectl looks for the binary to install.
+    let exe = env.path().join("timectl");
+    for (from, to) in
+        [(std::path::PathBuf::from(&args[0]), exe.clone()), (common::timed_path(), env.path().join("timed"))]
+    {
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to).unwrap();
+        }
+    }
+    let mut nobody = std::process::Command::new("setpriv");
+    nobody.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(&exe).args(&args[1..]);
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => nobody.env(k, v),
+            None => nobody.env_remove(k),
+        };
+    }
+    nobody.env("TIMECTL_TIMED", env.path().join("timed")).current_dir(env.path()).stdin(std::process::Stdio::null());
+    let r: common::Run = nobody.output().expect("setpriv (util-linux)").into();
+    assert_eq!(r.code, 1, "{}", r.screen());
+    snapshot(&env, "rehearsal_not_root", &r.screen());
+
+    let r: common::Run = deploy("nr").env("PATH", "/nonexistent").output().unwrap().into();
+    assert_eq!(r.code, 1, "{}", r.screen());
+    snapshot(&env, "rehearsal_no_nspawn", &r.screen());
+
+    let r: common::Run = deploy("Bad_Name").output().unwrap().into();
+    assert_eq!(r.code, 1, "{}", r.screen());
+    snapshot(&env, "rehearsal_bad_network_name", &r.screen());
+
+    // Nothing was made: no provider record, no namespace of that name.
+    let state = env.path().join("state");
+    let records: Vec<_> = walk(&state).into_iter().filter(|p| p.ends_with("rehearsal.json")).collect();
+    assert!(records.is_empty(), "{records:?}");
+    assert!(!std::path::Path::new("/run/netns/nr-node-1").exists());
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries.flatten().flat_map(|e| if e.path().is_dir() { walk(&e.path()) } else { vec![e.path()] }).collect()
+}

@@ -167,11 +167,9 @@ fn need_root() -> Result<(), ProviderError> {
 }
 
 fn find_tool(tool: &str) -> Option<PathBuf> {
+    // PATH only, as the commands are then run by name: what is checked is what runs.
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
+    std::env::split_paths(&path).map(|d| d.join(tool)).find(|p| p.is_file())
 }
 
 fn need_tool(tool: &str, package: &str) -> Result<PathBuf, ProviderError> {
