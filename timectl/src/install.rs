@@ -46,6 +46,22 @@ pub enum InstallError {
     NotConverged { secs: u64, detail: String },
     #[error("{} hosts failed", .0.len())]
     Several(Vec<InstallError>),
+    #[error("upgrade stopped at {node} (upgraded before it: {}; not touched: {})", list(.upgraded), list(.untouched))]
+    UpgradeStopped {
+        node: String,
+        upgraded: Vec<String>,
+        untouched: Vec<String>,
+        #[source]
+        source: Box<InstallError>,
+    },
+}
+
+fn list(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
 }
 
 fn left_note(left: &[String]) -> String {
@@ -101,6 +117,9 @@ impl InstallError {
                 Some("look at `timectl status` and `timectl logs NODE`; the services keep running".into())
             }
             InstallError::Several(v) => v.first().and_then(InstallError::hint),
+            InstallError::UpgradeStopped { source, .. } => source
+                .hint()
+                .or_else(|| Some("fix the node, then run the upgrade again: upgraded nodes are skipped".into())),
             _ => None,
         }
     }
@@ -305,7 +324,9 @@ async fn install_on(
     for n in &inv.nodes {
         progress.step(&n.name, "waiting for the network");
     }
-    wait_converged(pool, inv, opts.wait).await?;
+    // Nothing changed anywhere: the nodes need only answer and agree, not produce a block.
+    let advance = ok.iter().any(|h| h.restarted);
+    wait_converged(pool, inv, opts.wait, advance).await?;
     for n in &inv.nodes {
         progress.step(&n.name, "running");
     }
@@ -440,9 +461,14 @@ async fn heights(clients: &[(String, jsonrpsee::http_client::HttpClient)]) -> Ve
     futures::future::join_all(calls).await
 }
 
-/// Waits until every node answers RPC, then until every node has passed the best height seen
-/// at that moment and all have the same block hash there.
-pub async fn wait_converged(pool: &ssh::Pool, inv: &Inventory, wait: Duration) -> Result<(), InstallError> {
+/// Waits until every node answers RPC, then (with `advance`) until every node has passed the
+/// best height seen at that moment, and all have the same block hash there.
+pub async fn wait_converged(
+    pool: &ssh::Pool,
+    inv: &Inventory,
+    wait: Duration,
+    advance: bool,
+) -> Result<(), InstallError> {
     let deadline = Instant::now() + wait;
     let not = |detail: String| InstallError::NotConverged { secs: wait.as_secs(), detail };
     let mut clients = Vec::new();
@@ -462,7 +488,7 @@ pub async fn wait_converged(pool: &ssh::Pool, inv: &Inventory, wait: Duration) -
             let got: Vec<u64> = hs.iter().filter_map(|(_, r)| r.as_ref().ok().copied()).collect();
             let max = got.iter().copied().max().unwrap_or(0);
             let min = got.iter().copied().min().unwrap_or(0);
-            let t = *target.get_or_insert(max + 1);
+            let t = *target.get_or_insert(if advance { max + 1 } else { min });
             if min >= t {
                 let hashes = futures::future::join_all(clients.iter().map(|(_, c)| c.get_block_hash(t))).await;
                 let distinct: std::collections::BTreeSet<String> = hashes.into_iter().filter_map(Result::ok).collect();
@@ -485,6 +511,89 @@ pub async fn wait_converged(pool: &ssh::Pool, inv: &Inventory, wait: Duration) -
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Err(not(last))
+}
+
+/// Rolling upgrade: one node at a time, the new binary uploaded (skipped when the host has
+/// it), the service restarted, then the network must finalize a new block with that node
+/// agreeing before the next node is touched. Stops at the first failure.
+pub async fn upgrade(
+    inv: &Inventory,
+    opts: &InstallOptions,
+    progress: &dyn Progress,
+) -> Result<Vec<HostResult>, InstallError> {
+    check_distinct_hosts(inv)?;
+    let binary =
+        std::fs::read(&opts.binary).map_err(|source| InstallError::Binary { path: opts.binary.clone(), source })?;
+    let want = hex::encode(Sha256::digest(&binary));
+    let targets: Vec<Target> = inv.nodes.iter().map(Target::of).collect();
+    let pool = ssh::Pool::connect(&targets, &opts.ssh).await.map_err(|mut errors| {
+        let e = errors.remove(0);
+        InstallError::Step {
+            node: e.to_string().split(' ').next().unwrap_or_default().to_string(),
+            step: "connect",
+            left: Vec::new(),
+            source: Box::new(e.into()),
+        }
+    })?;
+    let mut results = Vec::new();
+    let mut failure = None;
+    for (i, h) in pool.hosts.iter().enumerate() {
+        let name = inv.nodes[i].name.clone();
+        let one = async {
+            progress.step(&name, "comparing the binary");
+            let fail = |step: &'static str, source: StepError| InstallError::Step {
+                node: name.clone(),
+                step,
+                left: Vec::new(),
+                source: Box::new(source),
+            };
+            let have = h
+                .run("compare the binary", &format!("sha256sum {REMOTE_BINARY} 2>/dev/null || true"))
+                .await
+                .map_err(|e| fail("compare the binary", e.into()))?;
+            if have.split_whitespace().next() == Some(want.as_str()) {
+                progress.step(&name, "unchanged");
+                return Ok(HostResult { node: name.clone(), uploaded: Vec::new(), restarted: false });
+            }
+            progress.step(&name, "uploading the binary");
+            h.upload("upload the binary", &binary, REMOTE_BINARY, 0o755, "root:root")
+                .await
+                .map_err(|e| fail("upload the binary", e.into()))?;
+            let got = h
+                .run("verify the binary", &format!("sha256sum {REMOTE_BINARY}"))
+                .await
+                .map_err(|e| fail("verify the binary", e.into()))?;
+            let got = got.split_whitespace().next().unwrap_or_default().to_string();
+            if got != want {
+                return Err(fail("verify the binary", StepError::Corrupt { got, want: want.clone() }));
+            }
+            progress.step(&name, "restarting");
+            h.run("restart the service", "systemctl restart timed")
+                .await
+                .map_err(|e| fail("restart the service", StepError::NotStarted { detail: e.to_string() }))?;
+            progress.step(&name, "waiting for the network to finalize");
+            wait_converged(&pool, inv, opts.wait, true).await?;
+            progress.step(&name, "upgraded");
+            Ok(HostResult { node: name.clone(), uploaded: vec![REMOTE_BINARY.to_string()], restarted: true })
+        };
+        match one.await {
+            Ok(r) => results.push(r),
+            Err(e) => {
+                failure = Some(InstallError::UpgradeStopped {
+                    node: name,
+                    upgraded: results.iter().filter(|r: &&HostResult| r.restarted).map(|r| r.node.clone()).collect(),
+                    untouched: inv.nodes[i + 1..].iter().map(|n| n.name.clone()).collect(),
+                    source: Box::new(e),
+                });
+                break;
+            }
+        }
+    }
+    pool.close().await;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(results),
+    }
 }
 
 /// The `timed` to upload: `--timed PATH`, else the one beside this `timectl`, else on PATH.

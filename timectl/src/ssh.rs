@@ -322,6 +322,35 @@ impl Host {
         ))
     }
 
+    /// Runs `script` (as root), copying its stdout to ours as it comes, with no time limit
+    /// (`journalctl --follow`); ends when the command does or on Ctrl-C.
+    pub async fn stream(&self, step: &str, script: &str) -> Result<i32, SshError> {
+        let host = self.target.display();
+        let sess = |message: String| SshError::Session { host: host.clone(), step: step.to_string(), message };
+        let mut cmd = if self.sudo() {
+            let mut c = self.session.command("sudo");
+            c.args(["-n", "sh", "-ec", script]);
+            c
+        } else {
+            let mut c = self.session.command("sh");
+            c.args(["-ec", script]);
+            c
+        };
+        cmd.stdin(openssh::Stdio::null()).stdout(openssh::Stdio::piped()).stderr(openssh::Stdio::inherit());
+        let mut child = cmd.spawn().await.map_err(|e| sess(error_text(&e)))?;
+        let mut out = child.stdout().take().ok_or_else(|| sess("no stdout".into()))?;
+        let copy = async {
+            let mut stdout = tokio::io::stdout();
+            tokio::io::copy(&mut out, &mut stdout).await
+        };
+        tokio::select! {
+            r = copy => { r.map_err(|e| sess(e.to_string()))?; }
+            _ = tokio::signal::ctrl_c() => { return Ok(0); }
+        }
+        let status = child.wait().await.map_err(|e| sess(error_text(&e)))?;
+        Ok(status.code().unwrap_or(-1))
+    }
+
     /// Runs `script` and fails unless it exits 0; returns its stdout.
     pub async fn run(&self, step: &str, script: &str) -> Result<String, SshError> {
         self.run_stdin(step, script, None).await
