@@ -195,3 +195,88 @@ fn install_refuses_bad_hosts_clearly() {
     assert!(r.stderr.contains("does not run systemd"), "{}", r.screen());
     snapshot(&env, "no_systemd", &r);
 }
+
+#[path = "common/rehearsal.rs"]
+mod rehearsal;
+
+/// The `ssh` provider installs onto hosts it did not make, listed by hand (two rehearsal
+/// hosts stand in for them), reaches their RPC only through SSH forwards, changes nothing on
+/// a second run, and `destroy` removes what it installed but keeps the hosts.
+#[test]
+fn ssh_provider_installs_onto_listed_hosts() {
+    let net = rehearsal::Rehearsal::new("hs");
+    let r = net.timectl(&["provision", "--provider", "rehearsal", "--nodes", "2"]);
+    assert_eq!(r.code, 0, "{}", r.screen());
+    let hosts: Vec<rehearsal::HostState> = (1..=2).map(|i| net.host(i)).collect();
+
+    let network = format!("{}h", net.network);
+    let mut text = format!("# hosts we were given\nnetwork = \"{network}\"\nprovider = \"ssh\"\n");
+    for (i, h) in hosts.iter().enumerate() {
+        text.push_str(&format!(
+            "\n[[nodes]]\nname = \"box{n}\"\nhost = \"{a}\"\nssh_user = \"root\"\np2p = \"{a}:8001\"\nrpc = \"127.0.0.1:8080\"\nvalidator_id = \"validator{n}\"\n",
+            n = i + 1,
+            a = h.host_addr
+        ));
+    }
+    let inv = net.env.path().join("given.toml");
+    std::fs::write(&inv, &text).unwrap();
+    let timectl = |args: &[&str]| -> Run {
+        net.env
+            .cmd()
+            .arg("--inventory")
+            .arg(&inv)
+            .arg("--ssh-identity")
+            .arg(&net.key)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+            .into()
+    };
+
+    let r = timectl(&["deploy", "--provider", "ssh", "--block-time", "2", "--wait", "90"]);
+    assert_eq!(r.code, 0, "{}", r.screen());
+    assert!(r.stdout.contains("network ") && r.stdout.contains("is running (2 nodes"), "{}", r.screen());
+    for h in &hosts {
+        assert_eq!(net.sh(h, "systemctl is-active timed").trim(), "active");
+        assert_eq!(net.sh(h, "systemctl show -p Type --value timed").trim(), "notify");
+        assert_eq!(net.sh(h, "stat -c '%a %U' /var/lib/timed/validator.key").trim(), "600 timecoin");
+        // RPC listens on loopback only.
+        let listen = net.sh(h, "ss -Hltn 'sport = :8080'");
+        assert!(listen.contains("127.0.0.1:8080") && !listen.contains("0.0.0.0:8080"), "{listen}");
+    }
+    // The hand-written inventory is the input: left as written.
+    assert_eq!(std::fs::read_to_string(&inv).unwrap(), text);
+
+    // Through the tunnels.
+    let r = timectl(&["--json", "rpc", "getblockcount", "--all"]);
+    assert_eq!(r.code, 0, "{}", r.screen());
+    let rows = r.json();
+    assert_eq!(rows.as_array().unwrap().len(), 2);
+    assert!(rows.as_array().unwrap().iter().all(|row| row["ok"] == true), "{rows}");
+
+    // A second run changes nothing.
+    let r = timectl(&["--json", "deploy", "--provider", "ssh", "--wait", "60"]);
+    assert_eq!(r.code, 0, "{}", r.screen());
+    let done: serde_json::Value =
+        serde_json::from_str(r.stdout.lines().last().unwrap()).unwrap_or_else(|e| panic!("{e}: {}", r.stdout));
+    assert_eq!(done["event"], "done");
+    for h in done["hosts"].as_array().unwrap() {
+        assert_eq!(h["uploaded"].as_array().unwrap().len(), 0, "{done}");
+        assert_eq!(h["restarted"], false, "{done}");
+    }
+
+    // destroy removes the service and its files, keeps the hosts and the inventory.
+    let r = timectl(&["destroy", "--yes"]);
+    assert_eq!(r.code, 0, "{}", r.screen());
+    for h in &hosts {
+        let left = net.sh(
+            h,
+            "ls /etc/systemd/system/timed.service /usr/local/bin/timed /var/lib/timed 2>/dev/null; id -u timecoin 2>/dev/null; true",
+        );
+        assert!(left.trim().is_empty(), "left on {}: {left}", h.name);
+        assert_eq!(net.sh(h, "systemctl is-active sshd || systemctl is-active ssh").trim(), "active");
+    }
+    assert!(inv.exists());
+    assert!(!net.env.path().join(format!("state/networks/{network}")).exists(), "materials removed");
+}
