@@ -95,7 +95,7 @@ fn snapshot(env: &Env, name: &str, run: &Run) {
     for (re, with) in filters(env) {
         s.add_filter(&re, with);
     }
-    s.add_filter(&common::regex_escape(&user()), "[USER]");
+    s.add_filter(&format!("{}@", common::regex_escape(&user())), "[USER]@");
     s.add_filter(r"SHA256:[A-Za-z0-9+/=]+", "SHA256:[FP]");
     s.add_filter(r"\[127\.0\.0\.1\]:\d+", "[127.0.0.1]:[PORT]");
     s.add_filter(r"port \d+", "port [PORT]");
@@ -279,4 +279,39 @@ fn ssh_provider_installs_onto_listed_hosts() {
     }
     assert!(inv.exists());
     assert!(!net.env.path().join(format!("state/networks/{network}")).exists(), "materials removed");
+}
+
+/// `--dry-run` prints the hosts, the files each would get and the unit, and touches nothing:
+/// no host is contacted, no materials are made.
+#[test]
+fn dry_run_prints_the_plan_and_changes_nothing() {
+    let env = Env::new();
+    let inv = inventory(&env, "dry", &[("n1", 2201, 8001), ("n2", 2202, 8001)]);
+    let r: Run = env
+        .cmd()
+        .arg("--inventory")
+        .arg(&inv)
+        .args(["deploy", "--provider", "ssh", "--dry-run"])
+        .arg("--timed")
+        .arg(common::timed_path())
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 0, "{}", r.screen());
+    for want in [
+        "keep    n1 (127.0.0.1)",
+        "upload /usr/local/bin/timed 755 root:root",
+        "/etc/systemd/system/timed.service",
+        "nothing was changed",
+    ] {
+        assert!(r.stdout.contains(want), "{want}: {}", r.screen());
+    }
+    assert!(!env.path().join("state/networks/dry").exists(), "no materials for a dry run");
+    let mut s = insta::Settings::clone_current();
+    for (re, with) in filters(&env) {
+        s.add_filter(&re, with);
+    }
+    s.add_filter(&format!("{}@", common::regex_escape(&user())), "[USER]@");
+    s.add_filter(r", \d+ bytes\)", ", [N] bytes)");
+    s.bind(|| insta::assert_snapshot!("dry_run", r.screen()));
 }
