@@ -250,7 +250,7 @@ pub fn plan(inv: &Inventory, m: &Materials, binary: &Blob) -> Result<Vec<(String
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct HostResult {
     pub node: String,
-    /// Files that were different and were uploaded.
+    /// Names of the files that were different and were uploaded.
     pub uploaded: Vec<String>,
     pub restarted: bool,
 }
@@ -436,7 +436,8 @@ async fn install_host(
             unit_changed = true;
         }
         left.push(f.dest.to_string());
-        uploaded.push(f.dest.to_string());
+        // The file name is enough to tell them apart in a table.
+        uploaded.push(f.dest.rsplit('/').next().unwrap_or(f.dest).to_string());
     }
 
     progress.step(&name, "starting the service");
