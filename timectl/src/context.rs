@@ -64,31 +64,24 @@ impl Ctx {
         let opts = self.ssh_options(&inv.network);
         let targets: Vec<Target> = nodes.iter().map(Target::of).collect();
         let pool = ssh::Pool::connect(&targets, &opts).await.map_err(first_of)?;
-        let mut out = Vec::with_capacity(nodes.len());
-        let mut failed = None;
-        for (n, h) in nodes.iter().zip(&pool.hosts) {
-            let result: Result<Node, ssh::SshError> = async {
-                let local = h.forward(&n.rpc).await?;
-                // Absent before the node first started; read methods work without it.
-                let (code, cookie, _) = h.exec("read the RPC cookie", &format!("cat {REMOTE_COOKIE}"), None).await?;
-                let mut reached = n.clone();
-                reached.rpc = local.to_string();
-                reached.rpc_auth = (code == 0 && cookie.contains(':')).then(|| RpcAuth(cookie.trim().to_string()));
-                Ok(reached)
+        // Every host at once: the forward and the cookie read are one round trip each.
+        let results = futures::future::join_all(nodes.iter().zip(&pool.hosts).map(|(n, h)| async move {
+            let local = h.forward(&n.rpc).await?;
+            // Absent before the node first started; read methods work without it.
+            let (code, cookie, _) = h.exec("read the RPC cookie", &format!("cat {REMOTE_COOKIE}"), None).await?;
+            let mut reached = n.clone();
+            reached.rpc = local.to_string();
+            reached.rpc_auth = (code == 0 && cookie.contains(':')).then(|| RpcAuth(cookie.trim().to_string()));
+            Ok::<Node, ssh::SshError>(reached)
+        }))
+        .await;
+        let out = match results.into_iter().collect::<Result<Vec<Node>, ssh::SshError>>() {
+            Ok(out) => out,
+            Err(e) => {
+                pool.close().await;
+                return Err(e.into());
             }
-            .await;
-            match result {
-                Ok(r) => out.push(r),
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            }
-        }
-        if let Some(e) = failed {
-            pool.close().await;
-            return Err(e.into());
-        }
+        };
         self.sessions.lock().await.extend(pool.hosts.into_iter().map(Arc::new));
         Ok(out)
     }
