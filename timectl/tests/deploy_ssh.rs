@@ -315,3 +315,33 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     s.add_filter(r", \d+ bytes\)", ", [N] bytes)");
     s.bind(|| insta::assert_snapshot!("dry_run", r.screen()));
 }
+
+/// A host that cannot be reached does not stop `status`: its node shows as unreachable, the
+/// SSH failure is logged naming it, and the command fails with the table printed.
+#[test]
+fn status_shows_a_down_host_as_unreachable() {
+    let env = Env::new();
+    let dir = env.path();
+    keygen(&dir.join("host_key"));
+    keygen(&dir.join("client_key"));
+    std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).unwrap();
+    let up = sshd(dir, &dir.join("host_key"));
+    let inv = inventory(&env, "half", &[("up", up.port, 18001), ("down", free_port(), 18002)]);
+    let r: Run = env
+        .cmd()
+        .arg("--inventory")
+        .arg(&inv)
+        .arg("--ssh-identity")
+        .arg(dir.join("client_key"))
+        .args(["--json", "status", "--timeout", "3"])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 1, "{}", r.screen());
+    let rows = r.json();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{}", r.screen());
+    assert!(rows.iter().all(|row| row["reachable"] == false), "{}", r.screen());
+    assert!(r.stderr.contains("down (") && r.stderr.contains("cannot connect over SSH"), "{}", r.screen());
+    assert!(r.stderr.contains("2 of 2 nodes did not answer"), "{}", r.screen());
+}
