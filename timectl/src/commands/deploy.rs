@@ -62,7 +62,9 @@ pub async fn run(a: DeployArgs, ctx: &Ctx) -> anyhow::Result<u8> {
     let inv_path = ctx.inventory_file.clone().unwrap_or_else(|| inventory::network_path(&network));
     let nodes = if kind == ProviderKind::Ssh { given.as_ref().map_or(0, |i| i.nodes.len()) } else { a.nodes };
     let network_dir = inventory::network_state_dir(&network);
-    let ssh = ctx.ssh_options(&network);
+    let mut ssh = ctx.ssh_options(&network);
+    // Hosts a provider has just made may still be booting: keep knocking for a while.
+    ssh.boot_wait = Duration::from_secs(60);
     let provider = providers::build(
         kind,
         BuildContext {
