@@ -963,6 +963,48 @@ mod tests {
     }
 
     #[test]
+    fn a_second_locker_waits_for_the_first() {
+        // What makes parallel runs wait for one rootfs build instead of racing.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rootfs.lock");
+        let first = lock(&path).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p2 = path.clone();
+        let waiter = std::thread::spawn(move || {
+            let _second = lock(&p2).unwrap();
+            tx.send(Instant::now()).unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(rx.try_recv().is_err(), "the second lock was granted while the first was held");
+        let released = Instant::now();
+        drop(first);
+        let got = rx.recv_timeout(Duration::from_secs(10)).expect("granted after release");
+        assert!(got >= released);
+        waiter.join().unwrap();
+    }
+
+    #[test]
+    fn only_nspawn_copies_beside_the_rootfs_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs");
+        let copy = dir.path().join(".#machine.rootfsabc123");
+        let lck = dir.path().join(".#.#machine.rootfsabc123.lck");
+        let other = dir.path().join("data");
+        let elsewhere = tempfile::tempdir().unwrap();
+        let foreign = elsewhere.path().join(".#machine.rootfsabc123");
+        for d in [&rootfs, &copy, &other, &foreign] {
+            std::fs::create_dir_all(d.join("etc")).unwrap();
+        }
+        std::fs::write(&lck, "").unwrap();
+        assert!(!remove_ephemeral_copy(&other, &rootfs).unwrap());
+        assert!(!remove_ephemeral_copy(&foreign, &rootfs).unwrap());
+        assert!(other.exists() && foreign.exists());
+        assert!(remove_ephemeral_copy(&copy, &rootfs).unwrap());
+        assert!(!copy.exists() && !lck.exists() && rootfs.exists());
+        assert!(!remove_ephemeral_copy(&copy, &rootfs).unwrap(), "already gone");
+    }
+
+    #[test]
     fn network_names_are_checked() {
         for ok in ["tn", "rehearsal-1", "a"] {
             check_network_name(ok).unwrap();
