@@ -209,13 +209,22 @@ fn ssh_provider_installs_onto_listed_hosts() {
     assert_eq!(r.code, 0, "{}", r.screen());
     let hosts: Vec<rehearsal::HostState> = (1..=2).map(|i| net.host(i)).collect();
 
+    // The second host is reached as an ordinary user with passwordless sudo, as on most
+    // servers; the first as root.
+    net.sh(
+        &hosts[1],
+        "useradd -m -s /bin/sh deployer && echo 'deployer ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/deployer \
+         && chmod 0440 /etc/sudoers.d/deployer && install -d -o deployer -m 0700 ~deployer/.ssh \
+         && install -o deployer -m 0600 /etc/ssh/rehearsal/authorized_keys ~deployer/.ssh/authorized_keys",
+    );
     let network = format!("{}h", net.network);
     let mut text = format!("# hosts we were given\nnetwork = \"{network}\"\nprovider = \"ssh\"\n");
     for (i, h) in hosts.iter().enumerate() {
         text.push_str(&format!(
-            "\n[[nodes]]\nname = \"box{n}\"\nhost = \"{a}\"\nssh_user = \"root\"\np2p = \"{a}:8001\"\nrpc = \"127.0.0.1:8080\"\nvalidator_id = \"validator{n}\"\n",
+            "\n[[nodes]]\nname = \"box{n}\"\nhost = \"{a}\"\nssh_user = \"{u}\"\np2p = \"{a}:8001\"\nrpc = \"127.0.0.1:8080\"\nvalidator_id = \"validator{n}\"\n",
             n = i + 1,
-            a = h.host_addr
+            a = h.host_addr,
+            u = if i == 1 { "deployer" } else { "root" },
         ));
     }
     let inv = net.env.path().join("given.toml");
@@ -241,6 +250,7 @@ fn ssh_provider_installs_onto_listed_hosts() {
         assert_eq!(net.sh(h, "systemctl is-active timed").trim(), "active");
         assert_eq!(net.sh(h, "systemctl show -p Type --value timed").trim(), "notify");
         assert_eq!(net.sh(h, "stat -c '%a %U' /var/lib/timed/validator.key").trim(), "600 timecoin");
+        assert_eq!(net.sh(h, "ps -o user= -p $(systemctl show -p MainPID --value timed)").trim(), "timecoin");
         // RPC listens on loopback only.
         let listen = net.sh(h, "ss -Hltn 'sport = :8080'");
         assert!(listen.contains("127.0.0.1:8080") && !listen.contains("0.0.0.0:8080"), "{listen}");
@@ -254,6 +264,11 @@ fn ssh_provider_installs_onto_listed_hosts() {
     let rows = r.json();
     assert_eq!(rows.as_array().unwrap().len(), 2);
     assert!(rows.as_array().unwrap().iter().all(|row| row["ok"] == true), "{rows}");
+
+    // The journal, over SSH (through sudo on box2).
+    let r = timectl(&["logs", "box2", "-n", "5"]);
+    assert_eq!(r.code, 0, "{}", r.screen());
+    assert!(r.stdout.contains("timed"), "{}", r.screen());
 
     // A second run changes nothing.
     let r = timectl(&["--json", "deploy", "--provider", "ssh", "--wait", "60"]);
