@@ -662,7 +662,6 @@ impl Provider for Rehearsal {
             }
         };
         enable_forwarding()?;
-        let mut started = Vec::new();
         for index in 1..=req.nodes {
             if !state.hosts.iter().any(|h| h.index == index) {
                 let (machine_addr, host_addr) = addresses(state.subnet, index);
@@ -711,7 +710,6 @@ impl Provider for Rehearsal {
                 }
             }
             self.save(&state)?;
-            started.push(i);
         }
         drop(_global);
         let waits = state.hosts.iter().map(|h| {
