@@ -700,9 +700,9 @@ impl Provider for Rehearsal {
             let pid = start_container(&self.rootfs, &h, &dir)?;
             state.hosts[i].pid = Some(pid);
             self.save(&state)?;
-            // nspawn takes the copy's lock first thing; record the copy so a destroy after a
-            // SIGKILL can remove it.
-            let deadline = Instant::now() + Duration::from_secs(10);
+            // Record the copy so a destroy after a SIGKILL can remove it. nspawn locks it early,
+            // but on a busy machine maybe not yet: looked for again once sshd answers.
+            let deadline = Instant::now() + Duration::from_secs(2);
             while state.hosts[i].ephemeral.is_none() && is_our_nspawn(pid, &h.name) && Instant::now() < deadline {
                 state.hosts[i].ephemeral = ephemeral_copy(pid, &self.rootfs);
                 if state.hosts[i].ephemeral.is_none() {
@@ -722,6 +722,16 @@ impl Provider for Rehearsal {
         });
         for r in futures::future::join_all(waits).await {
             r?;
+        }
+        // Booted, so nspawn holds its copy's lock now.
+        let mut found = false;
+        for h in state.hosts.iter_mut().filter(|h| h.ephemeral.is_none()) {
+            h.ephemeral = h.pid.and_then(|p| ephemeral_copy(p, &self.rootfs));
+            found |= h.ephemeral.is_some();
+        }
+        if found {
+            let _global = lock_async(PathBuf::from(GLOBAL_LOCK)).await?;
+            self.save(&state)?;
         }
         Ok(state.hosts.iter().map(|h| self.to_host(h)).collect())
     }
