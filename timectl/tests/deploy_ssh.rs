@@ -360,3 +360,26 @@ fn status_shows_a_down_host_as_unreachable() {
     assert!(r.stderr.contains("down (") && r.stderr.contains("cannot connect over SSH"), "{}", r.screen());
     assert!(r.stderr.contains("2 of 2 nodes did not answer"), "{}", r.screen());
 }
+
+/// `destroy` asks first: with no terminal to ask and no `--yes` it refuses and removes nothing.
+#[test]
+fn destroy_without_yes_and_without_a_terminal_refuses() {
+    let env = Env::new();
+    let inv = inventory(&env, "keep", &[("n1", 2201, 8001)]);
+    let r: Run = env
+        .cmd()
+        .arg("--inventory")
+        .arg(&inv)
+        .arg("destroy")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 1, "{}", r.screen());
+    assert!(inv.exists());
+    let mut s = insta::Settings::clone_current();
+    for (re, with) in filters(&env) {
+        s.add_filter(&re, with);
+    }
+    s.bind(|| insta::assert_snapshot!("destroy_needs_yes", r.screen()));
+}
