@@ -17,6 +17,8 @@ pub mod node;
 #[cfg(feature = "server")]
 pub mod p2p;
 #[cfg(feature = "server")]
+pub mod ratelog;
+#[cfg(feature = "server")]
 pub mod rpc;
 #[cfg(feature = "server")]
 pub mod storage;
