@@ -8,6 +8,9 @@ pub mod config;
 #[cfg(feature = "server")]
 pub mod consensus;
 #[cfg(feature = "server")]
+#[doc(hidden)]
+pub mod fuzzing;
+#[cfg(feature = "server")]
 pub mod mempool;
 #[cfg(feature = "server")]
 pub mod metrics;

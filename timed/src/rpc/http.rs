@@ -171,6 +171,35 @@ fn restore_ids(body: &[u8], map: &IdMap) -> Option<Vec<u8>> {
     }
 }
 
+/// For fuzzing: rewrites the ids of `body`, answers every rewritten call the way the server
+/// would (echoing its id), restores, and checks that each answer carries its call's own id.
+#[doc(hidden)]
+pub fn check_id_roundtrip(body: &[u8]) {
+    let Some((rewritten, map)) = rewrite_ids(body) else { return };
+    let as_list = |b: &[u8]| -> Vec<Option<Call>> {
+        match serde_json::from_slice::<Vec<Box<RawValue>>>(b) {
+            Ok(items) => items.iter().map(|i| serde_json::from_str::<Call>(i.get()).ok()).collect(),
+            Err(_) => vec![serde_json::from_slice::<Call>(b).ok()],
+        }
+    };
+    let (before, after) = (as_list(body), as_list(&rewritten));
+    assert_eq!(before.len(), after.len(), "rewriting keeps every call");
+    let null = || RawValue::from_string("null".into()).expect("valid JSON");
+    let answers: Vec<Call> = after
+        .iter()
+        .flatten()
+        .map(|c| Call::from([("id".to_string(), c.get("id").cloned().unwrap_or_else(null))]))
+        .collect();
+    let restored = restore_ids(&serde_json::to_vec(&answers).expect("in memory"), &map).expect("restores");
+    let restored: Vec<Call> = serde_json::from_slice(&restored).expect("restored answers are JSON");
+    for (orig, answer) in before.iter().flatten().zip(&restored) {
+        let want = orig.get("id").map(|i| i.get()).unwrap_or("null");
+        let valid = matches!(want.as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9')) || want == "null";
+        let got = answer.get("id").map(|i| i.get()).unwrap_or("null");
+        assert_eq!(got, if valid { want } else { "null" }, "an answer carries another call's id");
+    }
+}
+
 /// Why a request is refused before it reaches JSON-RPC.
 fn browser_refusal<B>(req: &HttpRequest<B>, door: &FrontDoor) -> Option<&'static str> {
     let headers = req.headers();
@@ -198,7 +227,7 @@ fn browser_refusal<B>(req: &HttpRequest<B>, door: &FrontDoor) -> Option<&'static
 
 /// Whether `host` (with an optional port) names this node: an IP literal, `localhost`, or a
 /// configured name.
-pub(crate) fn host_allowed(host: &str, allowed: &[String]) -> bool {
+pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
     let name = if let Some(rest) = host.strip_prefix('[') {
         // [v6]:port
         match rest.split_once(']') {
