@@ -91,8 +91,10 @@ async fn a_restarted_validator_rejoins_during_a_flood_of_idle_connections() {
     let log_before = v1.log().lines().count();
 
     let flood = Flood::start(&v1.p2p, FLOOD);
-    tokio::time::sleep(Duration::from_secs(3)).await;
     let h_flood_start = height(&v1).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // With one-second slots the flooded chain keeps its pace.
+    let h_flooded = height(&v1).await;
 
     // Restart validator3 while validator1 is flooded.
     v3.kill();
@@ -106,11 +108,13 @@ async fn a_restarted_validator_rejoins_during_a_flood_of_idle_connections() {
         (p == 2 && h >= target).then(|| t0.elapsed())
     })
     .await;
-    // And the chain keeps producing with everyone in it.
+    // And the chain keeps producing with everyone in it (with three validators every one is
+    // needed for a quorum, so blocks pause while validator3 is down, flood or not).
     let h_rejoin = height(&v1).await;
+    wait_height(&v1, h_rejoin + 3, 30).await;
     wait_height(&v3, h_rejoin + 3, 30).await;
     let h_end = height(&v1).await;
-    let flood_secs = 3.0 + 2.0 + t0.elapsed().as_secs_f64();
+    let flood_secs = 4.0 + 2.0 + t0.elapsed().as_secs_f64();
     let connects = flood.connects.load(Ordering::Relaxed);
     drop(flood);
 
@@ -118,12 +122,12 @@ async fn a_restarted_validator_rejoins_during_a_flood_of_idle_connections() {
     let flood_lines: Vec<&str> = log.lines().skip(log_before).filter(|l| l.contains("WARN")).collect();
     println!(
         "flood of {FLOOD} idle sockets ({connects} connects in {flood_secs:.0} s): validator3 rejoined in {:.1} s; \
-         validator1 height {h_flood_start} -> {h_end}; {} WARN lines on validator1 during the flood",
+         validator1 height {h_flood_start} -> {h_flooded} in the first 4 s, {h_end} at the end; {} WARN lines on validator1 during the flood",
         rejoined.as_secs_f64(),
         flood_lines.len()
     );
     assert!(rejoined < Duration::from_secs(15), "rejoin took {rejoined:?} (55 s before the fix)");
-    assert!(h_end >= h_flood_start + 5, "blocks kept coming: {h_flood_start} -> {h_end}");
+    assert!(h_flooded >= h_flood_start + 2, "blocks kept coming under the flood: {h_flood_start} -> {h_flooded}");
     assert!(connects > FLOOD as u64, "the flood did reconnect ({connects} connects)");
     // One line per 10 s per kind of event, each with its count, instead of one per socket.
     assert!(flood_lines.len() < 40, "{} WARN lines:\n{}", flood_lines.len(), flood_lines.join("\n"));
