@@ -380,3 +380,41 @@ async fn long_poll_floods_cannot_starve_getblockcount() {
     assert!(latency < Duration::from_millis(100), "getblockcount during the WebSocket flood: {latency:?}");
     assert!(http_latency < Duration::from_millis(100), "getblockcount during HTTP long polls: {http_latency:?}");
 }
+
+/// Beyond the connection limit's protection: a node whose descriptor limit is below
+/// --rpc-max-connections runs out of descriptors. It says so (a few lines, with counts) and
+/// makes room by closing the least recently active connections, so RPC keeps answering.
+#[tokio::test(flavor = "multi_thread")]
+async fn descriptor_exhaustion_is_logged_and_survived() {
+    raise_nofile(4096);
+    let node = single(&["--rpc-max-connections", "1000"]);
+    let rpc = node.rpc.clone();
+    wait_height(&node, 1, 30).await;
+    let open = std::fs::read_dir(format!("/proc/{}/fd", pid(&node))).unwrap().count();
+    let limit = open + 60;
+    let out = std::process::Command::new("prlimit")
+        .args(["--pid", &pid(&node).to_string(), &format!("--nofile={limit}:{limit}")])
+        .output()
+        .expect("prlimit (util-linux)");
+    assert!(out.status.success(), "{out:?}");
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        if let Ok(s) = TcpStream::connect(&rpc).await {
+            idle.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let latency = median_getblockcount(&rpc, 9).await;
+    let log = node.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("out of file descriptors")).collect();
+    println!(
+        "descriptor limit {limit}: getblockcount median {:.1} ms; {} log lines",
+        latency.as_secs_f64() * 1e3,
+        lines.len()
+    );
+    assert!(!lines.is_empty(), "running out of descriptors is logged");
+    assert!(lines.len() <= 3, "once per interval, not per connection: {lines:?}");
+    assert!(lines[0].contains("events="), "{}", lines[0]);
+    assert!(latency < Duration::from_millis(100), "getblockcount with descriptors exhausted: {latency:?}");
+    drop(idle);
+}

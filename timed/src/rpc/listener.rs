@@ -6,8 +6,9 @@
 //!   make room, so stalled clients can never lock out a live one;
 //! - headers must arrive within the read timeout (hyper), bodies too (the front door), and an
 //!   HTTP connection with no request in flight closes after the idle timeout;
-//! - running out of descriptors is survived: one descriptor is held in reserve so the loop can
-//!   still accept-and-close, and it is logged (rate-limited) instead of spinning silently.
+//! - running out of descriptors is survived: the least recently active connection is closed to
+//!   make room (or, with none of ours open, a descriptor held in reserve lets the loop
+//!   accept-and-close), and it is logged (rate-limited) instead of spinning silently.
 
 use crate::ratelog::RateLimited;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -193,21 +194,37 @@ where
             let stream = match accepted {
                 Ok((s, _)) => s,
                 Err(e) if out_of_descriptors(&e) => {
-                    // Free the spare descriptor to take the waiting connection off the queue
-                    // and close it: better than leaving clients hanging and the loop spinning.
-                    drop(reserve.take());
-                    if let Ok((s, _)) = listener.accept().await {
-                        drop(s);
+                    // Make room as at the connection limit: close the least recently active
+                    // connection, and accept again once its descriptor is free. With nothing
+                    // of ours to close, free the spare descriptor to take the waiting
+                    // connection off the queue and close it, rather than leave clients
+                    // hanging and the loop spinning.
+                    let victim = {
+                        let conns = shared.registry.lock();
+                        conns
+                            .values()
+                            .filter(|c| !c.kill.is_cancelled())
+                            .min_by_key(|c| c.last_read.load(Ordering::Relaxed))
+                            .cloned()
+                    };
+                    match victim {
+                        Some(v) => v.kill.cancel(),
+                        None => {
+                            drop(reserve.take());
+                            if let Ok((s, _)) = listener.accept().await {
+                                drop(s);
+                            }
+                            reserve = reserve_fd();
+                        }
                     }
-                    reserve = reserve_fd();
                     if let Some(n) = shared.fd_log.hit() {
                         tracing::warn!(
-                            refused = n,
+                            events = n,
                             open = shared.registry.lock().len(),
-                            "RPC: out of file descriptors; refusing connections (raise the descriptor limit or lower --rpc-max-connections)"
+                            "RPC: out of file descriptors; closing the least recently active connections (raise the descriptor limit or lower --rpc-max-connections)"
                         );
                     }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                     continue;
                 }
                 Err(e) => {
@@ -243,7 +260,7 @@ where
                 if let Some(n) = shared.full_log.hit() {
                     tracing::warn!(
                         limit = shared.limits.max_connections,
-                        evicted = n,
+                        events = n,
                         "RPC connection limit reached; closing the least recently active connections"
                     );
                 }
