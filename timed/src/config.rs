@@ -478,6 +478,43 @@ mod tests {
     }
 
     #[test]
+    fn limits_have_defaults_flags_and_file_keys() {
+        let c = cli(&["--validator-id", "validator1"]).resolve().unwrap();
+        assert_eq!(c.rpc_limits.max_ws_calls, 16);
+        assert_eq!(c.rpc_limits.max_long_polls, 64);
+        assert!(c.rpc_limits.allow_origins.is_empty(), "no web page may call by default");
+        assert_eq!(c.p2p_limits.max_pending, 64);
+        let c = cli(&[
+            "--validator-id",
+            "validator1",
+            "--rpc-allow-origin",
+            "https://a.example, https://b.example",
+            "--rpc-allow-host",
+            "Node.Example",
+            "--rpc-idle-timeout-secs",
+            "5",
+            "--p2p-handshake-timeout-ms",
+            "900",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(c.rpc_limits.allow_origins, vec!["https://a.example", "https://b.example"]);
+        assert_eq!(c.rpc_limits.allow_hosts, vec!["node.example"]);
+        assert_eq!(c.rpc_limits.idle_timeout.as_secs(), 5);
+        assert_eq!(c.p2p_limits.handshake_timeout.as_millis(), 900);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("t.toml");
+        std::fs::write(&f, "validator_id = \"validator1\"\nrpc_max_long_polls = 3\np2p_max_pending_per_ip = 2\n")
+            .unwrap();
+        let c = cli(&["--config", f.to_str().unwrap()]).resolve().unwrap();
+        assert_eq!((c.rpc_limits.max_long_polls, c.p2p_limits.max_pending_per_ip), (3, 2));
+        for flag in ["--rpc-max-ws-calls", "--rpc-read-timeout-secs", "--p2p-max-pending", "--rpc-max-connections"] {
+            let err = cli(&["--validator-id", "validator1", flag, "0"]).resolve().unwrap_err();
+            assert!(err.to_string().contains(&flag[2..]), "{flag}: {err}");
+        }
+    }
+
+    #[test]
     fn bad_input_is_refused_clearly() {
         assert!(matches!(cli(&[]).resolve(), Err(ConfigError::MissingValidatorId)));
         assert!(matches!(cli(&["--validator-id", "validator9"]).resolve(), Err(ConfigError::NotInGenesis { .. })));
