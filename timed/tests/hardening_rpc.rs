@@ -123,7 +123,8 @@ async fn json_rpc_details() {
     // `{}` is an invalid request, not a notification.
     let (code, body) = http(&rpc, &head, b"{}").await;
     assert_eq!(code, 200);
-    assert!(json_of(&body)["error"]["code"].is_i64(), "{body}");
+    assert_eq!(json_of(&body)["error"]["code"], -32600, "{body}");
+    assert_eq!(json_of(&body)["id"], Value::Null, "{body}");
     // A batch of notifications over the limit is refused, not silently dropped.
     let big: Vec<Value> = (0..101).map(|_| json!({"jsonrpc":"2.0","method":"uptime"})).collect();
     let (code, body) = http(&rpc, &head, Value::Array(big).to_string().as_bytes()).await;

@@ -125,6 +125,12 @@ type Call = BTreeMap<String, Box<RawValue>>;
 
 /// Swaps one call's id for a token when needed; true if it did.
 fn fix_id(call: &mut Call, map: &mut IdMap) -> bool {
+    // Neither a call nor a notification (`{}`): an invalid request, answered with a null id;
+    // without an id the server would call it a parse error.
+    if !call.contains_key("id") && !call.contains_key("method") {
+        call.insert("id".into(), RawValue::from_string("null".into()).expect("valid JSON"));
+        return true;
+    }
     {
         let Some(id) = call.get("id") else { return false };
         let text = id.get();
