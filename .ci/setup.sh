@@ -18,3 +18,8 @@ if ! python3 -c 'import prometheus_client' 2>/dev/null; then
   python3 -m pip install -q 'prometheus-client>=0.17' 2>/dev/null \
     || python3 -m pip install -q --break-system-packages 'prometheus-client>=0.17'
 fi
+# Fuzz smoke runs: the nightly toolchain and cargo-fuzz (a cold `cargo install` takes minutes;
+# skipped once installed). prlimit (util-linux) sets a node's descriptor limit in the hardening tests.
+command -v prlimit >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq util-linux >/dev/null; }
+rustup toolchain list 2>/dev/null | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked

@@ -9,8 +9,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Credentials for wallet methods on nodes whose RPC listens beyond loopback. Taken from the
-/// environment so they never land in an inventory or a shell history of flags.
+/// Credentials for wallet methods given by the operator. Taken from the environment so they
+/// never land in an inventory or a shell history of flags.
 fn auth_header() -> Option<HeaderValue> {
     let user = std::env::var("TIMECTL_RPC_USER").ok()?;
     let pass = std::env::var("TIMECTL_RPC_PASSWORD").unwrap_or_default();
@@ -25,9 +25,20 @@ fn basic(user_pass: &str) -> Option<HeaderValue> {
     Some(v)
 }
 
+/// The node's own cookie, for nodes this machine runs (the inventory of a local network names
+/// their data dirs). Wallet methods need credentials on every bind.
+fn cookie_header(node: &Node) -> Option<HeaderValue> {
+    let cookie = std::fs::read_to_string(node.data_dir.as_ref()?.join(".cookie")).ok()?;
+    basic(&cookie)
+}
+
 pub fn rpc_client(node: &Node, timeout: Duration) -> Result<HttpClient, String> {
     let mut headers = HeaderMap::new();
-    if let Some(v) = node.rpc_auth.as_ref().and_then(|a| basic(&a.0)).or_else(auth_header) {
+    // The operator's explicit credentials win; else the cookie read over SSH (remote nodes),
+    // else the cookie in the data dir (local nodes).
+    let auth =
+        auth_header().or_else(|| node.rpc_auth.as_ref().and_then(|a| basic(&a.0))).or_else(|| cookie_header(node));
+    if let Some(v) = auth {
         headers.insert("authorization", v);
     }
     HttpClientBuilder::default()

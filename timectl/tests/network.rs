@@ -75,6 +75,16 @@ fn three_node_network_end_to_end() {
     assert_eq!(r.code, 0, "{}", r.screen());
     assert_eq!(r.json()[0]["result"].as_str().map(str::len), Some(64));
 
+    // A wallet method on a local network: timectl sends the node's cookie, which it needs on
+    // every bind.
+    let to = env.run(&["rpc", "masternodestatus", "--node", "node2", "--json"]).json()[0]["result"]["wallet_address"]
+        .as_str()
+        .expect("wallet address")
+        .to_string();
+    let r = env.run(&["rpc", "sendtoaddress", &to, "1.5", "--node", "node1", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.screen());
+    assert_eq!(r.json()[0]["result"].as_str().map(str::len), Some(64), "{}", r.screen());
+
     // Status: everyone reachable with peers.
     let r = env.run(&["status", "--json"]);
     assert_eq!(r.code, 0, "{}", r.screen());

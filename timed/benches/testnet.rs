@@ -66,8 +66,14 @@ impl Node {
             assert!(Instant::now() < deadline, "{id} did not write node.json within 30 s");
             std::thread::sleep(Duration::from_millis(50));
         };
+        // Wallet methods need the node's cookie on every bind.
+        let cookie = std::fs::read_to_string(dir.join(".cookie")).expect("cookie");
+        let mut headers = jsonrpsee::http_client::HeaderMap::new();
+        let token = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, cookie.trim());
+        headers.insert("authorization", format!("Basic {token}").parse().expect("header"));
         let client = HttpClientBuilder::default()
             .request_timeout(Duration::from_secs(120))
+            .set_headers(headers)
             .build(format!("http://{rpc}"))
             .expect("rpc client");
         Node { id, dir, child: Some(child), pid, rpc, p2p, client }

@@ -61,12 +61,43 @@ pub struct Cli {
     pub rpc_user: Option<String>,
     #[arg(long, env = "TIMED_RPC_PASSWORD", hide_env_values = true)]
     pub rpc_password: Option<String>,
+    /// Open RPC connections (HTTP and WebSocket), counted from accept [default: 128]. At the
+    /// limit the least recently active connection is closed for the newcomer.
     #[arg(long)]
     pub rpc_max_connections: Option<u32>,
+    /// Largest request body; a larger Content-Length gets 413 before the body is read [default: 1048576].
     #[arg(long)]
     pub rpc_max_request_bytes: Option<u32>,
+    /// Calls in one batch [default: 100].
     #[arg(long)]
     pub rpc_max_batch: Option<u32>,
+    /// Seconds a client has to send a request's headers and body [default: 10].
+    #[arg(long)]
+    pub rpc_read_timeout_secs: Option<u64>,
+    /// Seconds an HTTP connection may sit idle between requests [default: 30].
+    #[arg(long)]
+    pub rpc_idle_timeout_secs: Option<u64>,
+    /// Calls in flight on one WebSocket connection; more are refused at once [default: 16].
+    #[arg(long)]
+    pub rpc_max_ws_calls: Option<u32>,
+    /// Long polls (waittransactionfinality) in flight on the whole node [default: 64].
+    #[arg(long)]
+    pub rpc_max_long_polls: Option<u32>,
+    /// Browser origins allowed to call RPC (e.g. https://wallet.example); none by default.
+    #[arg(long, value_delimiter = ',')]
+    pub rpc_allow_origin: Option<Vec<String>>,
+    /// Host names RPC answers to besides IP literals and localhost (DNS rebinding guard).
+    #[arg(long, value_delimiter = ',')]
+    pub rpc_allow_host: Option<Vec<String>>,
+    /// Inbound P2P handshakes in progress at once [default: 64].
+    #[arg(long)]
+    pub p2p_max_pending: Option<usize>,
+    /// Inbound P2P handshakes in progress from one non-loopback IP [default: 4].
+    #[arg(long)]
+    pub p2p_max_pending_per_ip: Option<usize>,
+    /// Milliseconds a P2P handshake may take [default: 3000].
+    #[arg(long)]
+    pub p2p_handshake_timeout_ms: Option<u64>,
     /// Seconds between masternode heartbeats (default: the block time).
     #[arg(long)]
     pub heartbeat_secs: Option<u64>,
@@ -109,6 +140,15 @@ pub struct FileConfig {
     pub rpc_max_connections: Option<u32>,
     pub rpc_max_request_bytes: Option<u32>,
     pub rpc_max_batch: Option<u32>,
+    pub rpc_read_timeout_secs: Option<u64>,
+    pub rpc_idle_timeout_secs: Option<u64>,
+    pub rpc_max_ws_calls: Option<u32>,
+    pub rpc_max_long_polls: Option<u32>,
+    pub rpc_allow_origin: Option<Vec<String>>,
+    pub rpc_allow_host: Option<Vec<String>>,
+    pub p2p_max_pending: Option<usize>,
+    pub p2p_max_pending_per_ip: Option<usize>,
+    pub p2p_handshake_timeout_ms: Option<u64>,
     pub heartbeat_secs: Option<u64>,
     pub propose_timeout_ms: Option<u64>,
     pub avalanche_k: Option<usize>,
@@ -141,6 +181,46 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// RPC front-door limits and browser rules (see docs/security.md).
+#[derive(Debug, Clone)]
+pub struct RpcLimits {
+    pub read_timeout: std::time::Duration,
+    pub idle_timeout: std::time::Duration,
+    pub max_ws_calls: u32,
+    pub max_long_polls: u32,
+    /// Exact `Origin` values allowed; empty refuses every browser page.
+    pub allow_origins: Vec<String>,
+    /// Host names accepted besides IP literals and `localhost`.
+    pub allow_hosts: Vec<String>,
+}
+
+impl Default for RpcLimits {
+    fn default() -> Self {
+        RpcLimits {
+            read_timeout: std::time::Duration::from_secs(10),
+            idle_timeout: std::time::Duration::from_secs(30),
+            max_ws_calls: 16,
+            max_long_polls: 64,
+            allow_origins: Vec::new(),
+            allow_hosts: Vec::new(),
+        }
+    }
+}
+
+/// P2P admission limits (see docs/security.md).
+#[derive(Debug, Clone, Copy)]
+pub struct P2pLimits {
+    pub max_pending: usize,
+    pub max_pending_per_ip: usize,
+    pub handshake_timeout: std::time::Duration,
+}
+
+impl Default for P2pLimits {
+    fn default() -> Self {
+        P2pLimits { max_pending: 64, max_pending_per_ip: 4, handshake_timeout: std::time::Duration::from_millis(3000) }
+    }
+}
+
 /// Where the genesis came from; devnets have public keys that anyone can derive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GenesisSource {
@@ -161,6 +241,8 @@ pub struct NodeConfig {
     pub rpc_max_connections: u32,
     pub rpc_max_request_bytes: u32,
     pub rpc_max_batch: u32,
+    pub rpc_limits: RpcLimits,
+    pub p2p_limits: P2pLimits,
     pub heartbeat_ms: u64,
     pub propose_timeout_ms: u64,
     pub avalanche: crate::consensus::snowball::SnowballParams,
@@ -184,6 +266,10 @@ pub fn load_genesis(path: &Path) -> Result<GenesisConfig, ConfigError> {
         toml::from_str(&text).map_err(|e| ConfigError::ParseGenesis { path: path.into(), message: e.to_string() })?;
     g.validate()?;
     Ok(g)
+}
+
+fn clean_list(v: Option<Vec<String>>) -> Vec<String> {
+    v.unwrap_or_default().into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
 }
 
 fn default_data_dir(validator_id: &str) -> PathBuf {
@@ -277,6 +363,55 @@ impl Cli {
             avalanche.beta = b;
         }
         avalanche.validate().map_err(|e| ConfigError::Invalid(format!("avalanche parameters: {e}")))?;
+        let d = RpcLimits::default();
+        let positive = |name: &str, v: u64| {
+            if v == 0 {
+                Err(ConfigError::Invalid(format!("--{name} must be at least 1")))
+            } else {
+                Ok(v)
+            }
+        };
+        let secs = std::time::Duration::from_secs;
+        let rpc_limits = RpcLimits {
+            read_timeout: match self.rpc_read_timeout_secs.or(file.rpc_read_timeout_secs) {
+                Some(v) => secs(positive("rpc-read-timeout-secs", v)?),
+                None => d.read_timeout,
+            },
+            idle_timeout: match self.rpc_idle_timeout_secs.or(file.rpc_idle_timeout_secs) {
+                Some(v) => secs(positive("rpc-idle-timeout-secs", v)?),
+                None => d.idle_timeout,
+            },
+            max_ws_calls: positive(
+                "rpc-max-ws-calls",
+                self.rpc_max_ws_calls.or(file.rpc_max_ws_calls).unwrap_or(d.max_ws_calls).into(),
+            )? as u32,
+            max_long_polls: positive(
+                "rpc-max-long-polls",
+                self.rpc_max_long_polls.or(file.rpc_max_long_polls).unwrap_or(d.max_long_polls).into(),
+            )? as u32,
+            allow_origins: clean_list(self.rpc_allow_origin.clone().or(file.rpc_allow_origin)),
+            allow_hosts: clean_list(self.rpc_allow_host.clone().or(file.rpc_allow_host))
+                .into_iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+        };
+        let pd = P2pLimits::default();
+        let p2p_limits = P2pLimits {
+            max_pending: positive(
+                "p2p-max-pending",
+                self.p2p_max_pending.or(file.p2p_max_pending).unwrap_or(pd.max_pending) as u64,
+            )? as usize,
+            max_pending_per_ip: positive(
+                "p2p-max-pending-per-ip",
+                self.p2p_max_pending_per_ip.or(file.p2p_max_pending_per_ip).unwrap_or(pd.max_pending_per_ip) as u64,
+            )? as usize,
+            handshake_timeout: match self.p2p_handshake_timeout_ms.or(file.p2p_handshake_timeout_ms) {
+                Some(ms) => std::time::Duration::from_millis(positive("p2p-handshake-timeout-ms", ms)?),
+                None => pd.handshake_timeout,
+            },
+        };
+        let rpc_max_connections = self.rpc_max_connections.or(file.rpc_max_connections).unwrap_or(128);
+        positive("rpc-max-connections", rpc_max_connections.into())?;
         Ok(NodeConfig {
             data_dir: self.data_dir.clone().or(file.data_dir).unwrap_or_else(|| default_data_dir(&validator_id)),
             validator_id,
@@ -286,9 +421,11 @@ impl Cli {
             genesis,
             genesis_source,
             rpc_credentials,
-            rpc_max_connections: self.rpc_max_connections.or(file.rpc_max_connections).unwrap_or(128),
+            rpc_max_connections,
             rpc_max_request_bytes: self.rpc_max_request_bytes.or(file.rpc_max_request_bytes).unwrap_or(1024 * 1024),
             rpc_max_batch: self.rpc_max_batch.or(file.rpc_max_batch).unwrap_or(100),
+            rpc_limits,
+            p2p_limits,
             heartbeat_ms,
             propose_timeout_ms,
             avalanche,
@@ -338,6 +475,43 @@ mod tests {
         std::fs::write(&f, "validator_id = \"validator2\"\nrpc_pasword = \"x\"\n").unwrap();
         let err = cli(&["--config", f.to_str().unwrap()]).resolve().unwrap_err();
         assert!(err.to_string().contains("t.toml"), "{err}");
+    }
+
+    #[test]
+    fn limits_have_defaults_flags_and_file_keys() {
+        let c = cli(&["--validator-id", "validator1"]).resolve().unwrap();
+        assert_eq!(c.rpc_limits.max_ws_calls, 16);
+        assert_eq!(c.rpc_limits.max_long_polls, 64);
+        assert!(c.rpc_limits.allow_origins.is_empty(), "no web page may call by default");
+        assert_eq!(c.p2p_limits.max_pending, 64);
+        let c = cli(&[
+            "--validator-id",
+            "validator1",
+            "--rpc-allow-origin",
+            "https://a.example, https://b.example",
+            "--rpc-allow-host",
+            "Node.Example",
+            "--rpc-idle-timeout-secs",
+            "5",
+            "--p2p-handshake-timeout-ms",
+            "900",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(c.rpc_limits.allow_origins, vec!["https://a.example", "https://b.example"]);
+        assert_eq!(c.rpc_limits.allow_hosts, vec!["node.example"]);
+        assert_eq!(c.rpc_limits.idle_timeout.as_secs(), 5);
+        assert_eq!(c.p2p_limits.handshake_timeout.as_millis(), 900);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("t.toml");
+        std::fs::write(&f, "validator_id = \"validator1\"\nrpc_max_long_polls = 3\np2p_max_pending_per_ip = 2\n")
+            .unwrap();
+        let c = cli(&["--config", f.to_str().unwrap()]).resolve().unwrap();
+        assert_eq!((c.rpc_limits.max_long_polls, c.p2p_limits.max_pending_per_ip), (3, 2));
+        for flag in ["--rpc-max-ws-calls", "--rpc-read-timeout-secs", "--p2p-max-pending", "--rpc-max-connections"] {
+            let err = cli(&["--validator-id", "validator1", flag, "0"]).resolve().unwrap_err();
+            assert!(err.to_string().contains(&flag[2..]), "{flag}: {err}");
+        }
     }
 
     #[test]

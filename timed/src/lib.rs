@@ -8,6 +8,9 @@ pub mod config;
 #[cfg(feature = "server")]
 pub mod consensus;
 #[cfg(feature = "server")]
+#[doc(hidden)]
+pub mod fuzzing;
+#[cfg(feature = "server")]
 pub mod mempool;
 #[cfg(feature = "server")]
 pub mod metrics;
@@ -19,6 +22,8 @@ pub mod node_info;
 pub mod notify;
 #[cfg(feature = "server")]
 pub mod p2p;
+#[cfg(feature = "server")]
+pub mod ratelog;
 #[cfg(feature = "server")]
 pub mod rpc;
 #[cfg(feature = "server")]

@@ -187,7 +187,13 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
     }
 
     let (tip_tx, tip_rx) = watch::channel(tip_height);
-    let (p2p, inbound) = P2p::start(
+    let tuning = crate::p2p::Tuning {
+        handshake_timeout: cfg.p2p_limits.handshake_timeout,
+        max_pending: cfg.p2p_limits.max_pending,
+        max_pending_per_ip: cfg.p2p_limits.max_pending_per_ip,
+        ..Default::default()
+    };
+    let (p2p, inbound) = P2p::start_tuned(
         P2pConfig {
             listen: cfg.p2p_listen,
             seeds: cfg.peers.clone(),
@@ -199,6 +205,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
             validators: genesis.validators.iter().map(|v| (v.id.clone(), v.pubkey)).collect(),
             user_agent: format!("/timed:{}/", env!("CARGO_PKG_VERSION")),
         },
+        tuning,
         tip_rx,
     )
     .await

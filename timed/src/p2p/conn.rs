@@ -39,6 +39,15 @@ pub(super) enum Side {
     Outbound { target: String },
 }
 
+/// The admission slot a connection holds until its handshake ends.
+pub(super) enum Slot {
+    Inbound(super::admission::Ticket),
+    /// Held for its drop: frees the outbound handshake slot.
+    Outbound {
+        _permit: OwnedSemaphorePermit,
+    },
+}
+
 /// How a connection ended, for the dialer's schedule.
 pub(super) enum Outcome {
     /// The handshake failed.
@@ -76,6 +85,10 @@ pub(super) enum Refusal {
     Timeout,
     #[error("peer is banned")]
     Banned,
+    #[error("another handshake as validator {0} is in progress")]
+    ClaimTaken(ValidatorIndex),
+    #[error("closed to make room for other handshakes")]
+    Evicted,
     #[error("connection closed by peer")]
     Closed,
     #[error("i/o error: {0}")]
@@ -85,7 +98,15 @@ pub(super) enum Refusal {
 impl Refusal {
     /// Protocol violations count toward a ban; closed sockets, bans and self-dials do not.
     fn is_offence(&self) -> bool {
-        !matches!(self, Refusal::Ourselves | Refusal::Banned | Refusal::Closed | Refusal::Io(_))
+        !matches!(
+            self,
+            Refusal::Ourselves
+                | Refusal::Banned
+                | Refusal::Closed
+                | Refusal::Io(_)
+                | Refusal::ClaimTaken(_)
+                | Refusal::Evicted
+        )
     }
 }
 
@@ -187,7 +208,7 @@ fn unix_now() -> u64 {
 }
 
 /// Runs a connection from the first byte to the end.
-pub(super) async fn run(inner: Arc<Inner>, stream: TcpStream, side: Side, slot: OwnedSemaphorePermit) -> Outcome {
+pub(super) async fn run(inner: Arc<Inner>, stream: TcpStream, side: Side, slot: Slot) -> Outcome {
     let (Ok(observed), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
         return Outcome::Refused;
     };
@@ -201,9 +222,20 @@ pub(super) async fn run(inner: Arc<Inner>, stream: TcpStream, side: Side, slot: 
     let counts = Counts::default();
     let mut claimed = None;
 
-    let shake = handshake(&inner, &mut reader, &mut writer, observed, inbound, &counts, &mut claimed);
+    let ticket = match &slot {
+        Slot::Inbound(t) => Some(t),
+        Slot::Outbound { .. } => None,
+    };
+    let shake = handshake(&inner, &mut reader, &mut writer, observed, ticket, &counts, &mut claimed);
+    let evicted = async {
+        match ticket {
+            Some(t) => t.evicted().await,
+            None => std::future::pending().await,
+        }
+    };
     let result = tokio::select! {
         _ = inner.cancel.cancelled() => return Outcome::Refused,
+        _ = evicted => Err(Refusal::Evicted),
         r = tokio::time::timeout(inner.tuning.handshake_timeout, shake) => r.unwrap_or(Err(Refusal::Timeout)),
     };
     drop(slot);
@@ -362,7 +394,10 @@ fn refused(inner: &Inner, observed: SocketAddr, inbound: bool, claimed: Option<C
             }
         }
         r if r.is_offence() => {
-            warn!(addr = %observed, inbound, reason = %r, "refusing peer");
+            // Strangers can repeat this as fast as they can connect: one line per interval.
+            if let Some(n) = inner.log_refused.hit() {
+                warn!(addr = %observed, inbound, reason = %r, events = n, "refusing peer");
+            }
             // A dialled address is dialable whatever the peer said; an inbound peer is only
             // identifiable on loopback once its Hello was read.
             let listen = if inbound { claimed.map(|c| c.listen) } else { Some(observed) };
@@ -400,10 +435,11 @@ async fn handshake(
     reader: &mut Reader,
     writer: &mut Writer,
     observed: SocketAddr,
-    inbound: bool,
+    ticket: Option<&super::admission::Ticket>,
     counts: &Counts,
     claimed: &mut Option<Claimed>,
 ) -> Result<Hello, Refusal> {
+    let inbound = ticket.is_some();
     let my_key = inner.identity.public();
     let nonce: [u8; 32] = rand::random();
     let mine = Hello {
@@ -448,6 +484,9 @@ async fn handshake(
     };
     if *genesis_key != hello.pubkey || idx == inner.me {
         return Err(Refusal::KeyMismatch(idx));
+    }
+    if ticket.is_some_and(|t| !t.claim(idx)) {
+        return Err(Refusal::ClaimTaken(idx));
     }
 
     let signature = inner.identity.sign(

@@ -15,6 +15,7 @@
 //! - Bans: `Tuning::ban_threshold` offences within `ban_window` ban the offender for
 //!   `ban_duration`, keyed as described in `ban.rs`.
 
+mod admission;
 mod ban;
 mod book;
 mod conn;
@@ -25,10 +26,11 @@ mod tests;
 use crate::api::PeerInfo;
 use crate::chain::block::ValidatorIndex;
 use crate::chain::crypto::{Hash256, Keypair, PublicKey};
+use crate::ratelog::RateLimited;
 use ban::{BanKey, BanList, BanPolicy};
 use book::{AddrBook, Backoff};
 use bytes::Bytes;
-use conn::{PeerHandle, Side};
+use conn::{PeerHandle, Side, Slot};
 use message::{Message, MAX_FRAME_BYTES};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -78,12 +80,18 @@ pub struct Tuning {
     pub ban_threshold: usize,
     pub ban_window: Duration,
     pub ban_duration: Duration,
+    /// Inbound handshakes in progress at once (see `admission.rs`).
+    pub max_pending: usize,
+    /// Inbound handshakes in progress from one non-loopback IP.
+    pub max_pending_per_ip: usize,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
         Tuning {
-            handshake_timeout: Duration::from_secs(5),
+            // A validator finishes its handshake in a few round trips; strangers that send
+            // nothing should not hold a pending slot for long.
+            handshake_timeout: Duration::from_secs(3),
             ping_interval: Duration::from_secs(5),
             missed_pongs: 3,
             peer_exchange_interval: Duration::from_secs(10),
@@ -93,6 +101,8 @@ impl Default for Tuning {
             ban_threshold: 3,
             ban_window: Duration::from_secs(600),
             ban_duration: Duration::from_secs(60),
+            max_pending: 64,
+            max_pending_per_ip: 4,
         }
     }
 }
@@ -123,8 +133,11 @@ pub enum P2pError {
 
 /// Application events waiting to be read; readers stall (TCP backpressure) beyond this.
 const INBOUND_QUEUE: usize = 1024;
-/// Handshakes in progress at once; more inbound connections are dropped at accept.
-const MAX_HANDSHAKES: usize = 128;
+/// Outbound handshakes in progress at once. Kept apart from the inbound budget so that our
+/// own dials to validators never wait behind strangers.
+const MAX_OUTBOUND_HANDSHAKES: usize = 128;
+/// One log line per this interval for a repeated event, with its count.
+const LOG_EVERY: Duration = Duration::from_secs(10);
 /// Most addresses sent or read in one `Peers` message.
 const MAX_PEERS_PER_MESSAGE: usize = 1000;
 /// How often the dialer looks for due addresses (it is also woken on news).
@@ -155,7 +168,11 @@ struct Inner {
     next_conn_id: AtomicU64,
     bytes_sent: AtomicU64,
     bytes_recv: AtomicU64,
-    handshakes: Arc<Semaphore>,
+    outbound: Arc<Semaphore>,
+    admission: Arc<admission::Admission>,
+    /// Rate limits for lines that a flood would repeat.
+    log_admission: RateLimited,
+    log_refused: RateLimited,
 }
 
 struct State {
@@ -203,7 +220,7 @@ impl P2p {
             validators: cfg.validators,
             user_agent: cfg.user_agent,
             local_addr,
-            tuning,
+            tuning: tuning.clone(),
             best_height,
             events,
             state: Mutex::new(State { peers: HashMap::new(), book, bans: BanList::default() }),
@@ -212,7 +229,10 @@ impl P2p {
             next_conn_id: AtomicU64::new(1),
             bytes_sent: AtomicU64::new(0),
             bytes_recv: AtomicU64::new(0),
-            handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
+            outbound: Arc::new(Semaphore::new(MAX_OUTBOUND_HANDSHAKES)),
+            admission: Arc::new(admission::Admission::new(tuning.max_pending, tuning.max_pending_per_ip)),
+            log_admission: RateLimited::new(LOG_EVERY),
+            log_refused: RateLimited::new(LOG_EVERY),
         });
         info!(%local_addr, validator = me, id = %cfg.validator_id, seeds = cfg.seeds.len(), "p2p listening");
         tokio::spawn(accept_loop(inner.clone(), listener));
@@ -349,7 +369,9 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
             Ok(a) => a,
             Err(e) => {
                 // Usually out of file descriptors: pause instead of spinning.
-                warn!(error = %e, "accept failed");
+                if let Some(n) = inner.log_admission.hit() {
+                    warn!(error = %e, events = n, "accept failed");
+                }
                 tokio::select! {
                     _ = inner.cancel.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
@@ -360,13 +382,29 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
             debug!(%addr, "refusing connection from banned address");
             continue;
         }
-        let Ok(slot) = inner.handshakes.clone().try_acquire_owned() else {
-            warn!(%addr, "too many handshakes in progress; dropping connection");
-            continue;
+        let ticket = match inner.admission.admit(addr.ip(), Instant::now()) {
+            Ok((ticket, evicted)) => {
+                if evicted {
+                    if let Some(n) = inner.log_admission.hit() {
+                        warn!(
+                            limit = inner.tuning.max_pending,
+                            events = n,
+                            "too many inbound handshakes in progress; closing the oldest unidentified ones"
+                        );
+                    }
+                }
+                ticket
+            }
+            Err(admission::Denied::PerIp) => {
+                if let Some(n) = inner.log_admission.hit() {
+                    warn!(ip = %addr.ip(), limit = inner.tuning.max_pending_per_ip, events = n, "too many handshakes from one address; dropping connections");
+                }
+                continue;
+            }
         };
         let inner = inner.clone();
         tokio::spawn(async move {
-            conn::run(inner, stream, Side::Inbound, slot).await;
+            conn::run(inner, stream, Side::Inbound, Slot::Inbound(ticket)).await;
         });
     }
     debug!("p2p listener closed");
@@ -418,12 +456,14 @@ async fn dial(inner: Arc<Inner>, target: String) {
             return;
         }
     };
-    let Ok(slot) = inner.handshakes.clone().try_acquire_owned() else {
+    let Ok(slot) = inner.outbound.clone().try_acquire_owned() else {
         inner.state().book.dial_failed(&target, backoff);
         return;
     };
     let started = Instant::now();
-    let outcome = conn::run(inner.clone(), stream, Side::Outbound { target: target.clone() }, slot).await;
+    let outcome =
+        conn::run(inner.clone(), stream, Side::Outbound { target: target.clone() }, Slot::Outbound { _permit: slot })
+            .await;
     let mut st = inner.state();
     match outcome {
         conn::Outcome::Refused => st.book.dial_failed(&target, backoff),

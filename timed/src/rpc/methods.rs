@@ -339,7 +339,12 @@ impl TimeRpcServer for RpcImpl {
         }
         let mut prevouts = Vec::new();
         for i in &inputs {
-            prevouts.push(OutPoint { txid: parse_txid(&i.txid)?, vout: i.vout });
+            let op = OutPoint { txid: parse_txid(&i.txid)?, vout: i.vout };
+            // The same coin twice can never be valid; say so now rather than at broadcast.
+            if prevouts.contains(&op) {
+                return Err(err(codes::INVALID_PARAMETER, format!("duplicate input {}:{}", i.txid, i.vout)));
+            }
+            prevouts.push(op);
         }
         let mut outs = Vec::new();
         for (addr, amount) in &outputs {

@@ -3,6 +3,7 @@
 
 pub mod guard;
 pub mod http;
+pub mod listener;
 pub mod methods;
 
 use crate::api::TimeRpcServer;
@@ -10,10 +11,11 @@ use crate::metrics::Snapshot;
 use crate::node::Shared;
 use anyhow::Context;
 use jsonrpsee::server::middleware::rpc::RpcServiceBuilder;
-use jsonrpsee::server::{BatchRequestConfig, ServerConfig, ServerHandle};
+use jsonrpsee::server::{BatchRequestConfig, PingConfig, ServerConfig, ServerHandle};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use tokio::sync::Semaphore;
 
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen for RPC on {addr}"))
@@ -50,18 +52,21 @@ pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) -> an
         credentials.push(c.clone());
     }
     let local = listener.local_addr()?;
-    let require_auth = !local.ip().is_loopback();
-    if require_auth {
+    if !local.ip().is_loopback() {
         tracing::warn!(
             rpc = %local,
-            "RPC listens beyond loopback: wallet methods need credentials (cookie {}), read methods are open",
+            "RPC listens beyond loopback: read methods are open to anyone who can reach it; wallet methods need credentials (cookie {})",
             cfg.data_dir.join(".cookie").display()
         );
     }
+    let limits = &cfg.rpc_limits;
     let metrics_shared = shared.clone();
     let door = http::FrontDoor {
         credentials: Arc::new(credentials),
         max_body: cfg.rpc_max_request_bytes,
+        read_timeout: limits.read_timeout,
+        allow_origins: Arc::new(limits.allow_origins.clone()),
+        allow_hosts: Arc::new(limits.allow_hosts.clone()),
         metrics: Arc::new(move || {
             let s = &metrics_shared;
             let (height, mempool) = {
@@ -78,20 +83,43 @@ pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) -> an
         }),
     };
     let metrics = shared.metrics.clone();
-    let rpc_mw =
-        RpcServiceBuilder::new().layer_fn(move |inner| guard::Guard { inner, require_auth, metrics: metrics.clone() });
+    let long_polls = Arc::new(Semaphore::new(limits.max_long_polls as usize));
+    let ws_calls = limits.max_ws_calls as usize;
+    // Built once per WebSocket connection (per request over HTTP): the call cap is per
+    // connection, the long-poll budget is the node's.
+    let rpc_mw = RpcServiceBuilder::new().layer_fn(move |inner| guard::Guard {
+        inner,
+        metrics: metrics.clone(),
+        conn_calls: Arc::new(Semaphore::new(ws_calls)),
+        long_polls: long_polls.clone(),
+    });
     let config = ServerConfig::builder()
-        .max_connections(cfg.rpc_max_connections)
+        // Connections are counted (and limited) by our own accept loop; jsonrpsee's count is
+        // of requests in flight, which long polls would exhaust.
+        .max_connections(u32::MAX / 2)
         .max_request_body_size(cfg.rpc_max_request_bytes)
         .max_response_body_size(16 * 1024 * 1024)
         .set_batch_request_config(BatchRequestConfig::Limit(cfg.rpc_max_batch))
+        // A WebSocket client that stops answering pings is gone; its calls are dropped.
+        .enable_ws_ping(PingConfig::new())
         .build();
-    let server = jsonrpsee::server::Server::builder()
+    let builder = jsonrpsee::server::Server::builder()
         .set_config(config)
         .set_http_middleware(tower::ServiceBuilder::new().layer(door))
         .set_rpc_middleware(rpc_mw)
-        .build_from_tcp(listener.into_std()?)
-        .context("cannot start the RPC server")?;
-    let module = methods::RpcImpl { s: shared }.into_rpc();
-    Ok(server.start(module))
+        .to_service_builder();
+    let methods: jsonrpsee::Methods = methods::RpcImpl { s: shared.clone() }.into_rpc().into();
+    let (stop, handle) = jsonrpsee::server::stop_channel();
+    let stop_for_services = stop.clone();
+    listener::spawn(
+        listener,
+        listener::Limits {
+            max_connections: cfg.rpc_max_connections as usize,
+            read_timeout: limits.read_timeout,
+            idle_timeout: limits.idle_timeout,
+        },
+        stop,
+        move || builder.clone().build(methods.clone(), stop_for_services.clone()),
+    );
+    Ok(handle)
 }

@@ -96,7 +96,23 @@ impl Node {
         format!("http://{}", self.rpc)
     }
 
+    /// A client that sends the node's cookie, as the operator's tools do: wallet methods need it.
     pub fn client(&self) -> HttpClient {
+        let mut headers = jsonrpsee::http_client::HeaderMap::new();
+        if let Ok(cookie) = std::fs::read_to_string(self.dir.join(".cookie")) {
+            use base64::Engine as _;
+            let token = base64::engine::general_purpose::STANDARD.encode(cookie.trim());
+            headers.insert("authorization", format!("Basic {token}").parse().unwrap());
+        }
+        HttpClientBuilder::default()
+            .request_timeout(Duration::from_secs(60))
+            .set_headers(headers)
+            .build(self.url())
+            .unwrap()
+    }
+
+    /// A client without credentials, as any other program on the machine would be.
+    pub fn anonymous_client(&self) -> HttpClient {
         HttpClientBuilder::default().request_timeout(Duration::from_secs(60)).build(self.url()).unwrap()
     }
 
