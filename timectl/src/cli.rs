@@ -1,6 +1,6 @@
 //! The command line: global options and one subcommand per module in `commands/`.
 
-use crate::commands::{local, report, resources, rpc, stability, status};
+use crate::commands::{bench, local, report, resources, rpc, stability, status};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -58,6 +58,8 @@ pub enum Command {
     Resources(resources::ResourcesArgs),
     /// Turn a stability run log into a self-contained HTML report.
     Report(report::ReportArgs),
+    /// Finalized payments per second and latency at a ladder of offered rates (devnets).
+    Bench(bench::BenchArgs),
 }
 
 #[cfg(test)]

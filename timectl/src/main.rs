@@ -6,6 +6,7 @@ mod client;
 mod commands;
 mod error;
 mod inventory;
+mod load;
 mod monitor;
 mod output;
 mod prom;

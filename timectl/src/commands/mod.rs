@@ -1,6 +1,7 @@
 //! One module per subcommand. Each returns the process exit code on completion; errors bubble
 //! up to `main`, which prints them with their causes and hint.
 
+pub mod bench;
 pub mod local;
 pub mod report;
 pub mod resources;
@@ -22,6 +23,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Stability(a) => stability::run(a, &cli.global, ui).await,
         Command::Resources(a) => resources::run(a, &cli.global, ui).await,
         Command::Report(a) => report::run(a, ui),
+        Command::Bench(a) => bench::run(a, &cli.global, ui).await,
     }
 }
 

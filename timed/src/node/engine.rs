@@ -787,10 +787,16 @@ impl Engine {
             if st.recent_finality_ms.len() > LATENCY_WINDOW {
                 st.recent_finality_ms.pop_front();
             }
-            if st.finality_ms.len() > 100_000 {
-                st.finality_ms.clear();
+            // Oldest first, so a client asking soon after finality still gets its answer even
+            // under sustained load (a wholesale clear lost recent ones).
+            while st.finality_order.len() >= super::FINALITY_MEMORY {
+                if let Some(old) = st.finality_order.pop_front() {
+                    st.finality_ms.remove(&old);
+                }
             }
-            st.finality_ms.insert(*txid, latency);
+            if st.finality_ms.insert(*txid, super::FinalityTime { latency_ms: latency, at_ms: now }).is_none() {
+                st.finality_order.push_back(*txid);
+            }
             drop(st);
             self.s.metrics.tx_finality.observe(latency as f64 / 1000.0);
             self.s.metrics.tx_finalized.inc();

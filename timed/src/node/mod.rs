@@ -54,6 +54,18 @@ pub struct Counters {
 }
 
 /// Mutable node state behind one lock. Never held across an await.
+/// How many recently finalized transactions keep their finality times for RPC.
+pub const FINALITY_MEMORY: usize = 200_000;
+
+/// When a transaction became final on this node.
+#[derive(Clone, Copy, Debug)]
+pub struct FinalityTime {
+    /// From first seen here to final.
+    pub latency_ms: u64,
+    /// Unix milliseconds of finality.
+    pub at_ms: u64,
+}
+
 pub struct State {
     pub mempool: Mempool,
     pub snowball: Snowball,
@@ -62,8 +74,10 @@ pub struct State {
     pub counters: Counters,
     /// Finality latencies (ms) of recent transactions, newest last.
     pub recent_finality_ms: VecDeque<u64>,
-    /// Finality latency by txid for recently finalized transactions.
-    pub finality_ms: std::collections::HashMap<Txid, u64>,
+    /// Finality latency and unix time of finality, by txid, for recently finalized
+    /// transactions (oldest dropped first past `FINALITY_MEMORY`).
+    pub finality_ms: std::collections::HashMap<Txid, FinalityTime>,
+    pub finality_order: VecDeque<Txid>,
     pub heartbeat_seq: u64,
 }
 
@@ -212,6 +226,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
         counters: Counters::default(),
         recent_finality_ms: VecDeque::new(),
         finality_ms: Default::default(),
+        finality_order: VecDeque::new(),
         // Sequence numbers must grow across restarts, or peers ignore us as a replay.
         heartbeat_seq: now_ms(),
     };

@@ -168,7 +168,7 @@ impl RpcImpl {
     fn finality(&self, txid: &Txid) -> RpcResult<TxFinality> {
         let found = self.find_tx(txid)?;
         let st = self.s.state();
-        let finality_ms = st.finality_ms.get(txid).copied();
+        let times = st.finality_ms.get(txid).copied();
         let mut f = TxFinality {
             txid: txid.to_hex(),
             status: "unknown".into(),
@@ -176,7 +176,8 @@ impl RpcImpl {
             confidence: 0,
             blockhash: None,
             blockheight: None,
-            finality_ms,
+            finality_ms: times.map(|t| t.latency_ms),
+            finalized_at_ms: times.map(|t| t.at_ms),
         };
         match found {
             Some(Found::Chain { height, block, .. }) => {
