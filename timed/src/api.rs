@@ -365,6 +365,9 @@ pub struct TxFinality {
     /// Unix milliseconds at which this node made it final, while it remembers (recent ones).
     #[serde(default)]
     pub finalized_at_ms: Option<u64>,
+    /// Why it was rejected (`txn-expired`, `txn-mempool-conflict`, ...), when status is rejected.
+    #[serde(default)]
+    pub reject_reason: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -178,6 +178,7 @@ impl RpcImpl {
             blockheight: None,
             finality_ms: times.map(|t| t.latency_ms),
             finalized_at_ms: times.map(|t| t.at_ms),
+            reject_reason: None,
         };
         match found {
             Some(Found::Chain { height, block, .. }) => {
@@ -197,8 +198,9 @@ impl RpcImpl {
                 f.confidence = st.snowball.confidence(txid);
             }
             None => {
-                if st.mempool.rejection(txid).is_some() {
+                if let Some(reason) = st.mempool.rejection(txid) {
                     f.status = "rejected".into();
+                    f.reject_reason = Some(reason.to_string());
                 }
             }
         }
