@@ -93,11 +93,18 @@ impl Mempool {
 
     /// Gives memory back after a burst: maps keep their peak capacity otherwise, which kept a
     /// node at its peak RSS long after the load ended.
-    pub fn shrink_if_sparse(&mut self) {
-        if self.entries.capacity() > 1024 && self.entries.len() < self.entries.capacity() / 4 {
+    pub fn shrink_if_sparse(&mut self) -> bool {
+        let sparse = |len: usize, cap: usize| cap > 1024 && len < cap / 4;
+        let mut shrank = false;
+        if sparse(self.entries.len(), self.entries.capacity()) {
             self.entries.shrink_to_fit();
-            self.spenders.shrink_to_fit();
+            shrank = true;
         }
+        if sparse(self.spenders.len(), self.spenders.capacity()) {
+            self.spenders.shrink_to_fit();
+            shrank = true;
+        }
+        shrank
     }
 
     /// The finalized pooled transaction that spends `op`, if any (one index look-up).

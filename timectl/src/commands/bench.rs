@@ -494,7 +494,8 @@ async fn fund(
         ids.push((*i, id));
     }
     let deadline = Instant::now() + Duration::from_secs(90);
-    for (i, id) in ids {
+    for (i, id) in &ids {
+        let (i, id) = (*i, id.clone());
         let observer = (i + 1) % nodes.len();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -511,6 +512,23 @@ async fn fund(
                     ))
                 }
                 _ => {}
+            }
+        }
+    }
+    // Then wait for them to be in blocks on every node: committing tens of thousands of new
+    // outputs is work the first step should not be charged with.
+    let confirm_deadline = Instant::now() + Duration::from_secs(60);
+    for (i, c) in clients.iter().enumerate() {
+        for (_, id) in &ids {
+            loop {
+                match c.get_transaction_finality(id.clone()).await {
+                    Ok(f) if f.status == "confirmed" => break,
+                    _ if Instant::now() > confirm_deadline => {
+                        tracing::warn!(node = %nodes[i].name, %id, "funding transaction not in a block after 60 s; starting anyway");
+                        break;
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
             }
         }
     }

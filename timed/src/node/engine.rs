@@ -597,11 +597,39 @@ impl Engine {
             for t in &expired_txs {
                 st.mempool.reject(t, TxError::Expired);
             }
-            st.mempool.shrink_if_sparse();
             drop(st);
             self.s.metrics.tx_rejected.inc_by(expired_txs.len() as u64);
             self.drop_orphans(&expired_txs);
             self.s.finality_changed.notify_waiters();
+        }
+        self.release_memory();
+    }
+
+    /// Once a burst is over, gives its memory back: old finality times are forgotten, maps
+    /// that kept their peak capacity shrink, and the allocator returns the freed pages.
+    fn release_memory(&mut self) {
+        let shrank = {
+            let mut st = self.s.state();
+            let cutoff = now_ms().saturating_sub(super::FINALITY_KEEP_MS);
+            while let Some(old) = st.finality_order.front().copied() {
+                if st.finality_ms.get(&old).is_some_and(|t| t.at_ms >= cutoff) {
+                    break;
+                }
+                st.finality_order.pop_front();
+                st.finality_ms.remove(&old);
+            }
+            let mut shrank = st.mempool.shrink_if_sparse();
+            shrank |= st.snowball.shrink_if_sparse();
+            let cap = st.finality_ms.capacity();
+            if cap > 1024 && st.finality_ms.len() < cap / 4 {
+                st.finality_ms.shrink_to_fit();
+                st.finality_order.shrink_to_fit();
+                shrank = true;
+            }
+            shrank
+        };
+        if shrank {
+            trim_heap();
         }
     }
 
@@ -1033,6 +1061,16 @@ impl Engine {
             },
         }
         Ok(())
+    }
+}
+
+/// Returns free heap pages to the kernel. glibc keeps what a burst freed in its arenas, so
+/// without this a node stayed at its peak RSS long after the load ended.
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -60,6 +60,8 @@ pub const PEER_PENDING_FACTOR: usize = 3;
 
 /// How many recently finalized transactions keep their finality times for RPC.
 pub const FINALITY_MEMORY: usize = 200_000;
+/// And for how long at most (so the memory is given back once a burst is over).
+pub const FINALITY_KEEP_MS: u64 = 120_000;
 
 /// When a transaction became final on this node.
 #[derive(Clone, Copy, Debug)]
