@@ -51,7 +51,8 @@ impl Default for SnowballParams {
             alpha_preference: 11,
             alpha_confidence: 15,
             beta: 8,
-            poll_interval_ms: 50,
+            // 8 polls in a row at 20 ms: a 160 ms floor (docs/consensus.md: same safety).
+            poll_interval_ms: 20,
             max_concurrent_polls: 4,
             poll_timeout_ms: 1000,
             batch_max: 1024,
