@@ -88,6 +88,10 @@ struct Engine {
     verified: mpsc::UnboundedSender<(ValidatorIndex, Vec<(Transaction, bool)>)>,
     /// One verification job per core at a time.
     verify_gate: Arc<tokio::sync::Semaphore>,
+    /// Peer transactions on the worker pool now: the same transaction relayed by several peers
+    /// is verified once, not once per copy. With the time each went in: a job that never came
+    /// back (a panic) must not bar its transactions for good.
+    verifying: HashMap<Txid, Instant>,
 }
 
 pub fn restore_finalized(s: &Shared) -> anyhow::Result<()> {
@@ -156,6 +160,7 @@ pub async fn run(
         orphan_count: 0,
         relay: Vec::new(),
         verified: verified_tx,
+        verifying: HashMap::new(),
         verify_gate: Arc::new(tokio::sync::Semaphore::new(
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
         )),
@@ -602,6 +607,9 @@ impl Engine {
             self.drop_orphans(&expired_txs);
             self.s.finality_changed.notify_waiters();
         }
+        if let Some(stale) = Instant::now().checked_sub(Duration::from_secs(10)) {
+            self.verifying.retain(|_, since| *since > stale);
+        }
         self.release_memory();
     }
 
@@ -683,9 +691,10 @@ impl Engine {
                 tracing::debug!(from, count = txs.len(), "peer's transactions refused: {}", TxError::MempoolFull);
                 return;
             }
+            let (verifying, now) = (&mut self.verifying, Instant::now());
             txs.retain(|t| {
                 let id = t.txid();
-                !st.mempool.contains(&id) && st.mempool.rejection(&id).is_none()
+                !st.mempool.contains(&id) && st.mempool.rejection(&id).is_none() && verifying.insert(id, now).is_none()
             });
         }
         if txs.is_empty() {
@@ -712,6 +721,7 @@ impl Engine {
 
     fn on_verified_txs(&mut self, from: ValidatorIndex, txs: Vec<(Transaction, bool)>) {
         for (tx, ok) in txs {
+            self.verifying.remove(&tx.txid());
             self.on_gossip_tx(from, tx, Some(ok));
         }
     }
