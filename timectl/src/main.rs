@@ -10,6 +10,7 @@ mod install;
 mod inventory;
 mod materials;
 mod measure;
+mod load;
 mod monitor;
 mod output;
 mod prom;

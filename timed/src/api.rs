@@ -362,6 +362,12 @@ pub struct TxFinality {
     pub blockheight: Option<u64>,
     /// Milliseconds from first seen to finalized, when this node saw both.
     pub finality_ms: Option<u64>,
+    /// Unix milliseconds at which this node made it final, while it remembers (recent ones).
+    #[serde(default)]
+    pub finalized_at_ms: Option<u64>,
+    /// Why it was rejected (`txn-expired`, `txn-mempool-conflict`, ...), when status is rejected.
+    #[serde(default)]
+    pub reject_reason: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

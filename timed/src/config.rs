@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_P2P_PORT: u16 = 8001;
 pub const DEFAULT_RPC_BIND: &str = "127.0.0.1:8080";
 pub const DEFAULT_BLOCK_TIME: u64 = 10;
+/// Default of `--max-pending-txs`. By Little's law the wait of an admitted transaction is about
+/// this over the finalized rate: 2,000 is under 2 s at the 1,000+ tx/s measured on a quiet
+/// machine (docs/benchmarks.md) and still lets 5,000 tx/s through at a 0.4 s finality.
+pub const DEFAULT_MAX_PENDING_TXS: usize = 2_000;
 
 #[derive(Parser, Debug, Clone, Default)]
 #[command(
@@ -112,6 +116,12 @@ pub struct Cli {
     pub avalanche_alpha_confidence: Option<usize>,
     #[arg(long)]
     pub avalanche_beta: Option<u32>,
+    /// Transactions waiting for finality before clients get `mempool-full` (peers get 3x).
+    #[arg(long)]
+    pub max_pending_txs: Option<usize>,
+    /// Seconds an undecided transaction waits before it is rejected as expired.
+    #[arg(long)]
+    pub tx_expiry_secs: Option<u64>,
 }
 
 #[derive(clap::Subcommand, Debug, Clone)]
@@ -155,6 +165,8 @@ pub struct FileConfig {
     pub avalanche_alpha_preference: Option<usize>,
     pub avalanche_alpha_confidence: Option<usize>,
     pub avalanche_beta: Option<u32>,
+    pub max_pending_txs: Option<usize>,
+    pub tx_expiry_secs: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -246,6 +258,8 @@ pub struct NodeConfig {
     pub heartbeat_ms: u64,
     pub propose_timeout_ms: u64,
     pub avalanche: crate::consensus::snowball::SnowballParams,
+    /// See `--max-pending-txs`.
+    pub max_pending_txs: usize,
 }
 
 impl NodeConfig {
@@ -362,6 +376,13 @@ impl Cli {
         if let Some(b) = self.avalanche_beta.or(file.avalanche_beta) {
             avalanche.beta = b;
         }
+        if let Some(x) = self.tx_expiry_secs.or(file.tx_expiry_secs) {
+            avalanche.expiry_secs = x;
+        }
+        let max_pending_txs = self.max_pending_txs.or(file.max_pending_txs).unwrap_or(DEFAULT_MAX_PENDING_TXS);
+        if max_pending_txs == 0 {
+            return Err(ConfigError::Invalid("--max-pending-txs must be at least 1".into()));
+        }
         avalanche.validate().map_err(|e| ConfigError::Invalid(format!("avalanche parameters: {e}")))?;
         let d = RpcLimits::default();
         let positive = |name: &str, v: u64| {
@@ -429,6 +450,7 @@ impl Cli {
             heartbeat_ms,
             propose_timeout_ms,
             avalanche,
+            max_pending_txs,
         })
     }
 }

@@ -3,7 +3,7 @@
 //! a finalized one is refused outright.
 
 use crate::chain::amount::DUST_LIMIT;
-use crate::chain::validate::{check_transaction, TxError, UtxoView};
+use crate::chain::validate::{check_transaction_with, Signatures, TxError, UtxoView};
 use crate::chain::{OutPoint, Transaction, TxOut, Txid};
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -42,9 +42,13 @@ pub struct Mempool {
     rejected_order: VecDeque<Txid>,
     bytes: usize,
     max_bytes: usize,
+    /// Entries still waiting for finality.
+    pending: usize,
 }
 
-const REJECTED_MEMORY: usize = 10_000;
+/// Rejections remembered, so a late copy (re-gossip, a retry) gets the same answer instead of
+/// coming back as new. Enough for a minute of refusals at the highest rates measured.
+const REJECTED_MEMORY: usize = 200_000;
 pub const DEFAULT_MAX_BYTES: usize = 64 * 1024 * 1024;
 
 /// The chain's UTXO set seen through the pool: outputs of finalized pool transactions are
@@ -78,7 +82,29 @@ impl Mempool {
             rejected_order: VecDeque::new(),
             bytes: 0,
             max_bytes,
+            pending: 0,
         }
+    }
+
+    /// Transactions waiting for finality.
+    pub fn pending_count(&self) -> usize {
+        self.pending
+    }
+
+    /// Gives memory back after a burst: maps keep their peak capacity otherwise, which kept a
+    /// node at its peak RSS long after the load ended.
+    pub fn shrink_if_sparse(&mut self) -> bool {
+        let sparse = |len: usize, cap: usize| cap > 1024 && len < cap / 4;
+        let mut shrank = false;
+        if sparse(self.entries.len(), self.entries.capacity()) {
+            self.entries.shrink_to_fit();
+            shrank = true;
+        }
+        if sparse(self.spenders.len(), self.spenders.capacity()) {
+            self.spenders.shrink_to_fit();
+            shrank = true;
+        }
+        shrank
     }
 
     /// The finalized pooled transaction that spends `op`, if any (one index look-up).
@@ -107,6 +133,23 @@ impl Mempool {
         next_height: u64,
         now_ms: u64,
     ) -> Result<(Txid, Added), TxError> {
+        self.add_with(tx, Signatures::Verify, chain, in_chain, chain_id, network_byte, next_height, now_ms)
+    }
+
+    /// [`Mempool::add`] with the signature verdict possibly already known, so that it can be
+    /// computed outside whatever lock guards the pool.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_with(
+        &mut self,
+        tx: Transaction,
+        sigs: Signatures,
+        chain: &dyn UtxoView,
+        in_chain: bool,
+        chain_id: &str,
+        network_byte: u8,
+        next_height: u64,
+        now_ms: u64,
+    ) -> Result<(Txid, Added), TxError> {
         let txid = tx.txid();
         if in_chain {
             return Err(TxError::AlreadyInChain);
@@ -128,7 +171,7 @@ impl Mempool {
         }
         let fee = {
             let view = Overlay { chain, pool: self };
-            check_transaction(&tx, &view, chain_id, network_byte, next_height)?
+            check_transaction_with(&tx, &view, chain_id, network_byte, next_height, sigs)?
         };
         let size = tx.size();
         if self.bytes + size > self.max_bytes {
@@ -138,6 +181,7 @@ impl Mempool {
             self.spenders.entry(input.prevout).or_default().push(txid);
         }
         self.bytes += size;
+        self.pending += 1;
         self.entries.insert(txid, Entry { tx, txid, size, fee, first_seen_ms: now_ms, status: TxStatus::Pending });
         Ok((txid, if conflicting { Added::Conflicting } else { Added::New }))
     }
@@ -160,6 +204,7 @@ impl Mempool {
             Some(e) => {
                 if e.status == TxStatus::Pending {
                     e.status = TxStatus::Finalized { at_ms: now_ms };
+                    self.pending -= 1;
                 }
                 true
             }
@@ -187,6 +232,9 @@ impl Mempool {
     fn remove_entry(&mut self, txid: &Txid) -> Option<Entry> {
         let e = self.entries.remove(txid)?;
         self.bytes -= e.size;
+        if e.status == TxStatus::Pending {
+            self.pending -= 1;
+        }
         for input in &e.tx.inputs {
             if let Some(v) = self.spenders.get_mut(&input.prevout) {
                 v.retain(|t| t != txid);
@@ -384,6 +432,29 @@ mod tests {
         assert_eq!(m.remove_for_block(&[other]), vec![id]);
         assert!(m.is_empty());
         assert_eq!(m.bytes(), 0);
+    }
+
+    #[test]
+    fn pending_count_follows_every_transition() {
+        let (k, a, u, ops) = fixture();
+        let mut m = Mempool::new(DEFAULT_MAX_BYTES);
+        let (i0, _) = m.add(spend(&k, a, vec![ops[0]], COIN - 10_000), &u, false, C, NET, 1, 0).unwrap();
+        let (i1, _) = m.add(spend(&k, a, vec![ops[1]], COIN - 10_000), &u, false, C, NET, 1, 0).unwrap();
+        let (i2, _) = m.add(spend(&k, a, vec![ops[2]], COIN - 10_000), &u, false, C, NET, 1, 0).unwrap();
+        assert_eq!(m.pending_count(), 3);
+        m.mark_finalized(&i0, 1);
+        m.mark_finalized(&i0, 2);
+        assert_eq!(m.pending_count(), 2, "finalizing twice counts once");
+        m.reject(&i1, TxError::Expired);
+        assert_eq!(m.pending_count(), 1);
+        assert_eq!(m.rejection(&i1), Some(&TxError::Expired));
+        let tx0 = m.get(&i0).unwrap().tx.clone();
+        m.remove_for_block(&[tx0]);
+        assert_eq!(m.pending_count(), 1, "a finalized entry leaving does not touch the count");
+        m.reject(&i2, TxError::Expired);
+        assert_eq!(m.pending_count(), 0);
+        m.shrink_if_sparse();
+        assert!(m.is_empty());
     }
 
     #[test]

@@ -78,9 +78,13 @@ async fn every_method_answers_and_a_spend_lands_in_a_block() {
     let other =
         timed::chain::Address::from_pubkey(timed::chain::Network::Testnet, &timed::chain::Keypair::generate().public())
             .to_string();
+    let sent_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     let txid = c.send_to_address(other.clone(), 12.5, Some("hello".into())).await.unwrap();
     let fin = c.wait_transaction_finality(txid.clone(), Some(20.0)).await.unwrap();
     assert!(fin.finalized, "{fin:?}");
+    // The node's own time of finality, which `timectl bench` measures latency against.
+    let at = fin.finalized_at_ms.expect("finalized_at_ms");
+    assert!(at >= sent_at.saturating_sub(5) && at <= sent_at + 20_000, "{fin:?} sent at {sent_at}");
     let confirmed = wait_confirmed(&node, &txid, 30).await;
     assert!(confirmed.blockheight.unwrap() >= 1);
     assert_eq!(c.get_balance(Some(other.clone()), None).await.unwrap(), 12.5);

@@ -3,6 +3,7 @@
 //! causes and hint. This is the one place that knows every command: commands never import
 //! each other.
 
+pub mod bench;
 pub mod deploy;
 pub mod destroy;
 pub mod install;
@@ -53,6 +54,8 @@ pub enum Command {
     Start(service::ServiceArgs),
     /// Rolling upgrade of timed: one node at a time, each caught up before the next.
     Upgrade(upgrade::UpgradeArgs),
+    /// Finalized payments per second and latency at a ladder of offered rates (devnets).
+    Bench(bench::BenchArgs),
 }
 
 pub async fn run(command: Command, ctx: &Ctx) -> anyhow::Result<u8> {
@@ -72,6 +75,7 @@ pub async fn run(command: Command, ctx: &Ctx) -> anyhow::Result<u8> {
         Command::Stop(a) => service::run(service::Verb::Stop, a, ctx).await,
         Command::Start(a) => service::run(service::Verb::Start, a, ctx).await,
         Command::Upgrade(a) => upgrade::run(a, ctx).await,
+        Command::Bench(a) => bench::run(a, ctx).await,
     }
 }
 

@@ -61,8 +61,12 @@ pub enum TxError {
     Conflict,
     #[error("txn-conflict-finalized")]
     ConflictFinalized,
+    /// Too many transactions are waiting for finality; try again later (clients back off).
     #[error("mempool-full")]
     MempoolFull,
+    /// Not final within the expiry time (no quorum agreed in time); safe to send again.
+    #[error("txn-expired")]
+    Expired,
 }
 
 impl TxError {
@@ -137,6 +141,38 @@ pub fn check_transaction(
     network_byte: u8,
     next_height: u64,
 ) -> Result<u64, TxError> {
+    check_transaction_with(tx, view, chain_id, network_byte, next_height, Signatures::Verify)
+}
+
+/// How [`check_transaction_with`] learns whether the witnesses are valid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signatures {
+    /// Verify them here.
+    Verify,
+    /// Already verified (by [`signatures_valid`] on this exact transaction, witnesses
+    /// included); the verdict is reused, never re-derived from the txid alone.
+    Verified(bool),
+}
+
+/// Whether every input's signature is valid for this transaction (strict ed25519).
+pub fn signatures_valid(tx: &Transaction, chain_id: &str) -> bool {
+    let txid = tx.txid();
+    tx.inputs.iter().all(|input| {
+        super::crypto::verify(&input.pubkey, super::crypto::Domain::Transaction, chain_id, &txid.0, &input.signature)
+    })
+}
+
+/// [`check_transaction`] with the signature verdict possibly known. Errors come in the same
+/// order either way: a transaction with a bad signature and a missing input is reported as
+/// missing its input.
+pub fn check_transaction_with(
+    tx: &Transaction,
+    view: &dyn UtxoView,
+    chain_id: &str,
+    network_byte: u8,
+    next_height: u64,
+    sigs: Signatures,
+) -> Result<u64, TxError> {
     check_stateless(tx, network_byte)?;
     if tx.lock_time > next_height {
         return Err(TxError::NonFinal);
@@ -149,17 +185,12 @@ pub fn check_transaction(
         }
         spent.push(out.value);
     }
-    let txid = tx.txid();
-    for input in &tx.inputs {
-        if !super::crypto::verify(
-            &input.pubkey,
-            super::crypto::Domain::Transaction,
-            chain_id,
-            &txid.0,
-            &input.signature,
-        ) {
-            return Err(TxError::BadSignature);
-        }
+    let valid = match sigs {
+        Signatures::Verify => signatures_valid(tx, chain_id),
+        Signatures::Verified(v) => v,
+    };
+    if !valid {
+        return Err(TxError::BadSignature);
     }
     let total_in = checked_sum(spent).ok_or(TxError::InputOverflow)?;
     let total_out = tx.output_total().ok_or(TxError::OutputOverflow)?;
@@ -235,6 +266,25 @@ mod tests {
         other.sign_all(&k, "another-chain");
         assert_eq!(check(&other, &u), Err(TxError::BadSignature));
         assert_eq!(TxError::BadSignature.rpc_code(), -26);
+    }
+
+    #[test]
+    fn a_known_signature_verdict_is_used_and_errors_keep_their_order() {
+        let (k, u, ops) = setup(&[COIN]);
+        let good = pay(&k, vec![ops[0]], vec![COIN - 10_000]);
+        let mut bad = good.clone();
+        bad.inputs[0].signature.0[0] ^= 1;
+        assert!(signatures_valid(&good, CHAIN) && !signatures_valid(&bad, CHAIN));
+        let with =
+            |tx: &Transaction, v: &HashMap<OutPoint, TxOut>, sigs| check_transaction_with(tx, v, CHAIN, NET, 1, sigs);
+        for (tx, verdict) in [(&good, true), (&bad, false)] {
+            assert_eq!(with(tx, &u, Signatures::Verified(verdict)), with(tx, &u, Signatures::Verify));
+        }
+        assert_eq!(with(&good, &u, Signatures::Verified(false)), Err(TxError::BadSignature));
+        // A missing input is reported first, whether the signatures were checked or not.
+        let empty = HashMap::new();
+        assert_eq!(with(&bad, &empty, Signatures::Verified(false)), Err(TxError::MissingInputs));
+        assert_eq!(with(&bad, &empty, Signatures::Verify), Err(TxError::MissingInputs));
     }
 
     #[test]

@@ -51,7 +51,8 @@ impl Default for SnowballParams {
             alpha_preference: 11,
             alpha_confidence: 15,
             beta: 8,
-            poll_interval_ms: 50,
+            // 8 polls in a row at 20 ms: a 160 ms floor (docs/consensus.md: same safety).
+            poll_interval_ms: 20,
             max_concurrent_polls: 4,
             poll_timeout_ms: 1000,
             batch_max: 1024,
@@ -577,6 +578,23 @@ impl Snowball {
 
     /// Stops tracking a transaction (for example once its block is deep enough, or when the
     /// mempool evicts it). Its spenders are left alone: the caller removes them too if it must.
+    /// Gives memory back after a burst (maps keep their peak capacity otherwise). True if it
+    /// shrank anything.
+    pub fn shrink_if_sparse(&mut self) -> bool {
+        let sparse = |len: usize, cap: usize| cap > 1024 && len < cap / 4;
+        let mut shrank = false;
+        if sparse(self.txs.len(), self.txs.capacity()) {
+            self.txs.shrink_to_fit();
+            shrank = true;
+        }
+        if sparse(self.rejected.len(), self.rejected.capacity()) {
+            self.rejected.shrink_to_fit();
+            self.rejected_order.shrink_to_fit();
+            shrank = true;
+        }
+        shrank
+    }
+
     pub fn remove(&mut self, txid: &Txid) -> bool {
         self.drop_tx(txid)
     }

@@ -10,7 +10,7 @@ use crate::consensus::bft::{Action, Bft, BftParams, TimeoutKind};
 use crate::mempool::TxStatus;
 use crate::p2p::message::{
     verify_cert, Attestation, ChainStatus, Heartbeat, Message, Preference, Proposal, Vote, VoteKind,
-    MAX_BLOCKS_PER_REPLY, MAX_POLL_TXIDS,
+    MAX_BLOCKS_PER_REPLY, MAX_POLL_TXIDS, MAX_TXS_PER_MESSAGE,
 };
 use crate::p2p::Inbound;
 use rand::seq::SliceRandom;
@@ -81,6 +81,17 @@ struct Engine {
     /// again when the parent becomes final instead of being refused for missing inputs.
     orphans: HashMap<Txid, Vec<Transaction>>,
     orphan_count: usize,
+    /// Transactions to relay, each with the peer it came from (None: a client, or re-sent).
+    /// Flushed as `Txs` batches whenever the engine's queues run dry.
+    relay: Vec<(Transaction, Option<ValidatorIndex>)>,
+    /// Peer transactions whose signatures the worker pool checked come back through here.
+    verified: mpsc::UnboundedSender<(ValidatorIndex, Vec<(Transaction, bool)>)>,
+    /// One verification job per core at a time.
+    verify_gate: Arc<tokio::sync::Semaphore>,
+    /// Peer transactions on the worker pool now: the same transaction relayed by several peers
+    /// is verified once, not once per copy. With the time each went in: a job that never came
+    /// back (a panic) must not bar its transactions for good.
+    verifying: HashMap<Txid, Instant>,
 }
 
 pub fn restore_finalized(s: &Shared) -> anyhow::Result<()> {
@@ -125,6 +136,7 @@ pub async fn run(
         timeout_delta_ms: (bt / 10).clamp(100, 1000),
     };
     let parent = s.ledger.tip_block()?;
+    let (verified_tx, mut verified_rx) = mpsc::unbounded_channel();
     let mut e = Engine {
         bft: Bft::new(params),
         height: parent.height() + 1,
@@ -146,6 +158,12 @@ pub async fn run(
         heartbeat_resends: 3,
         orphans: HashMap::new(),
         orphan_count: 0,
+        relay: Vec::new(),
+        verified: verified_tx,
+        verifying: HashMap::new(),
+        verify_gate: Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        )),
         s,
     };
     if e.parent.height() > 0 {
@@ -172,10 +190,17 @@ pub async fn run(
                 None => break,
             },
             Some(txid) = new_txs.recv() => e.on_new_tx(txid),
+            Some((from, txs)) = verified_rx.recv() => e.on_verified_txs(from, txs),
             _ = sleep => e.fire_timers()?,
             _ = poll_tick.tick() => e.poll_round(),
             _ = hb_tick.tick() => e.send_heartbeat(),
             _ = status_tick.tick() => e.status_round(),
+        }
+        // Relay once the queues run dry (or a batch is full): one message per peer carries
+        // everything that arrived meanwhile, without holding anything back on a quiet node.
+        let idle = inbound.is_empty() && new_txs.is_empty() && verified_rx.is_empty();
+        if !e.relay.is_empty() && (idle || e.relay.len() >= MAX_TXS_PER_MESSAGE) {
+            e.flush_relay();
         }
     }
     Ok(())
@@ -335,6 +360,12 @@ impl Engine {
         }
     }
 
+    /// Whether this exact transaction (witnesses included) is pooled here: everything in the
+    /// pool had its signatures checked on the way in, so a block need not check them again.
+    fn verified_in_pool(&self) -> impl Fn(&Transaction) -> bool + '_ {
+        move |tx: &Transaction| self.s.state().mempool.get(&tx.txid()).is_some_and(|e| e.tx == *tx)
+    }
+
     fn on_proposal(&mut self, from: ValidatorIndex, p: Proposal) -> anyhow::Result<()> {
         let h = &p.block.header;
         let round = p.round;
@@ -350,8 +381,13 @@ impl Engine {
             );
             return Ok(());
         }
-        let valid = match self.s.ledger.check_block(&p.block, &self.parent, Some(now_ms()), &self.finalized_conflict())
-        {
+        let valid = match self.s.ledger.check_block_with(
+            &p.block,
+            &self.parent,
+            Some(now_ms()),
+            &self.finalized_conflict(),
+            &self.verified_in_pool(),
+        ) {
             Ok(()) => true,
             Err(err) => {
                 tracing::warn!(height = h.height, round, producer = h.producer, "invalid proposal: {err}");
@@ -550,8 +586,9 @@ impl Engine {
         }
         // Undecided transactions that have waited a while are gossiped again, in case a peer
         // missed them (a dropped connection, a full send queue).
-        for tx in self.pooled_txs(MAX_REGOSSIP, Duration::from_secs(3)) {
-            self.s.broadcast(Message::Tx(Box::new(tx)));
+        let lingering = self.pooled_txs(MAX_REGOSSIP, Duration::from_secs(3));
+        if !lingering.is_empty() {
+            self.s.p2p.broadcast_gossip(Message::Txs(lingering));
         }
         let tip = self.parent.height();
         self.s.broadcast(Message::Status(ChainStatus { height: tip, tip: self.parent.hash() }));
@@ -563,12 +600,44 @@ impl Engine {
         if !expired_txs.is_empty() {
             let mut st = self.s.state();
             for t in &expired_txs {
-                st.mempool.reject(t, TxError::Conflict);
+                st.mempool.reject(t, TxError::Expired);
             }
             drop(st);
             self.s.metrics.tx_rejected.inc_by(expired_txs.len() as u64);
             self.drop_orphans(&expired_txs);
             self.s.finality_changed.notify_waiters();
+        }
+        if let Some(stale) = Instant::now().checked_sub(Duration::from_secs(10)) {
+            self.verifying.retain(|_, since| *since > stale);
+        }
+        self.release_memory();
+    }
+
+    /// Once a burst is over, gives its memory back: old finality times are forgotten, maps
+    /// that kept their peak capacity shrink, and the allocator returns the freed pages.
+    fn release_memory(&mut self) {
+        let shrank = {
+            let mut st = self.s.state();
+            let cutoff = now_ms().saturating_sub(super::FINALITY_KEEP_MS);
+            while let Some(old) = st.finality_order.front().copied() {
+                if st.finality_ms.get(&old).is_some_and(|t| t.at_ms >= cutoff) {
+                    break;
+                }
+                st.finality_order.pop_front();
+                st.finality_ms.remove(&old);
+            }
+            let mut shrank = st.mempool.shrink_if_sparse();
+            shrank |= st.snowball.shrink_if_sparse();
+            let cap = st.finality_ms.capacity();
+            if cap > 1024 && st.finality_ms.len() < cap / 4 {
+                st.finality_ms.shrink_to_fit();
+                st.finality_order.shrink_to_fit();
+                shrank = true;
+            }
+            shrank
+        };
+        if shrank {
+            trim_heap();
         }
     }
 
@@ -577,7 +646,7 @@ impl Engine {
     fn on_new_tx(&mut self, txid: Txid) {
         let tx = self.s.state().mempool.get(&txid).map(|e| e.tx.clone());
         if let Some(tx) = tx {
-            self.s.broadcast(Message::Tx(Box::new(tx)));
+            self.relay.push((tx, None));
         }
         if self.n() == 1 {
             // The only validator's own view is the whole network's.
@@ -597,11 +666,79 @@ impl Engine {
             .collect()
     }
 
-    fn on_gossip_tx(&mut self, from: ValidatorIndex, tx: Transaction) {
+    /// Sends the relay buffer: to each peer, everything except what that peer sent us.
+    fn flush_relay(&mut self) {
+        let relay = std::mem::take(&mut self.relay);
+        for peer in self.s.p2p.connected() {
+            let txs: Vec<Transaction> =
+                relay.iter().filter(|(_, from)| *from != Some(peer)).map(|(tx, _)| tx.clone()).collect();
+            for chunk in txs.chunks(MAX_TXS_PER_MESSAGE) {
+                self.s.p2p.send_gossip(peer, Message::Txs(chunk.to_vec()));
+            }
+        }
+    }
+
+    /// Transactions from a peer: what is already known or refused is dropped here (a look-up);
+    /// the rest has its signatures checked on the worker pool, off this task, and comes back
+    /// through `on_verified_txs`.
+    fn on_peer_txs(&mut self, from: ValidatorIndex, mut txs: Vec<Transaction>) {
+        txs.truncate(MAX_TXS_PER_MESSAGE);
+        {
+            let st = self.s.state();
+            if st.mempool.pending_count() >= self.s.cfg.max_pending_txs * super::PEER_PENDING_FACTOR {
+                // Full even for peers: refuse before paying for signatures (they are not
+                // remembered as rejected, so a later re-gossip may still bring them in).
+                tracing::debug!(from, count = txs.len(), "peer's transactions refused: {}", TxError::MempoolFull);
+                return;
+            }
+            let (verifying, now) = (&mut self.verifying, Instant::now());
+            txs.retain(|t| {
+                let id = t.txid();
+                !st.mempool.contains(&id) && st.mempool.rejection(&id).is_none() && verifying.insert(id, now).is_none()
+            });
+        }
+        if txs.is_empty() {
+            return;
+        }
+        let chain_id = self.s.chain_id().to_string();
+        let (back, gate) = (self.verified.clone(), self.verify_gate.clone());
+        tokio::spawn(async move {
+            let Ok(_permit) = gate.acquire_owned().await else { return };
+            let checked = tokio::task::spawn_blocking(move || {
+                txs.into_iter()
+                    .map(|t| {
+                        let ok = crate::chain::validate::signatures_valid(&t, &chain_id);
+                        (t, ok)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await;
+            if let Ok(v) = checked {
+                let _ = back.send((from, v));
+            }
+        });
+    }
+
+    fn on_verified_txs(&mut self, from: ValidatorIndex, txs: Vec<(Transaction, bool)>) {
+        for (tx, ok) in txs {
+            self.verifying.remove(&tx.txid());
+            self.on_gossip_tx(from, tx, Some(ok));
+        }
+    }
+
+    fn on_gossip_tx(&mut self, from: ValidatorIndex, tx: Transaction, signatures_ok: Option<bool>) {
         let parents: Vec<Txid> = tx.inputs.iter().map(|i| i.prevout.txid).collect();
-        match self.s.submit_tx(tx.clone()) {
+        let submitted = match signatures_ok {
+            Some(ok) => self.s.submit_peer_tx_verified(tx.clone(), ok),
+            None => self.s.submit_peer_tx(tx.clone()),
+        };
+        match submitted {
             Ok((_, crate::mempool::Added::Known)) => {}
-            Ok((txid, _)) => tracing::trace!(%txid, from, "transaction from peer"),
+            Ok((txid, _)) => {
+                tracing::trace!(%txid, from, "transaction from peer");
+                // Onwards to the others, never back to the peer it came from.
+                self.relay.push((tx, Some(from)));
+            }
             Err(TxError::MissingInputs) => {
                 // Its parent may be final at the sender but still undecided here.
                 let pending_parent = {
@@ -633,8 +770,10 @@ impl Engine {
     fn adopt_orphans(&mut self, parent: &Txid) {
         for tx in self.orphans.remove(parent).unwrap_or_default() {
             self.orphan_count -= 1;
-            if let Err(e) = self.s.submit_tx(tx) {
-                tracing::debug!(%parent, "waiting transaction refused once its parent was final: {e}");
+            match self.s.submit_peer_tx(tx.clone()) {
+                Ok((_, crate::mempool::Added::Known)) => {}
+                Ok(_) => self.relay.push((tx, None)),
+                Err(e) => tracing::debug!(%parent, "waiting transaction refused once its parent was final: {e}"),
             }
         }
     }
@@ -787,10 +926,16 @@ impl Engine {
             if st.recent_finality_ms.len() > LATENCY_WINDOW {
                 st.recent_finality_ms.pop_front();
             }
-            if st.finality_ms.len() > 100_000 {
-                st.finality_ms.clear();
+            // Oldest first, so a client asking soon after finality still gets its answer even
+            // under sustained load (a wholesale clear lost recent ones).
+            while st.finality_order.len() >= super::FINALITY_MEMORY {
+                if let Some(old) = st.finality_order.pop_front() {
+                    st.finality_ms.remove(&old);
+                }
             }
-            st.finality_ms.insert(*txid, latency);
+            if st.finality_ms.insert(*txid, super::FinalityTime { latency_ms: latency, at_ms: now }).is_none() {
+                st.finality_order.push_back(*txid);
+            }
             drop(st);
             self.s.metrics.tx_finality.observe(latency as f64 / 1000.0);
             self.s.metrics.tx_finalized.inc();
@@ -887,8 +1032,9 @@ impl Engine {
                 }
                 // Transactions gossiped before this peer was connected would never reach it,
                 // and polls would count it as not knowing them.
-                for tx in self.pooled_txs(MAX_REGOSSIP, Duration::ZERO) {
-                    self.s.p2p.send(peer, Message::Tx(Box::new(tx)));
+                let pooled = self.pooled_txs(MAX_REGOSSIP, Duration::ZERO);
+                if !pooled.is_empty() {
+                    self.s.p2p.send_gossip(peer, Message::Txs(pooled));
                 }
                 if best_height > self.parent.height() {
                     self.request_sync();
@@ -906,7 +1052,8 @@ impl Engine {
                         self.request_sync();
                     }
                 }
-                Message::Tx(tx) => self.on_gossip_tx(from, *tx),
+                Message::Tx(tx) => self.on_peer_txs(from, vec![*tx]),
+                Message::Txs(txs) => self.on_peer_txs(from, txs),
                 Message::Proposal(_) | Message::Vote(_) => self.on_consensus(from, msg)?,
                 Message::GetBlocks { from: a, to } => {
                     let to = to.min(a.saturating_add(MAX_BLOCKS_PER_REPLY - 1));
@@ -924,6 +1071,16 @@ impl Engine {
             },
         }
         Ok(())
+    }
+}
+
+/// Returns free heap pages to the kernel. glibc keeps what a burst freed in its arenas, so
+/// without this a node stayed at its peak RSS long after the load ended.
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -4,7 +4,7 @@
 use crate::chain::amount::checked_sum;
 use crate::chain::block::{last_commit_hash, merkle_root, BlockHeader, BLOCK_VERSION, MAX_BLOCK_SIZE};
 use crate::chain::genesis::{reward_outputs, BLOCK_REWARD};
-use crate::chain::validate::{check_transaction, TxError, UtxoView};
+use crate::chain::validate::{check_transaction, check_transaction_with, Signatures, TxError, UtxoView};
 use crate::chain::{
     Block, CommitCert, GenesisConfig, Hash256, Keypair, OutPoint, PublicKey, Signature, Transaction, TxOut,
     ValidatorIndex,
@@ -194,6 +194,20 @@ impl Ledger {
         now_ms: Option<u64>,
         finalized_conflict: &dyn Fn(&Transaction) -> bool,
     ) -> Result<(), BlockError> {
+        self.check_block_with(block, parent, now_ms, finalized_conflict, &|_| false)
+    }
+
+    /// [`Ledger::check_block`] that skips the signature check of transactions for which
+    /// `already_verified` is true: it must only say so for a transaction identical, witnesses
+    /// included, to one whose signatures this node checked (its mempool holds only such).
+    pub fn check_block_with(
+        &self,
+        block: &Block,
+        parent: &Block,
+        now_ms: Option<u64>,
+        finalized_conflict: &dyn Fn(&Transaction) -> bool,
+        already_verified: &dyn Fn(&Transaction) -> bool,
+    ) -> Result<(), BlockError> {
         let h = &block.header;
         if h.version != BLOCK_VERSION {
             return Err(BlockError::BadVersion(h.version));
@@ -272,7 +286,8 @@ impl Ledger {
             if self.store.tx_location(&txid)?.is_some() {
                 return Err(BlockError::BadTx { txid, reason: TxError::AlreadyInChain });
             }
-            let fee = check_transaction(tx, &view, self.chain_id(), self.genesis.network_byte(), h.height)
+            let sigs = if already_verified(tx) { Signatures::Verified(true) } else { Signatures::Verify };
+            let fee = check_transaction_with(tx, &view, self.chain_id(), self.genesis.network_byte(), h.height, sigs)
                 .map_err(|reason| BlockError::BadTx { txid, reason })?;
             if finalized_conflict(tx) {
                 return Err(BlockError::ConflictsWithFinalized(txid));

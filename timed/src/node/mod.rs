@@ -6,7 +6,7 @@ pub mod engine;
 pub mod ledger;
 
 use crate::chain::genesis::{devnet_validator_key, devnet_wallet_key};
-use crate::chain::validate::TxError;
+use crate::chain::validate::{signatures_valid, Signatures, TxError};
 use crate::chain::{Keypair, Transaction, Txid, ValidatorIndex};
 use crate::config::NodeConfig;
 use crate::consensus::heartbeat::HeartbeatTracker;
@@ -55,6 +55,24 @@ pub struct Counters {
 }
 
 /// Mutable node state behind one lock. Never held across an await.
+/// Peers may fill the pending set to this multiple of `--max-pending-txs` (see
+/// [`Shared::submit_peer_tx`]).
+pub const PEER_PENDING_FACTOR: usize = 3;
+
+/// How many recently finalized transactions keep their finality times for RPC.
+pub const FINALITY_MEMORY: usize = 200_000;
+/// And for how long at most (so the memory is given back once a burst is over).
+pub const FINALITY_KEEP_MS: u64 = 120_000;
+
+/// When a transaction became final on this node.
+#[derive(Clone, Copy, Debug)]
+pub struct FinalityTime {
+    /// From first seen here to final.
+    pub latency_ms: u64,
+    /// Unix milliseconds of finality.
+    pub at_ms: u64,
+}
+
 pub struct State {
     pub mempool: Mempool,
     pub snowball: Snowball,
@@ -63,8 +81,10 @@ pub struct State {
     pub counters: Counters,
     /// Finality latencies (ms) of recent transactions, newest last.
     pub recent_finality_ms: VecDeque<u64>,
-    /// Finality latency by txid for recently finalized transactions.
-    pub finality_ms: std::collections::HashMap<Txid, u64>,
+    /// Finality latency and unix time of finality, by txid, for recently finalized
+    /// transactions (oldest dropped first past `FINALITY_MEMORY`).
+    pub finality_ms: std::collections::HashMap<Txid, FinalityTime>,
+    pub finality_order: VecDeque<Txid>,
     pub heartbeat_seq: u64,
 }
 
@@ -96,36 +116,70 @@ impl Shared {
         self.ledger.chain_id()
     }
 
-    /// Validates a transaction into the mempool and Snowball. Returns its txid; gossip and
-    /// polling are the engine's job (it is told through `new_txs`).
+    /// Validates a transaction from a client (RPC) into the mempool and Snowball. Returns its
+    /// txid; gossip and polling are the engine's job (it is told through `new_txs`). Refused
+    /// with `mempool-full` while `--max-pending-txs` transactions wait for finality.
     pub fn submit_tx(&self, tx: Transaction) -> Result<(Txid, Added), TxError> {
+        let (txid, added) = self.admit(tx, self.cfg.max_pending_txs, None)?;
+        if added != Added::Known {
+            let _ = self.new_txs.send(txid);
+        }
+        Ok((txid, added))
+    }
+
+    /// Validates a transaction a peer relayed. The caller (the engine) relays it onwards. Peers
+    /// get more room than clients, so what one validator admitted reaches the others even when
+    /// all are near the limit; the hard bound keeps memory bounded under any load.
+    pub fn submit_peer_tx(&self, tx: Transaction) -> Result<(Txid, Added), TxError> {
+        self.admit(tx, self.cfg.max_pending_txs * PEER_PENDING_FACTOR, None)
+    }
+
+    /// [`Shared::submit_peer_tx`] for a transaction whose signatures were already checked
+    /// (`signatures_valid`, on this very transaction) by the verification workers.
+    pub fn submit_peer_tx_verified(&self, tx: Transaction, signatures_ok: bool) -> Result<(Txid, Added), TxError> {
+        self.admit(tx, self.cfg.max_pending_txs * PEER_PENDING_FACTOR, Some(signatures_ok))
+    }
+
+    fn admit(&self, tx: Transaction, pending_limit: usize, sigs: Option<bool>) -> Result<(Txid, Added), TxError> {
         let txid = tx.txid();
+        // The cheap answers first, before any signature work: a known or refused transaction,
+        // or a full pool. Overload then costs a hash and a lock, not a signature check.
+        {
+            let st = self.state();
+            if st.mempool.contains(&txid) {
+                return Ok((txid, Added::Known));
+            }
+            if let Some(reason) = st.mempool.rejection(&txid) {
+                return Err(reason.clone());
+            }
+            if st.mempool.pending_count() >= pending_limit {
+                return Err(TxError::MempoolFull);
+            }
+        }
+        // Signatures are verified outside the state lock, so RPC handlers verify in parallel
+        // and the engine is never blocked behind them. The verdict belongs to this exact
+        // transaction (witnesses included) and is used once, right below.
+        let sigs = Signatures::Verified(sigs.unwrap_or_else(|| signatures_valid(&tx, self.chain_id())));
         let in_chain = self.ledger.store.tx_location(&txid).map(|l| l.is_some()).unwrap_or(false);
         let (tip, _) = self.ledger.store.tip().map_err(|_| TxError::MissingInputs)?;
         let inputs: Vec<_> = tx.inputs.iter().map(|i| i.prevout).collect();
-        let added = {
-            let mut st = self.state();
-            let (txid, added) = st.mempool.add(
-                tx,
-                self.ledger.store.as_ref(),
-                in_chain,
-                self.chain_id(),
-                self.ledger.genesis.network_byte(),
-                tip + 1,
-                now_ms(),
-            )?;
-            if added != Added::Known
-                && st.snowball.insert(txid, &inputs, Instant::now())
-                    == crate::consensus::snowball::InsertOutcome::Rejected
-            {
-                // It spends what an accepted transaction spends, or a rejected one's output.
-                st.mempool.reject(&txid, TxError::ConflictFinalized);
-                return Err(TxError::ConflictFinalized);
-            }
-            added
-        };
-        if added != Added::Known {
-            let _ = self.new_txs.send(txid);
+        let mut st = self.state();
+        let (txid, added) = st.mempool.add_with(
+            tx,
+            sigs,
+            self.ledger.store.as_ref(),
+            in_chain,
+            self.chain_id(),
+            self.ledger.genesis.network_byte(),
+            tip + 1,
+            now_ms(),
+        )?;
+        if added != Added::Known
+            && st.snowball.insert(txid, &inputs, Instant::now()) == crate::consensus::snowball::InsertOutcome::Rejected
+        {
+            // It spends what an accepted transaction spends, or a rejected one's output.
+            st.mempool.reject(&txid, TxError::ConflictFinalized);
+            return Err(TxError::ConflictFinalized);
         }
         Ok((txid, added))
     }
@@ -220,6 +274,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
         counters: Counters::default(),
         recent_finality_ms: VecDeque::new(),
         finality_ms: Default::default(),
+        finality_order: VecDeque::new(),
         // Sequence numbers must grow across restarts, or peers ignore us as a replay.
         heartbeat_seq: now_ms(),
     };

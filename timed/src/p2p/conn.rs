@@ -187,6 +187,18 @@ impl PeerHandle {
     pub(super) fn push(&self, frame: Bytes) -> bool {
         push(&self.queue, &self.cancel, self.peer, frame)
     }
+
+    /// Queues a frame that may be lost (transaction gossip: re-gossip and polls repair it),
+    /// only while more than a quarter of the queue is free. Under load, gossip is dropped
+    /// instead of filling the queue, and the room left keeps consensus and poll frames going:
+    /// a busy peer is not disconnected for being slow.
+    pub(super) fn push_droppable(&self, frame: Bytes) -> bool {
+        if self.queue.capacity() <= self.queue.max_capacity() / 4 {
+            tracing::trace!(peer = self.peer, "send queue three quarters full: gossip dropped");
+            return false;
+        }
+        push(&self.queue, &self.cancel, self.peer, frame)
+    }
 }
 
 fn push(queue: &mpsc::Sender<Bytes>, cancel: &CancellationToken, peer: ValidatorIndex, frame: Bytes) -> bool {

@@ -14,6 +14,8 @@ pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_BLOCKS_PER_REPLY: u64 = 64;
 /// Most txids in one poll.
 pub const MAX_POLL_TXIDS: usize = 4096;
+/// Most transactions relayed in one `Txs` message (and handled from one).
+pub const MAX_TXS_PER_MESSAGE: usize = 512;
 
 /// First frame each side sends.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,6 +245,8 @@ pub enum Message {
     },
     Heartbeat(Heartbeat),
     Attestation(Attestation),
+    /// Transactions relayed together (appended last: the variant index is the wire tag).
+    Txs(Vec<Transaction>),
 }
 
 impl Message {
@@ -264,6 +268,7 @@ impl Message {
             Message::PollReply { .. } => "poll_reply",
             Message::Heartbeat(_) => "heartbeat",
             Message::Attestation(_) => "attestation",
+            Message::Txs(_) => "txs",
         }
     }
 

@@ -257,6 +257,28 @@ impl P2p {
         }
     }
 
+    /// Transaction gossip to every connected validator, each copy droppable (see `send_gossip`).
+    pub fn broadcast_gossip(&self, msg: Message) {
+        if let Some(frame) = encode(&msg) {
+            let st = self.inner.state();
+            for p in st.peers.values() {
+                p.push_droppable(frame.clone());
+            }
+        }
+    }
+
+    /// Queues transaction gossip for `to`, or drops it if `to`'s queue is filling up (see
+    /// `PeerHandle::push_droppable`); false if not queued.
+    pub fn send_gossip(&self, to: ValidatorIndex, msg: Message) -> bool {
+        match encode(&msg) {
+            Some(frame) => {
+                let st = self.inner.state();
+                st.peers.get(&to).is_some_and(|p| p.push_droppable(frame))
+            }
+            None => false,
+        }
+    }
+
     /// Queues `msg` for `to`; false if it is not connected (or was just dropped as too slow).
     pub fn send(&self, to: ValidatorIndex, msg: Message) -> bool {
         match encode(&msg) {

@@ -168,7 +168,7 @@ impl RpcImpl {
     fn finality(&self, txid: &Txid) -> RpcResult<TxFinality> {
         let found = self.find_tx(txid)?;
         let st = self.s.state();
-        let finality_ms = st.finality_ms.get(txid).copied();
+        let times = st.finality_ms.get(txid).copied();
         let mut f = TxFinality {
             txid: txid.to_hex(),
             status: "unknown".into(),
@@ -176,7 +176,9 @@ impl RpcImpl {
             confidence: 0,
             blockhash: None,
             blockheight: None,
-            finality_ms,
+            finality_ms: times.map(|t| t.latency_ms),
+            finalized_at_ms: times.map(|t| t.at_ms),
+            reject_reason: None,
         };
         match found {
             Some(Found::Chain { height, block, .. }) => {
@@ -196,8 +198,9 @@ impl RpcImpl {
                 f.confidence = st.snowball.confidence(txid);
             }
             None => {
-                if st.mempool.rejection(txid).is_some() {
+                if let Some(reason) = st.mempool.rejection(txid) {
                     f.status = "rejected".into();
+                    f.reject_reason = Some(reason.to_string());
                 }
             }
         }

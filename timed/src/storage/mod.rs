@@ -158,11 +158,14 @@ impl Store {
     /// its format version and genesis hash against `genesis`. A store of another genesis or a newer
     /// format is refused.
     pub fn open(path: &Path, genesis: &GenesisConfig) -> Result<Store, StoreError> {
+        const CACHE_BYTES: usize = 16 * 1024 * 1024;
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|source| StoreError::Io { path: parent.to_path_buf(), source })?;
         }
         // redb holds an exclusive file lock for as long as the database is open.
-        let db = Database::create(path).map_err(|e| match e {
+        // redb's default cache may grow to 1 GiB and is never given back: after a burst a node
+        // kept every page it touched. The OS page cache still holds the file for reads.
+        let db = Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(|e| match e {
             DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { path: path.to_path_buf() },
             other => other.into(),
         })?;

@@ -1,0 +1,219 @@
+//! Overload against real validators on 127.0.0.1: the excess is refused at submission with
+//! `mempool-full` (and nothing else), every transaction given a txid is settled (final, or
+//! rejected with a reason), refused ones can simply be sent again, expired ones stay rejected
+//! even while a peer keeps re-gossiping them, and no peer is dropped on the way.
+
+mod common;
+
+use common::*;
+use jsonrpsee::core::client::ClientT;
+use jsonrpsee::core::params::BatchRequestBuilder;
+use jsonrpsee::rpc_params;
+use std::time::Duration;
+use timed::api::*;
+use timed::chain::genesis::devnet_wallet_key;
+use timed::chain::{Address, Hash256, Keypair, Network, OutPoint, Transaction, TxOut};
+
+const CHAIN: &str = "timecoin-devnet-3";
+
+fn validator(dir: &std::path::Path, i: usize, peers: &str, extra: &[&str]) -> Node {
+    let id = format!("validator{i}");
+    let mut args = vec!["--devnet-validators", "3", "--block-time", "1"];
+    if !peers.is_empty() {
+        args.extend(["--peers", peers]);
+    }
+    args.extend(extra);
+    spawn_in(&dir.join(&id), &id, &args)
+}
+
+async fn connected(nodes: &[&Node], peers: usize) {
+    for n in nodes {
+        let c = n.client();
+        eventually(40, &format!("{} to see {peers} peers", n.id), || {
+            let c = c.clone();
+            async move { (c.get_peer_info().await.ok()?.len() == peers).then_some(()) }
+        })
+        .await;
+    }
+}
+
+/// `count` coins of 0.01 TIME for `key`, from validator1's genesis coins, final on `observer`.
+async fn fund(payer: &Node, observer: &Node, key: &Keypair, count: usize) -> Vec<OutPoint> {
+    let wallet = devnet_wallet_key("validator1");
+    let coin = payer
+        .client()
+        .list_unspent(Some(1), None, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|u| u.spendable && u.amount_units > 10 * 100_000_000)
+        .expect("validator1 has genesis coins");
+    let to = Address::from_pubkey(Network::Testnet, &key.public());
+    let mut outputs = vec![TxOut { value: 1_000_000, address: to }; count];
+    let change = coin.amount_units - 1_000_000 * count as u64 - 200_000;
+    outputs.push(TxOut { value: change, address: Address::from_pubkey(Network::Testnet, &wallet.public()) });
+    let op = OutPoint { txid: Hash256::from_hex(&coin.txid).unwrap(), vout: coin.vout };
+    let mut tx = Transaction::unsigned(vec![op], outputs, 0, None);
+    tx.sign_all(&wallet, CHAIN);
+    let txid = payer.client().send_raw_transaction(tx.to_hex()).await.unwrap();
+    let f = observer.client().wait_transaction_finality(txid.clone(), Some(30.0)).await.unwrap();
+    assert!(f.finalized, "funding not final: {f:?}");
+    let id = Hash256::from_hex(&txid).unwrap();
+    (0..count as u32).map(|vout| OutPoint { txid: id, vout }).collect()
+}
+
+fn payment(key: &Keypair, coin: OutPoint, memo: u8) -> Transaction {
+    let to = Address::from_pubkey(Network::Testnet, &key.public());
+    let mut tx = Transaction::unsigned(vec![coin], vec![TxOut { value: 990_000, address: to }], 0, Some(vec![memo]));
+    tx.sign_all(key, CHAIN);
+    tx
+}
+
+/// Sends every transaction in batches of 100, all batches at once; per transaction, the txid or
+/// the error (code, message).
+async fn send_all(node: &Node, txs: &[Transaction]) -> Vec<Result<String, (i32, String)>> {
+    let c = node.client();
+    let batches = txs.chunks(100).map(|chunk| {
+        let c = c.clone();
+        let hexes: Vec<String> = chunk.iter().map(|t| t.to_hex()).collect();
+        async move {
+            let mut b = BatchRequestBuilder::new();
+            for h in &hexes {
+                b.insert("sendrawtransaction", rpc_params![h]).unwrap();
+            }
+            let r = c.batch_request::<String>(b).await.expect("batch answered");
+            r.into_iter().map(|x| x.map_err(|e| (e.code(), e.message().to_string()))).collect::<Vec<_>>()
+        }
+    });
+    futures::future::join_all(batches).await.into_iter().flatten().collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn excess_is_refused_and_every_admitted_transaction_settles() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // A small limit, so a few hundred transactions are an overload even for a debug build.
+    let limit = ["--max-pending-txs", "40"];
+    let v1 = validator(dir, 1, "", &limit);
+    let seed = v1.p2p.clone();
+    let nodes = [v1, validator(dir, 2, &seed, &limit), validator(dir, 3, &seed, &limit)];
+    let refs: Vec<&Node> = nodes.iter().collect();
+    connected(&refs, 2).await;
+    for n in &refs {
+        wait_height(n, 2, 60).await;
+    }
+
+    let key = Keypair::generate();
+    let coins = fund(&nodes[0], &nodes[1], &key, 400).await;
+    let txs: Vec<Transaction> = coins.iter().map(|c| payment(&key, *c, 0)).collect();
+    let answers = send_all(&nodes[0], &txs).await;
+
+    let mut admitted = Vec::new();
+    let mut refused = Vec::new();
+    for (tx, a) in txs.iter().zip(&answers) {
+        match a {
+            Ok(txid) => {
+                assert_eq!(*txid, tx.txid().to_hex());
+                admitted.push(txid.clone());
+            }
+            Err((code, msg)) => {
+                assert_eq!((*code, msg.as_str()), (-26, "mempool-full"), "the only refusal is the documented one");
+                refused.push(tx.clone());
+            }
+        }
+    }
+    assert!(!refused.is_empty(), "400 at once over a limit of 40 must refuse some");
+    assert!(!admitted.is_empty(), "and admit some");
+
+    // Every txid handed out is settled, seen from a node it was not sent to.
+    let c2 = nodes[1].client();
+    for txid in &admitted {
+        let f = c2.wait_transaction_finality(txid.clone(), Some(60.0)).await.unwrap();
+        assert!(
+            f.finalized || (f.status == "rejected" && f.reject_reason.is_some()),
+            "admitted {txid} neither final nor rejected with a reason: {f:?}"
+        );
+        assert!(f.finalized, "nothing here conflicts, so everything admitted is final: {f:?}");
+    }
+    // A refused transaction was never given a txid and is not remembered as rejected...
+    let f = nodes[0].client().get_transaction_finality(refused[0].txid().to_hex()).await.unwrap();
+    assert_eq!(f.status, "unknown", "{f:?}");
+    // ...so backing off and sending it again works.
+    let mut left = refused;
+    for _ in 0..120 {
+        if left.is_empty() {
+            break;
+        }
+        let answers = send_all(&nodes[0], &left).await;
+        let mut again = Vec::new();
+        for (tx, a) in left.iter().zip(answers) {
+            match a {
+                Ok(txid) => {
+                    let f = c2.wait_transaction_finality(txid.clone(), Some(60.0)).await.unwrap();
+                    assert!(f.finalized, "{f:?}");
+                }
+                Err((code, msg)) => {
+                    assert_eq!((code, msg.as_str()), (-26, "mempool-full"));
+                    again.push(tx.clone());
+                }
+            }
+        }
+        left = again;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(left.is_empty(), "{} transactions were never admitted", left.len());
+
+    // Nobody was disconnected for being slow.
+    for n in &refs {
+        assert_eq!(n.client().get_peer_info().await.unwrap().len(), 2, "{} lost a peer", n.id);
+        assert!(!n.log().contains("too slow"), "{} dropped a peer as too slow", n.id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_transactions_stay_rejected_despite_re_gossip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // validator1 gives up after 3 s; validator2 keeps the transaction for 30 s and re-gossips
+    // it every status tick meanwhile.
+    let v1 = validator(dir, 1, "", &["--tx-expiry-secs", "3"]);
+    let seed = v1.p2p.clone();
+    let v2 = validator(dir, 2, &seed, &["--tx-expiry-secs", "30"]);
+    let mut v3 = validator(dir, 3, &seed, &[]);
+    connected(&[&v1, &v2, &v3], 2).await;
+    wait_height(&v1, 2, 60).await;
+    let key = Keypair::generate();
+    let coins = fund(&v1, &v2, &key, 2).await;
+    // Without validator3 no poll speaks for more than two thirds: nothing can finalize.
+    v3.stop();
+    connected(&[&v1, &v2], 1).await;
+
+    let tx = payment(&key, coins[0], 1);
+    let txid = v1.client().send_raw_transaction(tx.to_hex()).await.unwrap();
+    eventually(10, "validator2 to hold it", || {
+        let c = v2.client();
+        let txid = txid.clone();
+        async move { (c.get_transaction_finality(txid).await.ok()?.status == "pending").then_some(()) }
+    })
+    .await;
+    let f = eventually(15, "validator1 to expire it", || {
+        let c = v1.client();
+        let txid = txid.clone();
+        async move { c.get_transaction_finality(txid).await.ok().filter(|f| f.status == "rejected") }
+    })
+    .await;
+    assert_eq!(f.reject_reason.as_deref(), Some("txn-expired"), "{f:?}");
+
+    // For the next 8 s validator2 still holds it and re-gossips it; validator1 must not take
+    // it back, and a client sending it again gets the same answer.
+    for _ in 0..16 {
+        let f1 = v1.client().get_transaction_finality(txid.clone()).await.unwrap();
+        assert_eq!(f1.status, "rejected", "an expired transaction came back: {f1:?}");
+        let RawMempool::Txids(pool) = v1.client().get_raw_mempool(Some(false)).await.unwrap() else { panic!() };
+        assert!(!pool.contains(&txid));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(v2.client().get_transaction_finality(txid.clone()).await.unwrap().status, "pending");
+    let again = v1.client().send_raw_transaction(tx.to_hex()).await.unwrap_err().to_string();
+    assert!(again.contains("txn-expired"), "{again}");
+}
