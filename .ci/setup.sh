@@ -17,3 +17,8 @@ if ! python3 -c 'import prometheus_client' 2>/dev/null; then
   python3 -m pip install -q 'prometheus-client>=0.17' 2>/dev/null \
     || python3 -m pip install -q --break-system-packages 'prometheus-client>=0.17'
 fi
+# A local EC2 endpoint (moto_server) for the AWS provider's tests.
+if ! command -v moto_server >/dev/null 2>&1; then
+  python3 -m pip install -q 'moto[server]>=5.0' 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages 'moto[server]>=5.0'
+fi

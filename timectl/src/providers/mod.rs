@@ -7,6 +7,10 @@
 //! only what is missing; `destroy` finds what to delete the same way, so it also cleans up
 //! after a crash between "created" and "inventory written".
 
+pub mod aws;
+pub mod cloud;
+pub mod digitalocean;
+
 use async_trait::async_trait;
 
 /// What to provision.
