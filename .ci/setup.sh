@@ -4,7 +4,8 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need_apt=()
-for pkg in curl jq systemd python3-pip openssh-server openssh-client iproute2; do
+# systemd-container (systemd-nspawn) and debootstrap: the rehearsal provider's hosts.
+for pkg in curl jq systemd python3-pip openssh-server openssh-client iproute2 systemd-container debootstrap; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)

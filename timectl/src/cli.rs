@@ -1,7 +1,7 @@
 //! The command line: global options and one subcommand per module in `commands/`.
 
-use crate::commands::{local, report, resources, rpc, stability, status};
-use clap::{Args, Parser, Subcommand};
+pub use crate::commands::Command;
+use clap::{Args, Parser};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
@@ -41,23 +41,27 @@ pub struct Global {
     /// Print machine-readable JSON instead of tables (and no progress output).
     #[arg(long, global = true, display_order = 102)]
     pub json: bool,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Start or stop a network of timed processes on this machine.
-    #[command(subcommand)]
-    Local(local::LocalCommand),
-    /// Call one JSON-RPC method on some or all nodes, concurrently.
-    Rpc(rpc::RpcArgs),
-    /// One row per node: height, tip, peers, mempool, finality mode, version, uptime.
-    Status(status::StatusArgs),
-    /// Watch the network for forks, stalls and lost transactions (the 72-hour test).
-    Stability(stability::StabilityArgs),
-    /// Memory, CPU, bandwidth, block time, finality and RPC latency against the targets.
-    Resources(resources::ResourcesArgs),
-    /// Turn a stability run log into a self-contained HTML report.
-    Report(report::ReportArgs),
+    /// SSH private key remote hosts accept (default: ssh's own choice).
+    #[arg(
+        long,
+        global = true,
+        env = "TIMECTL_SSH_IDENTITY",
+        hide_env_values = true,
+        value_name = "FILE",
+        display_order = 103
+    )]
+    pub ssh_identity: Option<PathBuf>,
+    /// known_hosts file for remote hosts (default: the network's own, pinned on first contact).
+    /// Host keys are always checked.
+    #[arg(
+        long,
+        global = true,
+        env = "TIMECTL_SSH_KNOWN_HOSTS",
+        hide_env_values = true,
+        value_name = "FILE",
+        display_order = 104
+    )]
+    pub ssh_known_hosts: Option<PathBuf>,
 }
 
 #[cfg(test)]

@@ -14,7 +14,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 fn auth_header() -> Option<HeaderValue> {
     let user = std::env::var("TIMECTL_RPC_USER").ok()?;
     let pass = std::env::var("TIMECTL_RPC_PASSWORD").unwrap_or_default();
-    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+    basic(&format!("{user}:{pass}"))
+}
+
+/// A sensitive `Basic` header (never printed by the HTTP stack's debug output).
+fn basic(user_pass: &str) -> Option<HeaderValue> {
+    let token = base64::engine::general_purpose::STANDARD.encode(user_pass.trim());
     let mut v = HeaderValue::from_str(&format!("Basic {token}")).ok()?;
     v.set_sensitive(true);
     Some(v)
@@ -22,7 +27,7 @@ fn auth_header() -> Option<HeaderValue> {
 
 pub fn rpc_client(node: &Node, timeout: Duration) -> Result<HttpClient, String> {
     let mut headers = HeaderMap::new();
-    if let Some(v) = auth_header() {
+    if let Some(v) = node.rpc_auth.as_ref().and_then(|a| basic(&a.0)).or_else(auth_header) {
         headers.insert("authorization", v);
     }
     HttpClientBuilder::default()

@@ -1,7 +1,6 @@
 //! Exit codes and how a failure is told to the operator: the error, each cause, then a hint
 //! when one of the typed errors in the chain knows what to do about it.
 
-use crate::commands::local::LocalError;
 use crate::inventory::InventoryError;
 
 pub const EXIT_OK: u8 = 0;
@@ -30,23 +29,38 @@ pub struct Hinted {
     pub hint: String,
 }
 
-fn hint_of(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+/// Finds advice for one error of the chain; commands pass theirs in (see `commands::hint_of`).
+pub type HintFn = fn(&(dyn std::error::Error + 'static)) -> Option<String>;
+
+fn hint_of(e: &(dyn std::error::Error + 'static), more: HintFn) -> Option<String> {
     if let Some(e) = e.downcast_ref::<InventoryError>() {
         return e.hint();
     }
-    if let Some(e) = e.downcast_ref::<LocalError>() {
+    if let Some(e) = e.downcast_ref::<crate::ssh::SshError>() {
         return e.hint();
+    }
+    if let Some(e) = e.downcast_ref::<crate::install::InstallError>() {
+        return e.hint();
+    }
+    if let Some(e) = e.downcast_ref::<crate::materials::MaterialsError>() {
+        return e.hint();
+    }
+    if let Some(e) = e.downcast_ref::<crate::providers::ProviderError>() {
+        return e.hint.clone();
+    }
+    if let Some(h) = more(e) {
+        return Some(h);
     }
     e.downcast_ref::<Hinted>().map(|h| h.hint.clone())
 }
 
-pub fn report(e: &anyhow::Error, color: bool) {
+pub fn report(e: &anyhow::Error, color: bool, more: HintFn) {
     let (red, yellow, reset) = if color { ("\x1b[31m", "\x1b[33m", "\x1b[0m") } else { ("", "", "") };
     eprintln!("{red}error{reset}: {e}");
-    let mut hint = hint_of(e.as_ref());
+    let mut hint = hint_of(e.as_ref(), more);
     for cause in e.chain().skip(1) {
         eprintln!("caused by: {cause}");
-        hint = hint.or_else(|| hint_of(cause));
+        hint = hint.or_else(|| hint_of(cause, more));
     }
     if let Some(h) = hint {
         eprintln!("{yellow}hint{reset}: {h}");

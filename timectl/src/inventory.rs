@@ -6,25 +6,47 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Provider {
+/// Who created a network's hosts, and so who may delete them. The names are the command
+/// line's (`--provider NAME`); older inventories' names still load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum ProviderKind {
     /// Processes on this machine, started by `timectl local up`.
+    #[serde(rename = "local")]
+    #[value(skip)]
     Local,
-    /// Hosts someone else provisioned; listed by hand.
-    Static,
-    Digitalocean,
-    Ec2,
+    /// Hosts someone else provisioned, listed by hand.
+    #[serde(rename = "ssh", alias = "static")]
+    #[value(name = "ssh")]
+    Ssh,
+    /// Containers with systemd and sshd on this machine (`timectl deploy --provider rehearsal`).
+    #[serde(rename = "rehearsal")]
+    #[value(name = "rehearsal")]
+    Rehearsal,
+    /// DigitalOcean droplets.
+    #[serde(rename = "do", alias = "digitalocean")]
+    #[value(name = "do")]
+    Do,
+    /// AWS EC2 instances.
+    #[serde(rename = "aws", alias = "ec2")]
+    #[value(name = "aws")]
+    Aws,
 }
 
-impl Provider {
+impl ProviderKind {
     pub fn name(self) -> &'static str {
         match self {
-            Provider::Local => "local",
-            Provider::Static => "static",
-            Provider::Digitalocean => "digitalocean",
-            Provider::Ec2 => "ec2",
+            ProviderKind::Local => "local",
+            ProviderKind::Ssh => "ssh",
+            ProviderKind::Rehearsal => "rehearsal",
+            ProviderKind::Do => "do",
+            ProviderKind::Aws => "aws",
         }
+    }
+
+    /// Whether the operator reaches the nodes' RPC through an SSH local forward (every
+    /// provider but `local`, whose processes listen on this machine).
+    pub fn tunnels_rpc(self) -> bool {
+        self != ProviderKind::Local
     }
 }
 
@@ -32,7 +54,7 @@ impl Provider {
 #[serde(deny_unknown_fields)]
 pub struct Inventory {
     pub network: String,
-    pub provider: Provider,
+    pub provider: ProviderKind,
     /// RFC 3339 UTC time the network was provisioned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<String>,
@@ -51,7 +73,9 @@ pub struct Node {
     pub ssh_port: Option<u16>,
     /// "host:port" other nodes dial.
     pub p2p: String,
-    /// "host:port" of the JSON-RPC (and /metrics) listener.
+    /// "host:port" the JSON-RPC (and /metrics) listener binds on the node's own host. On
+    /// remote hosts this is loopback (`127.0.0.1:PORT`): the operator reaches it through an SSH
+    /// local forward (see `ProviderKind::tunnels_rpc`), never directly.
     pub rpc: String,
     pub validator_id: String,
     /// Droplet or instance id, so teardown deletes exactly what provisioning made.
@@ -63,6 +87,21 @@ pub struct Node {
     pub data_dir: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<PathBuf>,
+    /// Credentials for the node's wallet methods, read at run time (the RPC cookie over SSH);
+    /// never written to or read from the file.
+    #[serde(skip)]
+    pub rpc_auth: Option<RpcAuth>,
+}
+
+/// `user:password` for HTTP basic auth. Its `Debug` hides the value so that no log line or
+/// error message can carry it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RpcAuth(pub String);
+
+impl std::fmt::Debug for RpcAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RpcAuth(<redacted>)")
+    }
 }
 
 impl Node {
@@ -219,6 +258,12 @@ pub fn state_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state/timectl"))
 }
 
+/// A deployed network's materials (keys, genesis, configs, pinned host keys), outside
+/// `inventories/` so that inventories can be shared without secrets: `STATE/networks/NAME`.
+pub fn network_state_dir(network: &str) -> PathBuf {
+    state_dir().unwrap_or_else(|| PathBuf::from(".timectl")).join("networks").join(network)
+}
+
 fn last_inventory_file() -> Option<PathBuf> {
     state_dir().map(|d| d.join("last-inventory"))
 }
@@ -306,7 +351,7 @@ validator_id = "validator2"
     #[test]
     fn parses_good_inventory() {
         let inv = Inventory::parse(GOOD, p()).unwrap();
-        assert_eq!(inv.provider, Provider::Static);
+        assert_eq!(inv.provider, ProviderKind::Ssh);
         assert_eq!(inv.nodes.len(), 2);
         assert_eq!(inv.nodes[0].ssh_port, Some(22));
         assert_eq!(inv.nodes[1].rpc_url(), "http://[::1]:8080/");
@@ -334,6 +379,28 @@ validator_id = "validator2"
         }
         // The value never shows in the message.
         assert!(!e.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn provider_names_and_old_aliases() {
+        for (text, kind) in [
+            ("local", ProviderKind::Local),
+            ("ssh", ProviderKind::Ssh),
+            ("static", ProviderKind::Ssh),
+            ("rehearsal", ProviderKind::Rehearsal),
+            ("do", ProviderKind::Do),
+            ("digitalocean", ProviderKind::Do),
+            ("aws", ProviderKind::Aws),
+            ("ec2", ProviderKind::Aws),
+        ] {
+            let inv = Inventory::parse(&GOOD.replace("\"static\"", &format!("\"{text}\"")), p()).unwrap();
+            assert_eq!(inv.provider, kind, "{text}");
+            // Written back under the command line's name.
+            let written = toml::to_string(&inv).unwrap();
+            assert!(written.contains(&format!("provider = \"{}\"", kind.name())), "{written}");
+        }
+        assert!(!ProviderKind::Local.tunnels_rpc());
+        assert!(ProviderKind::Ssh.tunnels_rpc() && ProviderKind::Rehearsal.tunnels_rpc());
     }
 
     #[test]

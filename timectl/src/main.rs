@@ -4,13 +4,20 @@
 mod cli;
 mod client;
 mod commands;
+mod context;
 mod error;
+mod install;
 mod inventory;
+mod materials;
+mod measure;
 mod monitor;
 mod output;
 mod prom;
-#[allow(dead_code)] // the seam deploy and the cloud providers build on; wired in by `deploy`
+// Parts of the trait's request (firewall port, allowed CIDR) are read by the cloud providers only.
+#[allow(dead_code)]
 mod providers;
+mod provision;
+mod ssh;
 mod svg;
 #[cfg(test)]
 mod svg_check;
@@ -31,10 +38,17 @@ fn main() -> std::process::ExitCode {
 
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
-    match runtime.block_on(commands::run(cli)) {
+    let ctx = context::Ctx::new(cli.global.inventory, cli.global.network, output::Ui::detect(cli.global.json))
+        .with_ssh(cli.global.ssh_identity, cli.global.ssh_known_hosts);
+    let result = runtime.block_on(async {
+        let r = commands::run(cli.command, &ctx).await;
+        ctx.close().await;
+        r
+    });
+    match result {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
-            error::report(&e, stderr_color);
+            error::report(&e, stderr_color, commands::hint_of);
             std::process::ExitCode::from(error::EXIT_FAILURE)
         }
     }

@@ -641,6 +641,47 @@ pub fn next_counters(records: &[Record]) -> (u64, u64) {
     (seq, id)
 }
 
+/// A halted network produces a finding per probe; tables show the first ones.
+pub const MAX_FINDINGS_SHOWN: usize = 50;
+
+/// The rows of the summary, shared by the terminal and the HTML report: label, value, and
+/// whether it is a failure.
+pub fn summary_rows(a: &Analysis) -> Vec<(String, String, bool)> {
+    let p = &a.probes;
+    let ms = |v: Option<u64>| v.map_or("-".into(), |v| format!("{:.2} s", v as f64 / 1000.0));
+    let heights: Vec<String> =
+        a.nodes.iter().map(|(n, s)| format!("{n}={}", s.last_height.map_or("-".into(), |h| h.to_string()))).collect();
+    vec![
+        ("network".into(), a.network.clone(), false),
+        ("started".into(), crate::output::rfc3339(a.started_ms), false),
+        (
+            "duration".into(),
+            format!(
+                "{} of {}",
+                crate::output::human_duration(a.duration_secs),
+                crate::output::human_duration(a.planned_secs)
+            ),
+            false,
+        ),
+        ("samples".into(), format!("{} intervals, {} log records", a.ticks, a.records), false),
+        ("forks".into(), a.count("fork").to_string(), a.count("fork") > 0),
+        ("stalls".into(), a.count("stall").to_string(), a.count("stall") > 0),
+        ("lost transactions".into(), p.lost.to_string(), p.lost > 0),
+        ("unreachable episodes".into(), a.count("unreachable").to_string(), false),
+        (
+            "probes".into(),
+            format!(
+                "{} sent, {} final, {} lost, {} not sent, {} pending",
+                p.sent, p.finalized, p.lost, p.send_failed, p.pending
+            ),
+            false,
+        ),
+        ("probe finality".into(), format!("p50 {}, max {}", ms(p.latency_p50_ms), ms(p.latency_max_ms)), false),
+        ("last heights".into(), heights.join(" "), false),
+        ("result".into(), if a.passed() { "PASS" } else { "FAIL" }.into(), !a.passed()),
+    ]
+}
+
 #[cfg(test)]
 pub mod tests {
     use super::*;

@@ -146,15 +146,12 @@ fn three_node_network_end_to_end() {
         .spawn()
         .unwrap();
     cleanup.pids.push(alien.id());
-    let info: Value = wait_for(Duration::from_secs(20), || {
-        std::fs::read_to_string(alien_dir.join("node.json")).ok().and_then(|t| serde_json::from_str(&t).ok())
-    })
-    .expect("alien node.json");
+    let info = wait_for(Duration::from_secs(20), || timed::node_info::NodeInfo::read(&alien_dir).expect("node.json"))
+        .expect("alien node.json");
     let mut text = std::fs::read_to_string(&inv_path).unwrap();
     text.push_str(&format!(
         "\n[[nodes]]\nname = \"alien\"\nhost = \"127.0.0.1\"\np2p = \"{}\"\nrpc = \"{}\"\nvalidator_id = \"validator4\"\n",
-        info["p2p"].as_str().unwrap(),
-        info["rpc"].as_str().unwrap()
+        info.p2p, info.rpc
     ));
     let fork_inv = env.path().join("fork.toml");
     std::fs::write(&fork_inv, text).unwrap();

@@ -92,16 +92,14 @@ fn resources_reads_proc_over_ssh_and_checks_host_keys() {
         .unwrap();
     reap.0.push(node);
     wait_for("node.json", 30, || data.join("node.json").exists());
-    let info: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(data.join("node.json")).unwrap()).unwrap();
+    let info = timed::node_info::NodeInfo::read(&data).unwrap().expect("node.json");
     let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
     let inventory = dir.join("remote.toml");
     std::fs::write(
         &inventory,
         format!(
             "network = \"remote\"\nprovider = \"static\"\n\n[[nodes]]\nname = \"node1\"\nhost = \"127.0.0.1\"\nssh_user = \"{user}\"\nssh_port = {port}\np2p = \"{}\"\nrpc = \"{}\"\nvalidator_id = \"validator1\"\n",
-            info["p2p"].as_str().unwrap(),
-            info["rpc"].as_str().unwrap()
+            info.p2p, info.rpc
         ),
     )
     .unwrap();

@@ -57,11 +57,8 @@ impl Node {
         // node.json appears once P2P and RPC listen; it names the ports port 0 picked.
         let deadline = Instant::now() + Duration::from_secs(30);
         let (rpc, p2p) = loop {
-            let info = std::fs::read_to_string(dir.join("node.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
-            if let Some(v) = info {
-                break (v["rpc"].as_str().expect("rpc").to_string(), v["p2p"].as_str().expect("p2p").to_string());
+            if let Some(info) = timed::node_info::NodeInfo::read(&dir).expect("node.json") {
+                break (info.rpc.to_string(), info.p2p.to_string());
             }
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("{id} exited with {status}; see {}", dir.join("timed.log").display());

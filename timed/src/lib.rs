@@ -14,6 +14,9 @@ pub mod metrics;
 pub mod metrics_names;
 #[cfg(feature = "server")]
 pub mod node;
+pub mod node_info;
+#[cfg(feature = "server")]
+pub mod notify;
 #[cfg(feature = "server")]
 pub mod p2p;
 #[cfg(feature = "server")]

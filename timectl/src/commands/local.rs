@@ -4,17 +4,18 @@
 //! picked by the OS and read back from each node's node.json (no fixed-port clashes), and
 //! readiness is "RPC answers" rather than `sleep 5`.
 
-use crate::cli::Global;
 use crate::client;
-use crate::inventory::{self, Inventory, InventoryError, Node, Provider};
+use crate::context::Ctx;
+use crate::inventory::{self, Inventory, InventoryError, Node, ProviderKind};
 use crate::output::{self, Ui};
 use clap::{Args, Subcommand};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 use timed::api::TimeRpcClient;
+use timed::node_info::NodeInfo;
 
 #[derive(Debug, Subcommand)]
 pub enum LocalCommand {
@@ -130,21 +131,11 @@ impl LocalError {
     }
 }
 
-/// What a node writes to DIR/node.json once it listens.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct NodeJson {
-    pub pid: u32,
-    pub validator_id: String,
-    pub p2p: String,
-    pub rpc: String,
-    #[serde(default)]
-    pub genesis_hash: String,
-}
-
-pub async fn run(cmd: LocalCommand, g: &Global, ui: Ui) -> anyhow::Result<u8> {
+pub async fn run(cmd: LocalCommand, ctx: &Ctx) -> anyhow::Result<u8> {
+    let ui = ctx.ui;
     match cmd {
-        LocalCommand::Up(a) => up(a, g, ui).await,
-        LocalCommand::Down(a) => down(a, g, ui).await,
+        LocalCommand::Up(a) => up(a, ctx, ui).await,
+        LocalCommand::Down(a) => down(a, ctx, ui).await,
     }
 }
 
@@ -221,7 +212,7 @@ struct Started {
     child: Child,
     data_dir: PathBuf,
     log: PathBuf,
-    info: Option<NodeJson>,
+    info: Option<NodeInfo>,
 }
 
 struct Plan<'a> {
@@ -236,12 +227,8 @@ fn spawn_node(plan: &Plan, index: u32, base: &Path, peers: Option<&str>) -> Resu
     let log = base.join(format!("{name}.log"));
     std::fs::create_dir_all(&data_dir).map_err(io_err(&data_dir))?;
     // A node.json from an earlier run would be read as this run's ports.
-    match std::fs::remove_file(data_dir.join("node.json")) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(io_err(&data_dir)(e));
-        }
-        _ => {}
-    }
+    NodeInfo::remove(&data_dir)
+        .map_err(|e| LocalError::BadNodeJson { path: NodeInfo::path(&data_dir), message: e.to_string() })?;
     let log_file = std::fs::File::create(&log).map_err(io_err(&log))?;
     let log_err = log_file.try_clone().map_err(io_err(&log))?;
     let mut cmd = std::process::Command::new(plan.timed);
@@ -270,7 +257,7 @@ fn spawn_node(plan: &Plan, index: u32, base: &Path, peers: Option<&str>) -> Resu
 }
 
 async fn wait_node_json(s: &mut Started, deadline: Instant, secs: f64) -> Result<(), LocalError> {
-    let path = s.data_dir.join("node.json");
+    let path = NodeInfo::path(&s.data_dir);
     loop {
         if let Ok(Some(status)) = s.child.try_wait() {
             return Err(LocalError::Exited {
@@ -280,18 +267,20 @@ async fn wait_node_json(s: &mut Started, deadline: Instant, secs: f64) -> Result
                 tail: log_tail(&s.log, 15),
             });
         }
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            // The node may be mid-write; only a complete document counts.
-            if let Ok(info) = serde_json::from_str::<NodeJson>(&text) {
-                if info.pid != s.child.id() {
-                    return Err(LocalError::BadNodeJson {
-                        path,
-                        message: format!("pid {} is not the started {}", info.pid, s.child.id()),
-                    });
-                }
-                s.info = Some(info);
-                return Ok(());
+        // timed writes the file with a rename, so what is there is complete.
+        let read = NodeInfo::read(&s.data_dir).map_err(|e| LocalError::BadNodeJson {
+            path: path.clone(),
+            message: std::error::Error::source(&e).map_or_else(|| e.to_string(), |c| c.to_string()),
+        })?;
+        if let Some(info) = read {
+            if info.pid != s.child.id() {
+                return Err(LocalError::BadNodeJson {
+                    path,
+                    message: format!("pid {} is not the started {}", info.pid, s.child.id()),
+                });
             }
+            s.info = Some(info);
+            return Ok(());
         }
         if Instant::now() >= deadline {
             return Err(LocalError::NoNodeJson { node: s.name.clone(), path, secs, log: s.log.clone() });
@@ -322,13 +311,14 @@ fn to_node(s: &Started) -> Node {
         host: "127.0.0.1".into(),
         ssh_user: None,
         ssh_port: None,
-        p2p: info.p2p.clone(),
-        rpc: info.rpc.clone(),
+        p2p: info.p2p.to_string(),
+        rpc: info.rpc.to_string(),
         validator_id: info.validator_id.clone(),
         provider_id: None,
         pid: Some(info.pid),
         data_dir: Some(s.data_dir.clone()),
         log: Some(s.log.clone()),
+        rpc_auth: None,
     }
 }
 
@@ -385,8 +375,8 @@ async fn wait_rpc_ready(nodes: &[Node], started: &mut [Started], timeout: f64, u
     Ok(())
 }
 
-async fn up(a: UpArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
-    let (inv_path, network) = match (&g.inventory, &g.network) {
+async fn up(a: UpArgs, ctx: &Ctx, ui: Ui) -> anyhow::Result<u8> {
+    let (inv_path, network) = match (&ctx.inventory_file, &ctx.network) {
         (Some(p), _) => (p.clone(), p.file_stem().map_or("local".into(), |s| s.to_string_lossy().into_owned())),
         (None, Some(n)) => (inventory::network_path(n), n.clone()),
         (None, None) => (inventory::network_path("local"), "local".to_string()),
@@ -395,7 +385,7 @@ async fn up(a: UpArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
     // Refuse to clobber a running network, or a non-local inventory of the same name.
     if inv_path.exists() {
         let old = Inventory::load(&inv_path)?;
-        if old.provider != Provider::Local {
+        if old.provider != ProviderKind::Local {
             return Err(LocalError::NotLocal { path: inv_path, provider: old.provider.name().into() }.into());
         }
         if let Some(n) = old.nodes.iter().find(|n| n.pid.is_some_and(|p| is_our_timed(p, n.data_dir.as_deref()))) {
@@ -430,7 +420,7 @@ async fn up(a: UpArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
         let r = wait_node_json(&mut first, deadline, a.timeout).await;
         started.push(first);
         r?;
-        let seed = started[0].info.as_ref().map(|i| i.p2p.clone());
+        let seed = started[0].info.as_ref().map(|i| i.p2p.to_string());
         for i in 2..=a.nodes {
             spinner.set_message(format!("starting node{i} of {}", a.nodes));
             started.push(spawn_node(&plan, i, &base, seed.as_deref())?);
@@ -485,7 +475,7 @@ async fn up(a: UpArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
 fn write_inventory(path: &Path, network: &str, nodes: Vec<Node>) -> Result<Inventory, InventoryError> {
     let inv = Inventory {
         network: network.to_string(),
-        provider: Provider::Local,
+        provider: ProviderKind::Local,
         created: Some(output::rfc3339(output::now_ms())),
         nodes,
     };
@@ -501,9 +491,10 @@ struct DownRow {
     result: &'static str,
 }
 
-async fn down(a: DownArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
-    let (path, inv) = crate::commands::open_inventory(g)?;
-    if inv.provider != Provider::Local {
+async fn down(a: DownArgs, ctx: &Ctx, ui: Ui) -> anyhow::Result<u8> {
+    let (path, inv) = ctx.inventory()?;
+    let (path, inv) = (path.to_path_buf(), inv.clone());
+    if inv.provider != ProviderKind::Local {
         return Err(LocalError::NotLocal { path, provider: inv.provider.name().into() }.into());
     }
     let spinner = ui.spinner(format!("stopping {} nodes", inv.nodes.len()));
@@ -600,14 +591,5 @@ mod tests {
         assert!(!is_our_timed(std::process::id(), None));
         // PID 0 has no /proc entry.
         assert!(!alive(0));
-    }
-
-    #[test]
-    fn node_json_parses() {
-        let j: NodeJson = serde_json::from_str(
-            r#"{"pid":123,"validator_id":"validator1","p2p":"127.0.0.1:40001","rpc":"127.0.0.1:40081","genesis_hash":"ab"}"#,
-        )
-        .unwrap();
-        assert_eq!(j.rpc, "127.0.0.1:40081");
     }
 }

@@ -1,10 +1,10 @@
 //! `timectl report RUN.jsonl -o report.html`: one self-contained HTML page with the verdict,
 //! the findings and inline SVG plots of a stability run. Works on a run still in progress.
 
-use crate::commands::stability::{summary_rows, MAX_FINDINGS_SHOWN};
+use crate::context::Ctx;
 use crate::error::EXIT_OK;
-use crate::monitor::{self, Analysis, Finding, Record, Severity};
-use crate::output::{human_duration, rfc3339, Ui};
+use crate::monitor::{self, summary_rows, Analysis, Finding, Record, Severity, MAX_FINDINGS_SHOWN};
+use crate::output::{human_duration, rfc3339};
 use crate::svg::{escape, Chart, Marker, Series, Style};
 use anyhow::Context as _;
 use clap::Args;
@@ -289,7 +289,8 @@ pub fn render_html(records: &[Record], source: &str) -> String {
     h
 }
 
-pub fn run(a: ReportArgs, ui: Ui) -> anyhow::Result<u8> {
+pub fn run(a: ReportArgs, ctx: &Ctx) -> anyhow::Result<u8> {
+    let ui = ctx.ui;
     let records = monitor::read_log(&a.log)?;
     let out = a.output.clone().unwrap_or_else(|| a.log.with_extension("html"));
     let html = render_html(&records, &a.log.display().to_string());

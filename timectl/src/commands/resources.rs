@@ -3,17 +3,16 @@
 //! CPU are read from the node process's `/proc` over SSH instead, so they come from the kernel
 //! rather than from the node's own account of itself.
 
-use crate::cli::Global;
 use crate::client;
+use crate::context::Ctx;
 use crate::error::{Reported, EXIT_OK, EXIT_RESOURCES};
 use crate::inventory::Node;
+use crate::measure::{MetricsScrape, ProcOverSsh, ResourceSource, Snapshot};
 use crate::output::{Ui, Verdict};
-use crate::prom::{self, Histogram};
 use clap::Args;
 use serde::Serialize;
 use std::time::{Duration, Instant};
 use timed::api::TimeRpcClient;
-use timed::metrics_names as m;
 
 #[derive(Debug, Args)]
 #[command(after_help = "\
@@ -36,143 +35,6 @@ pub struct ResourcesArgs {
     /// Exit 6 when a measurement is outside the acceptable range.
     #[arg(long)]
     pub strict: bool,
-    /// SSH private key for reading /proc on remote hosts (default: ssh's own choice).
-    #[arg(long, env = "TIMECTL_SSH_IDENTITY", hide_env_values = true, value_name = "FILE")]
-    pub ssh_identity: Option<std::path::PathBuf>,
-    /// known_hosts file for remote hosts (default: ssh's own). Host keys are always checked.
-    #[arg(long, env = "TIMECTL_SSH_KNOWN_HOSTS", hide_env_values = true, value_name = "FILE")]
-    pub ssh_known_hosts: Option<std::path::PathBuf>,
-}
-
-/// Raw counters and histograms of one node at one moment.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Snapshot {
-    pub at: Option<Instant>,
-    pub rss_bytes: Option<f64>,
-    pub cpu_seconds: Option<f64>,
-    pub p2p_bytes: Option<f64>,
-    pub block_interval: Option<Histogram>,
-    pub finality: Option<Histogram>,
-    pub rpc: Option<Histogram>,
-}
-
-impl Snapshot {
-    pub fn from_metrics(text: &str, at: Instant) -> Result<Self, prom::ParseError> {
-        let mm = prom::parse(text)?;
-        let sent = mm.value(m::P2P_BYTES_SENT);
-        let recv = mm.value(m::P2P_BYTES_RECEIVED);
-        Ok(Snapshot {
-            at: Some(at),
-            rss_bytes: mm.value(m::PROCESS_RSS_BYTES),
-            cpu_seconds: mm.value(m::PROCESS_CPU_SECONDS),
-            p2p_bytes: match (sent, recv) {
-                (None, None) => None,
-                (s, r) => Some(s.unwrap_or(0.0) + r.unwrap_or(0.0)),
-            },
-            block_interval: mm.histogram(m::BLOCK_INTERVAL),
-            finality: mm.histogram(m::TX_FINALITY),
-            rpc: mm.histogram(m::RPC_DURATION),
-        })
-    }
-}
-
-/// Where resource numbers come from.
-pub trait ResourceSource {
-    async fn snapshot(&self, node: &Node) -> Result<Snapshot, String>;
-}
-
-/// GET /metrics on the node's RPC port.
-pub struct MetricsScrape {
-    pub timeout: Duration,
-}
-
-impl ResourceSource for MetricsScrape {
-    async fn snapshot(&self, node: &Node) -> Result<Snapshot, String> {
-        let text = client::http_get(&node.rpc, "/metrics", self.timeout).await?;
-        Snapshot::from_metrics(&text, Instant::now()).map_err(|e| e.to_string())
-    }
-}
-
-/// Metrics from the node, memory and CPU from `/proc` on its host over SSH.
-pub struct ProcOverSsh {
-    pub metrics: MetricsScrape,
-    pub identity: Option<std::path::PathBuf>,
-    pub known_hosts: Option<std::path::PathBuf>,
-}
-
-/// Finds the node process (the systemd unit's main PID, else whoever listens on the RPC port)
-/// and prints the clock tick rate, its stat line and its resident set size.
-const PROC_SCRIPT: &str = r#"port="$1"
-pid=$(systemctl show -p MainPID --value timed 2>/dev/null)
-if [ -z "$pid" ] || [ "$pid" = 0 ]; then
-  pid=$(ss -Hltnp "sport = :$port" 2>/dev/null | sed -n 's/.*pid=\([0-9][0-9]*\).*/\1/p' | head -n 1)
-fi
-[ -n "$pid" ] || { echo "no timed process found (no unit, nothing listening on port $port)" >&2; exit 3; }
-echo "ticks $(getconf CLK_TCK)"
-echo "stat $(cat /proc/$pid/stat)"
-grep '^VmRSS:' /proc/$pid/status"#;
-
-/// Parses [`PROC_SCRIPT`]'s output into (RSS bytes, CPU seconds).
-pub fn parse_proc(out: &str) -> Result<(f64, f64), String> {
-    let bad = || format!("unexpected /proc output: {out:?}");
-    let ticks: f64 =
-        out.lines().find_map(|l| l.strip_prefix("ticks ")).and_then(|t| t.trim().parse().ok()).ok_or_else(bad)?;
-    let stat = out.lines().find_map(|l| l.strip_prefix("stat ")).ok_or_else(bad)?;
-    // The command name is in parentheses and may hold spaces: count fields after the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(bad)?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11).and_then(|v| v.parse().ok()).ok_or_else(bad)?;
-    let stime: f64 = f.get(12).and_then(|v| v.parse().ok()).ok_or_else(bad)?;
-    let rss_kb: f64 = out
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(bad)?;
-    Ok((rss_kb * 1024.0, (utime + stime) / ticks))
-}
-
-impl ProcOverSsh {
-    async fn read_proc(&self, node: &Node) -> Result<(f64, f64), String> {
-        let port = node.rpc.rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
-        let mut cmd = tokio::process::Command::new("ssh");
-        cmd.args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10"]);
-        if let Some(k) = &self.known_hosts {
-            cmd.arg("-o").arg(format!("UserKnownHostsFile={}", k.display()));
-        }
-        if let Some(i) = &self.identity {
-            cmd.arg("-i").arg(i).args(["-o", "IdentitiesOnly=yes"]);
-        }
-        if let Some(p) = node.ssh_port {
-            cmd.arg("-p").arg(p.to_string());
-        }
-        let target = match &node.ssh_user {
-            Some(u) => format!("{u}@{}", node.host),
-            None => node.host.clone(),
-        };
-        // The script travels as one argument to `sh -c`, its port as $1.
-        let remote = format!("sh -c '{}' timed-proc {port}", PROC_SCRIPT.replace('\'', "'\\''"));
-        cmd.arg(&target).arg(remote).kill_on_drop(true);
-        let out = tokio::time::timeout(self.metrics.timeout + Duration::from_secs(10), cmd.output())
-            .await
-            .map_err(|_| format!("ssh {target}: timed out"))?
-            .map_err(|e| format!("cannot run ssh: {e}"))?;
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            return Err(format!("ssh {target}: {}", err.trim()));
-        }
-        parse_proc(&String::from_utf8_lossy(&out.stdout))
-    }
-}
-
-impl ResourceSource for ProcOverSsh {
-    async fn snapshot(&self, node: &Node) -> Result<Snapshot, String> {
-        let mut snap = self.metrics.snapshot(node).await?;
-        let (rss, cpu) = self.read_proc(node).await?;
-        snap.rss_bytes = Some(rss);
-        snap.cpu_seconds = Some(cpu);
-        Ok(snap)
-    }
 }
 
 /// Two snapshots `interval` apart from every node, judged against the targets.
@@ -422,16 +284,17 @@ async fn configured_block_time(nodes: &[Node], timeout: Duration) -> f64 {
     10.0
 }
 
-pub async fn run(a: ResourcesArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
-    let (_, inv) = crate::commands::open_inventory(g)?;
+pub async fn run(a: ResourcesArgs, ctx: &Ctx) -> anyhow::Result<u8> {
+    let ui = ctx.ui;
+    let (_, inv) = ctx.inventory()?;
     let timeout = Duration::from_secs_f64(a.timeout);
-    let nodes = inv.nodes.clone();
+    let nodes = ctx.reach(inv, &inv.nodes).await?;
     let targets = Targets { block_time_secs: configured_block_time(&nodes, timeout).await };
     let metrics = MetricsScrape { timeout };
     // Local processes report themselves; on remote hosts the kernel's figures are read over SSH.
-    let remote = inv.provider != crate::inventory::Provider::Local;
+    let remote = inv.provider.tunnels_rpc();
     let (rows, source) = if remote {
-        let src = ProcOverSsh { metrics, identity: a.ssh_identity.clone(), known_hosts: a.ssh_known_hosts.clone() };
+        let src = ProcOverSsh { metrics, hosts: ctx.sessions_for(&inv.nodes).await };
         (sample(&src, &nodes, &a, ui, &targets).await, "metrics+proc-over-ssh")
     } else {
         (sample(&metrics, &nodes, &a, ui, &targets).await, "metrics")
@@ -453,16 +316,6 @@ pub async fn run(a: ResourcesArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn proc_output_is_parsed_and_bad_output_is_an_error() {
-        let out = "ticks 100\nstat 4242 (timed worker) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 50 0 0 20 0 9 0 1234 0 0\nVmRSS:\t   12345 kB\n";
-        let (rss, cpu) = parse_proc(out).unwrap();
-        assert_eq!(rss, 12345.0 * 1024.0);
-        assert!((cpu - 3.0).abs() < 1e-9, "(250 + 50) ticks at 100 Hz: {cpu}");
-        assert!(parse_proc("ticks 100\n").is_err());
-        assert!(parse_proc("").is_err());
-    }
 
     fn metrics(cpu: f64, rss: f64, sent: f64) -> String {
         format!(

@@ -1,10 +1,9 @@
 //! `timectl rpc METHOD [PARAMS...]`: any method, on chosen nodes at once. The plan's
 //! `curl | jq` loop, concurrent and with a timeout per node.
 
-use crate::cli::Global;
 use crate::client;
+use crate::context::Ctx;
 use crate::error::{Reported, EXIT_OK};
-use crate::output::Ui;
 use clap::{ArgGroup, Args};
 use jsonrpsee::core::client::ClientT;
 use jsonrpsee::core::params::ArrayParams;
@@ -69,9 +68,11 @@ fn show(v: &Value) -> String {
     }
 }
 
-pub async fn run(a: RpcArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
-    let (path, inv) = crate::commands::open_inventory(g)?;
-    let nodes = inv.select(&a.node, &path)?;
+pub async fn run(a: RpcArgs, ctx: &Ctx) -> anyhow::Result<u8> {
+    let ui = ctx.ui;
+    let (path, inv) = ctx.inventory()?;
+    let nodes = inv.select(&a.node, path)?;
+    let nodes = ctx.reach(inv, &nodes).await?;
     let params: Vec<Value> = a.params.iter().map(|p| parse_param(p)).collect();
     let timeout = Duration::from_secs_f64(a.timeout);
     let spinner = ui.spinner(format!("{} on {} nodes", a.method, nodes.len()));

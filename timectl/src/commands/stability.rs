@@ -8,15 +8,16 @@
 //! observation is appended to a JSONL log at once, so nothing is lost on a crash and a run can
 //! be resumed; the verdict is `monitor::analyze` over that log.
 
-use crate::cli::Global;
 use crate::client;
-use crate::commands::resources::{MetricsScrape, ResourceSource};
+use crate::context::Ctx;
 use crate::error::{Hinted, EXIT_FORK, EXIT_LOST_TX, EXIT_OK, EXIT_STALL};
 use crate::inventory::{self, Node};
+use crate::measure::{MetricsScrape, ResourceSource};
 use crate::monitor::{
-    self, Analysis, Finding, HashCheck, NodeObs, ProbeResult, ProbeSent, Record, Severity, Start, Tick,
+    self, summary_rows, Analysis, Finding, HashCheck, NodeObs, ProbeResult, ProbeSent, Record, Severity, Start, Tick,
+    MAX_FINDINGS_SHOWN,
 };
-use crate::output::{human_duration, now_ms, rfc3339, Ui};
+use crate::output::{human_duration, now_ms, Ui};
 use clap::Args;
 use jsonrpsee::http_client::HttpClient;
 use std::collections::BTreeMap;
@@ -68,8 +69,6 @@ pub struct StabilityArgs {
 
 /// Probe amount in TIME: far above dust, far below any wallet's genesis outputs.
 const PROBE_AMOUNT: f64 = 0.001;
-/// A halted network produces a finding per probe; tables show the first ones.
-pub const MAX_FINDINGS_SHOWN: usize = 50;
 /// Every this many intervals an earlier fork-check height is checked again.
 const RECHECK_EVERY: u64 = 5;
 
@@ -83,40 +82,6 @@ pub fn exit_code(a: &Analysis) -> u8 {
     } else {
         EXIT_OK
     }
-}
-
-/// The rows of the summary, shared by the terminal and the HTML report: label, value, and
-/// whether it is a failure.
-pub fn summary_rows(a: &Analysis) -> Vec<(String, String, bool)> {
-    let p = &a.probes;
-    let ms = |v: Option<u64>| v.map_or("-".into(), |v| format!("{:.2} s", v as f64 / 1000.0));
-    let heights: Vec<String> =
-        a.nodes.iter().map(|(n, s)| format!("{n}={}", s.last_height.map_or("-".into(), |h| h.to_string()))).collect();
-    vec![
-        ("network".into(), a.network.clone(), false),
-        ("started".into(), rfc3339(a.started_ms), false),
-        (
-            "duration".into(),
-            format!("{} of {}", human_duration(a.duration_secs), human_duration(a.planned_secs)),
-            false,
-        ),
-        ("samples".into(), format!("{} intervals, {} log records", a.ticks, a.records), false),
-        ("forks".into(), a.count("fork").to_string(), a.count("fork") > 0),
-        ("stalls".into(), a.count("stall").to_string(), a.count("stall") > 0),
-        ("lost transactions".into(), p.lost.to_string(), p.lost > 0),
-        ("unreachable episodes".into(), a.count("unreachable").to_string(), false),
-        (
-            "probes".into(),
-            format!(
-                "{} sent, {} final, {} lost, {} not sent, {} pending",
-                p.sent, p.finalized, p.lost, p.send_failed, p.pending
-            ),
-            false,
-        ),
-        ("probe finality".into(), format!("p50 {}, max {}", ms(p.latency_p50_ms), ms(p.latency_max_ms)), false),
-        ("last heights".into(), heights.join(" "), false),
-        ("result".into(), if a.passed() { "PASS" } else { "FAIL" }.into(), !a.passed()),
-    ]
 }
 
 pub fn render_summary(a: &Analysis, ui: Ui) -> String {
@@ -375,21 +340,18 @@ fn default_log_path() -> PathBuf {
     PathBuf::from(format!("stability-{}.jsonl", crate::output::compact_timestamp(now_ms())))
 }
 
-pub async fn run(a: StabilityArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
+pub async fn run(a: StabilityArgs, ctx: &Ctx) -> anyhow::Result<u8> {
+    let ui = ctx.ui;
     // Settings and history come from the log on --resume, from the flags otherwise.
     let (log_path, records, cfg, inv_path) = if let Some(path) = &a.resume {
         let records = monitor::read_log(path)?;
         let Some(Record::Start(cfg)) = records.first().cloned() else {
             unreachable!("read_log guarantees a start record");
         };
-        let inv_path = if g.inventory.is_some() || g.network.is_some() {
-            inventory::resolve_path(g.inventory.as_deref(), g.network.as_deref())?
-        } else {
-            PathBuf::from(&cfg.inventory)
-        };
+        let inv_path = if ctx.names_inventory() { ctx.inventory_path()? } else { PathBuf::from(&cfg.inventory) };
         (path.clone(), records, cfg, inv_path)
     } else {
-        let inv_path = inventory::resolve_path(g.inventory.as_deref(), g.network.as_deref())?;
+        let inv_path = ctx.inventory_path()?;
         let cfg = Start {
             version: monitor::LOG_VERSION,
             started_ms: now_ms(),
@@ -436,8 +398,9 @@ pub async fn run(a: StabilityArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
     // Not capped by the interval: a slow answer delays the next sample, while a short cap
     // would call a busy node unreachable.
     let timeout = Duration::from_secs_f64(a.timeout.max(0.1));
-    let clients = inv
-        .nodes
+    // Remote nodes through SSH forwards (held open by the context for the whole run).
+    let reached = ctx.reach(&inv, &inv.nodes).await?;
+    let clients = reached
         .iter()
         .map(|n| client::rpc_client(n, timeout))
         .collect::<Result<Vec<_>, _>>()
@@ -446,7 +409,7 @@ pub async fn run(a: StabilityArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
     let (seq, next_probe) = monitor::next_counters(&records);
     let mut m = Monitor {
         wallets: vec![None; inv.nodes.len()],
-        nodes: inv.nodes.clone(),
+        nodes: reached,
         clients,
         timeout,
         cfg: cfg.clone(),

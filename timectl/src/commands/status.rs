@@ -1,7 +1,7 @@
 //! `timectl status`: one row per node, each node asked concurrently.
 
-use crate::cli::Global;
 use crate::client;
+use crate::context::Ctx;
 use crate::error::{Reported, EXIT_OK};
 use crate::output::{human_duration, short_hash, Ui};
 use clap::Args;
@@ -104,14 +104,15 @@ pub fn render(rows: &[NodeStatus], ui: Ui) -> String {
     t.to_string()
 }
 
-pub async fn run(a: StatusArgs, g: &Global, ui: Ui) -> anyhow::Result<u8> {
-    let (_, inv) = crate::commands::open_inventory(g)?;
+pub async fn run(a: StatusArgs, ctx: &Ctx) -> anyhow::Result<u8> {
+    let ui = ctx.ui;
+    let (_, inv) = ctx.inventory()?;
+    let nodes = ctx.reach(inv, &inv.nodes).await?;
     let timeout = Duration::from_secs_f64(a.timeout);
-    let spinner = ui.spinner(format!("asking {} nodes", inv.nodes.len()));
-    let results = client::fan_out(&inv.nodes, timeout, |n| query(n, timeout)).await;
+    let spinner = ui.spinner(format!("asking {} nodes", nodes.len()));
+    let results = client::fan_out(&nodes, timeout, |n| query(n, timeout)).await;
     spinner.finish_and_clear();
-    let rows: Vec<NodeStatus> = inv
-        .nodes
+    let rows: Vec<NodeStatus> = nodes
         .iter()
         .zip(results)
         .map(|(n, (r, _))| r.unwrap_or_else(|error| NodeStatus::unreachable(n.name.clone(), error)))

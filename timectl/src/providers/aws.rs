@@ -718,6 +718,94 @@ impl Provider for Aws {
     }
 }
 
+/// The provider as the command line builds it: the SDK configuration is loaded on first use,
+/// and the region a network was created in is remembered in the network's state directory
+/// (`aws.json`, no secret in it), so `destroy` and `list` look in the right region without
+/// `--region`.
+pub struct AwsProvider {
+    settings: AwsSettings,
+    detector: Arc<dyn AddressDetector>,
+    networks_dir: std::path::PathBuf,
+    built: tokio::sync::Mutex<HashMap<Option<String>, Arc<Aws>>>,
+}
+
+impl AwsProvider {
+    pub fn new(settings: AwsSettings, detector: Arc<dyn AddressDetector>, networks_dir: std::path::PathBuf) -> Self {
+        AwsProvider { settings, detector, networks_dir, built: tokio::sync::Mutex::new(HashMap::new()) }
+    }
+
+    fn state_file(&self, network: &str) -> std::path::PathBuf {
+        self.networks_dir.join(network).join("aws.json")
+    }
+
+    fn recorded_region(&self, network: &str) -> Option<String> {
+        let text = std::fs::read_to_string(self.state_file(network)).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["region"].as_str().map(String::from)
+    }
+
+    fn record_region(&self, network: &str, region: &str) -> Result<(), ProviderError> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let file = self.state_file(network);
+        let fail =
+            |e: std::io::Error| ProviderError::new(NAME, format!("cannot write {}", file.display())).with_source(e);
+        if let Some(dir) = file.parent() {
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(fail)?;
+        }
+        std::fs::write(&file, serde_json::json!({ "region": region }).to_string()).map_err(fail)
+    }
+
+    /// The provider for the network's region: `--region`, else the recorded one, else the
+    /// SDK's chain.
+    async fn aws(&self, network: &str) -> Result<Arc<Aws>, ProviderError> {
+        cloud::check_network_name(NAME, network)?;
+        let recorded = self.recorded_region(network);
+        if let (Some(flag), Some(rec)) = (&self.settings.region, &recorded) {
+            if flag != rec {
+                return Err(ProviderError::new(NAME, format!("network {network} is in region {rec}, not {flag}"))
+                    .with_hint(format!("drop --region, or pass --region {rec}")));
+            }
+        }
+        let region = self.settings.region.clone().or(recorded);
+        let mut built = self.built.lock().await;
+        if let Some(a) = built.get(&region) {
+            return Ok(a.clone());
+        }
+        let settings = AwsSettings { region: region.clone(), ..self.settings.clone() };
+        let a = Arc::new(Aws::from_env(settings, self.detector.clone()).await?);
+        built.insert(region, a.clone());
+        Ok(a)
+    }
+}
+
+#[async_trait]
+impl Provider for AwsProvider {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn plan(&self, req: &ProvisionRequest) -> Result<Plan, ProviderError> {
+        self.aws(&req.network).await?.plan(req).await
+    }
+
+    async fn create(&self, req: &ProvisionRequest, progress: &dyn Progress) -> Result<Vec<Host>, ProviderError> {
+        let aws = self.aws(&req.network).await?;
+        // Recorded before anything exists, so a crash part-way still leaves the region known.
+        self.record_region(&req.network, aws.region())?;
+        aws.create(req, progress).await
+    }
+
+    async fn list(&self, network: &str) -> Result<Vec<Host>, ProviderError> {
+        self.aws(network).await?.list(network).await
+    }
+
+    async fn destroy(&self, network: &str, progress: &dyn Progress) -> Result<Vec<String>, ProviderError> {
+        let deleted = self.aws(network).await?.destroy(network, progress).await?;
+        let _ = std::fs::remove_file(self.state_file(network));
+        Ok(deleted)
+    }
+}
+
 #[cfg(test)]
 mod moto_tests;
 

@@ -3,12 +3,30 @@
 //! cap. Nothing here talks to a cloud API.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use super::ProviderError;
+
+/// The cloud providers' flags (beside `--provider`, `--ssh-public-key` and `--allow-from`).
+/// Unset values take each provider's defaults.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct CloudArgs {
+    /// Cloud region (do: default sfo3; aws: default from AWS_REGION or the profile).
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+    /// DigitalOcean droplet size (default s-2vcpu-4gb).
+    #[arg(long, value_name = "SLUG")]
+    pub size: Option<String>,
+    /// Image: a DigitalOcean image slug (default ubuntu-22-04-x64) or an AWS AMI id (default:
+    /// the newest Ubuntu 22.04 image from Canonical in the region).
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// AWS instance type (default t3.small).
+    #[arg(long, value_name = "TYPE")]
+    pub instance_type: Option<String>,
+}
 
 /// `deploy` refuses more hosts than this without `--yes`: a typo in `--nodes` should not
 /// start a bill of hundreds of machines.
@@ -24,6 +42,15 @@ pub fn check_node_cap(provider: &'static str, nodes: usize, yes: bool) -> Result
         .with_hint("pass --yes if you really want to pay for that many hosts"));
     }
     Ok(())
+}
+
+/// The dry-run line about money: what the network costs per hour once created, or that the
+/// provider cannot say.
+pub fn price_line(hourly_usd: Option<f64>, nodes: usize) -> String {
+    match hourly_usd {
+        Some(p) => format!("price: ${p:.4}/hour for the network ({nodes} hosts), about ${:.2} for 72 hours", p * 72.0),
+        None => format!("price: unknown for this type and region ({nodes} hosts); see the provider's price list"),
+    }
 }
 
 /// The cloud-init user data every cloud host boots with (`templates/cloud-init.yaml`).
@@ -61,21 +88,6 @@ pub fn check_network_name(provider: &'static str, network: &str) -> Result<(), P
         Err(ProviderError::new(provider, format!("network name {network:?} cannot be used for cloud hosts"))
             .with_hint("use 1 to 40 lowercase letters, digits and inner dashes, e.g. `tn1`"))
     }
-}
-
-/// The default public key: the first of `~/.ssh/id_ed25519.pub`, `~/.ssh/id_rsa.pub`.
-pub fn default_public_key_path(home: &Path) -> Option<PathBuf> {
-    ["id_ed25519.pub", "id_rsa.pub"].iter().map(|f| home.join(".ssh").join(f)).find(|p| p.is_file())
-}
-
-/// Reads an OpenSSH public key line from `path` and checks it is one, so a private key given
-/// by mistake is refused before anything is sent anywhere (and its content is never echoed).
-pub fn read_public_key(provider: &'static str, path: &Path) -> Result<String, ProviderError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ProviderError::new(provider, format!("cannot read SSH public key {}", path.display())).with_source(e)
-    })?;
-    parse_public_key(provider, &text)
-        .map_err(|e| ProviderError { message: format!("{}: {}", path.display(), e.message), ..e })
 }
 
 /// The key type and base64 blob of an OpenSSH public key line, checked.
@@ -241,16 +253,5 @@ mod tests {
         let err = check_node_cap("do", 21, false).unwrap_err();
         assert!(err.hint.unwrap().contains("--yes"));
         assert!(check_node_cap("do", 21, true).is_ok());
-    }
-
-    #[test]
-    fn default_key_prefers_ed25519() {
-        let home = tempfile::tempdir().unwrap();
-        assert_eq!(default_public_key_path(home.path()), None);
-        std::fs::create_dir(home.path().join(".ssh")).unwrap();
-        std::fs::write(home.path().join(".ssh/id_rsa.pub"), "x").unwrap();
-        assert_eq!(default_public_key_path(home.path()), Some(home.path().join(".ssh/id_rsa.pub")));
-        std::fs::write(home.path().join(".ssh/id_ed25519.pub"), "x").unwrap();
-        assert_eq!(default_public_key_path(home.path()), Some(home.path().join(".ssh/id_ed25519.pub")));
     }
 }

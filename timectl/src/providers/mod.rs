@@ -13,6 +13,9 @@ pub mod digitalocean;
 
 use async_trait::async_trait;
 
+pub mod rehearsal;
+pub mod ssh;
+
 /// What to provision.
 #[derive(Clone, Debug)]
 pub struct ProvisionRequest {
@@ -114,4 +117,75 @@ pub trait Provider: Send + Sync {
     /// Deletes everything the provider made for the network (hosts and any firewall, key or
     /// network of its own) and returns one line per thing deleted.
     async fn destroy(&self, network: &str, progress: &dyn Progress) -> Result<Vec<String>, ProviderError>;
+}
+
+/// The provider flags shared by `deploy`, `provision` and `destroy`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ProviderArgs {
+    /// Where hosts come from: `rehearsal` (containers on this machine, needs root) or `ssh`
+    /// (the hosts listed in --inventory FILE).
+    #[arg(long, value_name = "NAME")]
+    pub provider: Option<crate::inventory::ProviderKind>,
+    /// SSH public key the hosts should accept (default: --ssh-identity's .pub, else
+    /// ~/.ssh/id_ed25519.pub or ~/.ssh/id_rsa.pub).
+    #[arg(long, value_name = "FILE")]
+    pub ssh_public_key: Option<std::path::PathBuf>,
+    /// CIDR allowed to reach SSH on cloud firewalls (default: detected).
+    #[arg(long, value_name = "CIDR")]
+    pub allow_from: Option<String>,
+    #[command(flatten)]
+    pub cloud: cloud::CloudArgs,
+}
+
+/// What a provider needs besides its flags: the network's state directory and, for `ssh`,
+/// the hand-written inventory and how to reach its hosts.
+pub struct BuildContext {
+    pub networks_dir: std::path::PathBuf,
+    pub inventory: Option<crate::inventory::Inventory>,
+    pub ssh: crate::ssh::SshOptions,
+    /// `--region`, `--size`, `--image`, `--instance-type` (empty where a command has none).
+    pub cloud: cloud::CloudArgs,
+}
+
+/// The provider `kind` names. Cloud providers add their arms here.
+pub fn build(kind: crate::inventory::ProviderKind, cx: BuildContext) -> Result<Box<dyn Provider>, ProviderError> {
+    use crate::inventory::ProviderKind;
+    match kind {
+        ProviderKind::Rehearsal => Ok(Box::new(rehearsal::Rehearsal::new(cx.networks_dir))),
+        ProviderKind::Ssh => match cx.inventory {
+            Some(inv) => Ok(Box::new(ssh::SshHosts::new(inv, cx.ssh))),
+            None => Err(ProviderError::new("ssh", "the ssh provider needs an inventory listing the hosts")
+                .with_hint("write one (docs/inventory.md) and pass it with --inventory FILE")),
+        },
+        ProviderKind::Do => {
+            let c = cx.cloud;
+            let d = digitalocean::DoSettings::from_env();
+            let settings = digitalocean::DoSettings {
+                region: c.region.unwrap_or(d.region),
+                size: c.size.unwrap_or(d.size),
+                image: c.image.unwrap_or(d.image),
+                ..d
+            };
+            Ok(Box::new(digitalocean::DigitalOcean::from_env(settings)?))
+        }
+        ProviderKind::Aws => {
+            let c = cx.cloud;
+            let d = aws::AwsSettings::default();
+            let settings = aws::AwsSettings {
+                region: c.region,
+                instance_type: c.instance_type.unwrap_or(d.instance_type),
+                image: c.image,
+                ..d
+            };
+            Ok(Box::new(aws::AwsProvider::new(
+                settings,
+                std::sync::Arc::new(cloud::HttpAddressDetector::default()),
+                cx.networks_dir,
+            )))
+        }
+        other => {
+            Err(ProviderError::new("timectl", format!("provider {:?} is not available in this build", other.name()))
+                .with_hint("use --provider rehearsal, ssh, do or aws"))
+        }
+    }
 }

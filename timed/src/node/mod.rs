@@ -13,6 +13,7 @@ use crate::consensus::heartbeat::HeartbeatTracker;
 use crate::consensus::snowball::Snowball;
 use crate::mempool::{Added, Mempool, DEFAULT_MAX_BYTES};
 use crate::metrics::Metrics;
+use crate::node_info::NodeInfo;
 use crate::p2p::message::Message;
 use crate::p2p::{P2p, P2pConfig};
 use crate::storage::Store;
@@ -241,10 +242,13 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
     let rpc = crate::rpc::serve(shared.clone(), rpc_listener).await?;
     write_node_file(&shared)?;
     tracing::info!(rpc = %rpc_addr, p2p = %p2p.local_addr(), "node ready");
+    // Only now: systemd starts whatever is ordered after timed once it sees READY=1.
+    crate::notify::notify_or_log(crate::notify::READY);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let engine = tokio::spawn(engine::run(shared.clone(), inbound, new_tx_recv, stop_rx));
     shutdown.await;
+    crate::notify::notify_or_log(crate::notify::STOPPING);
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = rpc.stop();
@@ -255,25 +259,24 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
         Err(e) => tracing::error!("engine task failed: {e}"),
     }
     p2p.shutdown();
-    let _ = std::fs::remove_file(cfg.data_dir.join("node.json"));
+    if let Err(e) = NodeInfo::remove(&cfg.data_dir) {
+        tracing::warn!("{e:#}");
+    }
     tracing::info!("stopped cleanly");
     Ok(())
 }
 
 /// `node.json` in the data dir tells tools (timectl) where this node listens.
 fn write_node_file(shared: &Shared) -> anyhow::Result<()> {
-    let info = serde_json::json!({
-        "pid": std::process::id(),
-        "validator_id": shared.cfg.validator_id,
-        "p2p": shared.p2p.local_addr().to_string(),
-        "rpc": shared.rpc_addr.to_string(),
-        "genesis_hash": shared.ledger.genesis_hash.to_hex(),
-        "chain_id": shared.chain_id(),
-    });
-    let path = shared.cfg.data_dir.join("node.json");
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&info)?)?;
-    std::fs::rename(&tmp, &path)?;
+    let info = NodeInfo {
+        pid: std::process::id(),
+        validator_id: shared.cfg.validator_id.clone(),
+        p2p: shared.p2p.local_addr(),
+        rpc: shared.rpc_addr,
+        genesis_hash: shared.ledger.genesis_hash.to_hex(),
+        chain_id: shared.chain_id().to_string(),
+    };
+    info.write(&shared.cfg.data_dir)?;
     Ok(())
 }
 

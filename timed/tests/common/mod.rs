@@ -48,7 +48,7 @@ pub fn spawn_in(dir: &Path, id: &str, extra: &[&str]) -> Node {
         args.extend(["--rpc-bind".into(), "127.0.0.1:0".into()]);
     }
     args.extend(extra.iter().map(|s| s.to_string()));
-    let _ = std::fs::remove_file(dir.join("node.json"));
+    timed::node_info::NodeInfo::remove(dir).unwrap();
     std::fs::create_dir_all(dir).unwrap();
     let log = std::fs::File::create(dir.join("timed.log")).unwrap();
     let child = Command::new(timed_bin())
@@ -75,12 +75,10 @@ impl Node {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(text) = std::fs::read_to_string(self.dir.join("node.json")) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-                    self.rpc = v["rpc"].as_str().unwrap().to_string();
-                    self.p2p = v["p2p"].as_str().unwrap().to_string();
-                    return;
-                }
+            if let Some(info) = timed::node_info::NodeInfo::read(&self.dir).expect("node.json") {
+                self.rpc = info.rpc.to_string();
+                self.p2p = info.p2p.to_string();
+                return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("timed {} exited with {status}: {}", self.id, self.log());
@@ -137,7 +135,7 @@ impl Node {
         if let Some(i) = self.args.iter().position(|a| a == "--port") {
             self.args[i + 1] = port;
         }
-        let _ = std::fs::remove_file(self.dir.join("node.json"));
+        timed::node_info::NodeInfo::remove(&self.dir).unwrap();
         let log = std::fs::OpenOptions::new().append(true).open(self.dir.join("timed.log")).unwrap();
         self.child = Some(
             Command::new(timed_bin())
