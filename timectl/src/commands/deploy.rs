@@ -106,10 +106,11 @@ pub async fn run(a: DeployArgs, ctx: &Ctx) -> anyhow::Result<u8> {
                 .map(|i| providers::Host {
                     name: format!("{network}-node-{i}"),
                     index: i,
-                    ssh_host: "HOST".into(),
+                    // Distinct placeholders: install's plan refuses one host listed twice.
+                    ssh_host: format!("HOST-{i}"),
                     ssh_port: 22,
                     ssh_user: "root".into(),
-                    p2p_host: "HOST".into(),
+                    p2p_host: format!("HOST-{i}"),
                     provider_id: None,
                 })
                 .collect();

@@ -1,6 +1,7 @@
 //! The provider against a stateful fake of the API (`tests/common/do_fake.rs`) whose every
 //! request is checked against DigitalOcean's OpenAPI description.
 
+#[allow(dead_code)] // each test file uses a different part of the fake
 #[path = "../../../tests/common/do_fake.rs"]
 mod do_fake;
 #[path = "../../../tests/common/do_openapi.rs"]
