@@ -35,6 +35,8 @@ pub enum Fault {
     RateLimit,
     /// 500 with nothing done.
     ServerError,
+    /// 500 after the request was carried out (a gateway timing out on a slow backend).
+    ServerErrorAfterWork,
 }
 
 #[derive(Default)]
@@ -165,6 +167,11 @@ async fn handle(
                     r
                 }
                 Fault::ServerError => {
+                    error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "Unexpected server-side error")
+                }
+                Fault::ServerErrorAfterWork => {
+                    let host = headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or("127.0.0.1").to_string();
+                    route(&mut s, &method, &path, &query, body_json.as_ref(), &host);
                     error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "Unexpected server-side error")
                 }
             };

@@ -260,6 +260,21 @@ async fn api_errors_show_digitaloceans_id_and_message_never_the_token() {
     assert!(fake.writes().is_empty(), "{:?}", fake.writes());
 }
 
+#[tokio::test]
+async fn a_5xx_on_create_is_followed_by_a_list_not_a_second_create() {
+    let fake = FakeDo::start(TOKEN, spec()).await;
+    // The droplets are made, but the answer is a 500: posting the names again would double them.
+    fake.inject("POST", "/v2/droplets", Fault::ServerErrorAfterWork);
+    let p = provider(&fake, TOKEN);
+    let hosts = p.create(&request("tn", 3), &NoProgress).await.unwrap();
+    assert_eq!(hosts.len(), 3);
+    assert_eq!(fake.droplet_names(), vec!["tn-node-1", "tn-node-2", "tn-node-3"]);
+    let posts: Vec<u16> =
+        fake.requests().iter().filter(|r| r.method == "POST" && r.path == "/v2/droplets").map(|r| r.status).collect();
+    assert_eq!(posts, vec![500], "listed after the 500 and found every droplet");
+    assert_eq!(fake.violations(), Vec::<String>::new());
+}
+
 #[test]
 fn the_spec_check_refuses_what_the_api_would_refuse() {
     let spec = spec();
