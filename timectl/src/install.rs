@@ -161,23 +161,36 @@ pub struct Upload {
 }
 
 impl Upload {
-    fn sha256(&self) -> String {
-        hex::encode(Sha256::digest(self.bytes.as_slice()))
+    /// The binary is the same on every host and large: hashed once (see `Blob`).
+    fn sha256(&self, binary: &Blob) -> String {
+        if std::sync::Arc::ptr_eq(&self.bytes, &binary.bytes) {
+            binary.sha256.clone()
+        } else {
+            hex::encode(Sha256::digest(self.bytes.as_slice()))
+        }
+    }
+}
+
+/// File content with its sha256, computed once.
+pub struct Blob {
+    pub bytes: std::sync::Arc<Vec<u8>>,
+    pub sha256: String,
+}
+
+impl Blob {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        Blob { bytes: std::sync::Arc::new(bytes), sha256 }
     }
 }
 
 /// What one host gets, in the order it gets it.
-pub fn host_files(
-    inv: &Inventory,
-    index: usize,
-    m: &Materials,
-    binary: &std::sync::Arc<Vec<u8>>,
-) -> Result<Vec<Upload>, InstallError> {
+pub fn host_files(inv: &Inventory, index: usize, m: &Materials, binary: &Blob) -> Result<Vec<Upload>, InstallError> {
     let node = &inv.nodes[index];
     let keys = m.keys_of(&node.validator_id).expect("materials are made from this inventory");
     let svc = "timecoin:timecoin";
     Ok(vec![
-        Upload { dest: REMOTE_BINARY, bytes: binary.clone(), mode: 0o755, owner: "root:root", what: "binary" },
+        Upload { dest: REMOTE_BINARY, bytes: binary.bytes.clone(), mode: 0o755, owner: "root:root", what: "binary" },
         Upload {
             dest: REMOTE_GENESIS,
             bytes: m.genesis_toml.clone().into_bytes().into(),
@@ -217,11 +230,7 @@ pub fn host_files(
 }
 
 /// Per host, one line per thing `install` would do (for `--dry-run`).
-pub fn plan(
-    inv: &Inventory,
-    m: &Materials,
-    binary: &std::sync::Arc<Vec<u8>>,
-) -> Result<Vec<(String, Vec<String>)>, InstallError> {
+pub fn plan(inv: &Inventory, m: &Materials, binary: &Blob) -> Result<Vec<(String, Vec<String>)>, InstallError> {
     check_distinct_hosts(inv)?;
     let mut out = Vec::new();
     for (i, n) in inv.nodes.iter().enumerate() {
@@ -241,7 +250,7 @@ pub fn plan(
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct HostResult {
     pub node: String,
-    /// Files that were different and were uploaded.
+    /// Names of the files that were different and were uploaded.
     pub uploaded: Vec<String>,
     pub restarted: bool,
 }
@@ -264,7 +273,7 @@ pub async fn install(
     check_distinct_hosts(inv)?;
     let binary =
         std::fs::read(&opts.binary).map_err(|source| InstallError::Binary { path: opts.binary.clone(), source })?;
-    let binary = std::sync::Arc::new(binary);
+    let binary = Blob::new(binary);
     for n in &inv.nodes {
         progress.step(&n.name, "connecting");
     }
@@ -299,14 +308,14 @@ async fn install_on(
     pool: &ssh::Pool,
     inv: &Inventory,
     m: &Materials,
-    binary: &std::sync::Arc<Vec<u8>>,
+    binary: &Blob,
     opts: &InstallOptions,
     progress: &dyn Progress,
 ) -> Result<Vec<HostResult>, InstallError> {
     use futures::StreamExt;
     let jobs = pool.hosts.iter().enumerate().map(|(i, h)| async move {
         let files = host_files(inv, i, m, binary)?;
-        install_host(h, &inv.nodes[i], files, progress).await
+        install_host(h, &inv.nodes[i], files, binary, progress).await
     });
     let results: Vec<Result<HostResult, InstallError>> =
         futures::stream::iter(jobs).buffered(opts.ssh.parallelism.max(1)).collect().await;
@@ -343,6 +352,7 @@ async fn install_host(
     h: &Host,
     node: &Node,
     files: Vec<Upload>,
+    binary: &Blob,
     progress: &dyn Progress,
 ) -> Result<HostResult, InstallError> {
     let name = node.name.clone();
@@ -405,7 +415,7 @@ async fn install_host(
     let mut uploaded = Vec::new();
     let mut unit_changed = false;
     for f in &files {
-        let want = f.sha256();
+        let want = f.sha256(binary);
         if remote.get(f.dest) == Some(&want.as_str()) {
             continue;
         }
@@ -426,7 +436,8 @@ async fn install_host(
             unit_changed = true;
         }
         left.push(f.dest.to_string());
-        uploaded.push(f.dest.to_string());
+        // The file name is enough to tell them apart in a table.
+        uploaded.push(f.dest.rsplit('/').next().unwrap_or(f.dest).to_string());
     }
 
     progress.step(&name, "starting the service");

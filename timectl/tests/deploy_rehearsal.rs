@@ -192,6 +192,17 @@ fn deploy_three_rehearsal_hosts_operate_and_destroy() {
 
     steps.run("sendtoaddress on node 1 is final on node 3", || pay(&net, &names[0], &names[2]));
 
+    // Before upgrade: afterwards deploy would (rightly) put its own binary back.
+    steps.run("a second deploy changes nothing", || {
+        let pids: Vec<String> = hosts.iter().map(|h| main_pid(&net, h)).collect();
+        let state_before = net.state().map(|s| format!("{s:?}"));
+        let r = net.timectl(&["deploy", "--provider", "rehearsal", "--nodes", "3", "--yes"]);
+        ok_run(&r, "second deploy")?;
+        let after: Vec<String> = hosts.iter().map(|h| main_pid(&net, h)).collect();
+        ensure(pids == after, || format!("timed restarted: {pids:?} -> {after:?}\n{}", r.screen()))?;
+        ensure(net.state().map(|s| format!("{s:?}")) == state_before, || "the hosts changed".into())
+    });
+
     steps.run("logs returns journal lines", || {
         let r = net.timectl(&["logs", &names[0]]);
         ok_run(&r, "logs")?;
@@ -228,7 +239,7 @@ fn deploy_three_rehearsal_hosts_operate_and_destroy() {
         std::fs::write(&bin, &bytes).map_err(|e| e.to_string())?;
         std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let want = sha256_hex(&bytes);
-        let r = net.timectl(&["upgrade", "--binary", bin.to_str().unwrap(), "--yes"]);
+        let r = net.timectl(&["upgrade", "--binary", bin.to_str().unwrap()]);
         ok_run(&r, "upgrade")?;
         for h in &hosts {
             let sum = net.sh(h, "sha256sum /usr/local/bin/timed");
@@ -237,16 +248,6 @@ fn deploy_three_rehearsal_hosts_operate_and_destroy() {
         let top = *heights(&net)?.iter().max().unwrap();
         wait_agree(&net, top, Duration::from_secs(120))?;
         pay(&net, &names[1], &names[0])
-    });
-
-    steps.run("a second deploy changes nothing", || {
-        let pids: Vec<String> = hosts.iter().map(|h| main_pid(&net, h)).collect();
-        let state_before = net.state().map(|s| format!("{s:?}"));
-        let r = net.timectl(&["deploy", "--provider", "rehearsal", "--nodes", "3", "--yes"]);
-        ok_run(&r, "second deploy")?;
-        let after: Vec<String> = hosts.iter().map(|h| main_pid(&net, h)).collect();
-        ensure(pids == after, || format!("timed restarted: {pids:?} -> {after:?}\n{}", r.screen()))?;
-        ensure(net.state().map(|s| format!("{s:?}")) == state_before, || "the hosts changed".into())
     });
 
     steps.run("a host whose key changed is refused", || {

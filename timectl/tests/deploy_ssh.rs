@@ -95,7 +95,7 @@ fn snapshot(env: &Env, name: &str, run: &Run) {
     for (re, with) in filters(env) {
         s.add_filter(&re, with);
     }
-    s.add_filter(&common::regex_escape(&user()), "[USER]");
+    s.add_filter(&format!("{}@", common::regex_escape(&user())), "[USER]@");
     s.add_filter(r"SHA256:[A-Za-z0-9+/=]+", "SHA256:[FP]");
     s.add_filter(r"\[127\.0\.0\.1\]:\d+", "[127.0.0.1]:[PORT]");
     s.add_filter(r"port \d+", "port [PORT]");
@@ -209,13 +209,22 @@ fn ssh_provider_installs_onto_listed_hosts() {
     assert_eq!(r.code, 0, "{}", r.screen());
     let hosts: Vec<rehearsal::HostState> = (1..=2).map(|i| net.host(i)).collect();
 
+    // The second host is reached as an ordinary user with passwordless sudo, as on most
+    // servers; the first as root.
+    net.sh(
+        &hosts[1],
+        "useradd -m -s /bin/sh deployer && echo 'deployer ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/deployer \
+         && chmod 0440 /etc/sudoers.d/deployer && install -d -o deployer -m 0700 ~deployer/.ssh \
+         && install -o deployer -m 0600 /etc/ssh/rehearsal/authorized_keys ~deployer/.ssh/authorized_keys",
+    );
     let network = format!("{}h", net.network);
     let mut text = format!("# hosts we were given\nnetwork = \"{network}\"\nprovider = \"ssh\"\n");
     for (i, h) in hosts.iter().enumerate() {
         text.push_str(&format!(
-            "\n[[nodes]]\nname = \"box{n}\"\nhost = \"{a}\"\nssh_user = \"root\"\np2p = \"{a}:8001\"\nrpc = \"127.0.0.1:8080\"\nvalidator_id = \"validator{n}\"\n",
+            "\n[[nodes]]\nname = \"box{n}\"\nhost = \"{a}\"\nssh_user = \"{u}\"\np2p = \"{a}:8001\"\nrpc = \"127.0.0.1:8080\"\nvalidator_id = \"validator{n}\"\n",
             n = i + 1,
-            a = h.host_addr
+            a = h.host_addr,
+            u = if i == 1 { "deployer" } else { "root" },
         ));
     }
     let inv = net.env.path().join("given.toml");
@@ -241,6 +250,7 @@ fn ssh_provider_installs_onto_listed_hosts() {
         assert_eq!(net.sh(h, "systemctl is-active timed").trim(), "active");
         assert_eq!(net.sh(h, "systemctl show -p Type --value timed").trim(), "notify");
         assert_eq!(net.sh(h, "stat -c '%a %U' /var/lib/timed/validator.key").trim(), "600 timecoin");
+        assert_eq!(net.sh(h, "ps -o user= -p $(systemctl show -p MainPID --value timed)").trim(), "timecoin");
         // RPC listens on loopback only.
         let listen = net.sh(h, "ss -Hltn 'sport = :8080'");
         assert!(listen.contains("127.0.0.1:8080") && !listen.contains("0.0.0.0:8080"), "{listen}");
@@ -254,6 +264,11 @@ fn ssh_provider_installs_onto_listed_hosts() {
     let rows = r.json();
     assert_eq!(rows.as_array().unwrap().len(), 2);
     assert!(rows.as_array().unwrap().iter().all(|row| row["ok"] == true), "{rows}");
+
+    // The journal, over SSH (through sudo on box2).
+    let r = timectl(&["logs", "box2", "-n", "5"]);
+    assert_eq!(r.code, 0, "{}", r.screen());
+    assert!(r.stdout.contains("timed"), "{}", r.screen());
 
     // A second run changes nothing.
     let r = timectl(&["--json", "deploy", "--provider", "ssh", "--wait", "60"]);
@@ -279,4 +294,92 @@ fn ssh_provider_installs_onto_listed_hosts() {
     }
     assert!(inv.exists());
     assert!(!net.env.path().join(format!("state/networks/{network}")).exists(), "materials removed");
+}
+
+/// `--dry-run` prints the hosts, the files each would get and the unit, and touches nothing:
+/// no host is contacted, no materials are made.
+#[test]
+fn dry_run_prints_the_plan_and_changes_nothing() {
+    let env = Env::new();
+    let inv = inventory(&env, "dry", &[("n1", 2201, 8001), ("n2", 2202, 8001)]);
+    let r: Run = env
+        .cmd()
+        .arg("--inventory")
+        .arg(&inv)
+        .args(["deploy", "--provider", "ssh", "--dry-run"])
+        .arg("--timed")
+        .arg(common::timed_path())
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 0, "{}", r.screen());
+    for want in [
+        "keep    n1 (127.0.0.1)",
+        "upload /usr/local/bin/timed 755 root:root",
+        "/etc/systemd/system/timed.service",
+        "nothing was changed",
+    ] {
+        assert!(r.stdout.contains(want), "{want}: {}", r.screen());
+    }
+    assert!(!env.path().join("state/networks/dry").exists(), "no materials for a dry run");
+    let mut s = insta::Settings::clone_current();
+    for (re, with) in filters(&env) {
+        s.add_filter(&re, with);
+    }
+    s.add_filter(&format!("{}@", common::regex_escape(&user())), "[USER]@");
+    s.add_filter(r", \d+ bytes\)", ", [N] bytes)");
+    s.bind(|| insta::assert_snapshot!("dry_run", r.screen()));
+}
+
+/// A host that cannot be reached does not stop `status`: its node shows as unreachable, the
+/// SSH failure is logged naming it, and the command fails with the table printed.
+#[test]
+fn status_shows_a_down_host_as_unreachable() {
+    let env = Env::new();
+    let dir = env.path();
+    keygen(&dir.join("host_key"));
+    keygen(&dir.join("client_key"));
+    std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).unwrap();
+    let up = sshd(dir, &dir.join("host_key"));
+    let inv = inventory(&env, "half", &[("up", up.port, 18001), ("down", free_port(), 18002)]);
+    let r: Run = env
+        .cmd()
+        .arg("--inventory")
+        .arg(&inv)
+        .arg("--ssh-identity")
+        .arg(dir.join("client_key"))
+        .args(["--json", "status", "--timeout", "3"])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 1, "{}", r.screen());
+    let rows = r.json();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{}", r.screen());
+    assert!(rows.iter().all(|row| row["reachable"] == false), "{}", r.screen());
+    assert!(r.stderr.contains("down (") && r.stderr.contains("cannot connect over SSH"), "{}", r.screen());
+    assert!(r.stderr.contains("2 of 2 nodes did not answer"), "{}", r.screen());
+}
+
+/// `destroy` asks first: with no terminal to ask and no `--yes` it refuses and removes nothing.
+#[test]
+fn destroy_without_yes_and_without_a_terminal_refuses() {
+    let env = Env::new();
+    let inv = inventory(&env, "keep", &[("n1", 2201, 8001)]);
+    let r: Run = env
+        .cmd()
+        .arg("--inventory")
+        .arg(&inv)
+        .arg("destroy")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 1, "{}", r.screen());
+    assert!(inv.exists());
+    let mut s = insta::Settings::clone_current();
+    for (re, with) in filters(&env) {
+        s.add_filter(&re, with);
+    }
+    s.bind(|| insta::assert_snapshot!("destroy_needs_yes", r.screen()));
 }

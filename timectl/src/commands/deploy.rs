@@ -62,7 +62,9 @@ pub async fn run(a: DeployArgs, ctx: &Ctx) -> anyhow::Result<u8> {
     let inv_path = ctx.inventory_file.clone().unwrap_or_else(|| inventory::network_path(&network));
     let nodes = if kind == ProviderKind::Ssh { given.as_ref().map_or(0, |i| i.nodes.len()) } else { a.nodes };
     let network_dir = inventory::network_state_dir(&network);
-    let ssh = ctx.ssh_options(&network);
+    let mut ssh = ctx.ssh_options(&network);
+    // Hosts a provider has just made may still be booting: keep knocking for a while.
+    ssh.boot_wait = Duration::from_secs(60);
     let provider = providers::build(
         kind,
         BuildContext {
@@ -101,17 +103,19 @@ pub async fn run(a: DeployArgs, ctx: &Ctx) -> anyhow::Result<u8> {
             out.push_str(&format!("{}\n", providers::cloud::price_line(plan.hourly_usd, nodes)));
         }
         out.push_str("then on each host (over SSH, as root or with sudo):\n");
+        // Hosts that exist as they are, the ones to be made under placeholder addresses.
         let example = given.clone().unwrap_or_else(|| {
             let hosts: Vec<providers::Host> = (1..=nodes.max(1))
-                .map(|i| providers::Host {
-                    name: format!("{network}-node-{i}"),
-                    index: i,
-                    // Distinct placeholders: install's plan refuses one host listed twice.
-                    ssh_host: format!("HOST-{i}"),
-                    ssh_port: 22,
-                    ssh_user: "root".into(),
-                    p2p_host: format!("HOST-{i}"),
-                    provider_id: None,
+                .map(|i| {
+                    plan.existing.iter().find(|h| h.index == i).cloned().unwrap_or_else(|| providers::Host {
+                        name: format!("{network}-node-{i}"),
+                        index: i,
+                        ssh_host: format!("NEW-HOST-{i}"),
+                        ssh_port: 22,
+                        ssh_user: "root".into(),
+                        p2p_host: format!("NEW-HOST-{i}"),
+                        provider_id: None,
+                    })
                 })
                 .collect();
             provision::inventory_from_hosts(&network, kind, &hosts, None)
@@ -173,7 +177,7 @@ pub async fn run(a: DeployArgs, ctx: &Ctx) -> anyhow::Result<u8> {
 }
 
 fn install_plan_lines(inv: &Inventory, binary: &std::path::Path) -> anyhow::Result<Vec<String>> {
-    let bin = std::sync::Arc::new(
+    let bin = install::Blob::new(
         std::fs::read(binary).map_err(|source| install::InstallError::Binary { path: binary.to_path_buf(), source })?,
     );
     // Throwaway materials: the plan shows sizes and places, never keys.

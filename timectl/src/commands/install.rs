@@ -40,7 +40,7 @@ pub async fn run(a: InstallArgs, ctx: &Ctx) -> anyhow::Result<u8> {
     let binary = install::find_timed(a.timed.as_deref())?;
     let network_dir = inventory::network_state_dir(&inv.network);
     if a.dry_run {
-        let bin = std::sync::Arc::new(std::fs::read(&binary)?);
+        let bin = install::Blob::new(std::fs::read(&binary)?);
         let m = crate::materials::ensure(&network_dir, inv, a.block_time)?;
         let plan = install::plan(inv, &m, &bin)?;
         if ui.json {
