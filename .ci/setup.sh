@@ -23,3 +23,8 @@ fi
 command -v prlimit >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq util-linux >/dev/null; }
 rustup toolchain list 2>/dev/null | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+# A local EC2 endpoint (moto_server) for the AWS provider's tests.
+if ! command -v moto_server >/dev/null 2>&1; then
+  python3 -m pip install -q 'moto[server]>=5.0' 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages 'moto[server]>=5.0'
+fi

@@ -71,6 +71,7 @@ pub async fn run(a: DeployArgs, ctx: &Ctx) -> anyhow::Result<u8> {
             networks_dir: network_dir.parent().map(PathBuf::from).unwrap_or_default(),
             inventory: given.clone(),
             ssh: ssh.clone(),
+            cloud: a.provider.cloud.clone(),
         },
     )?;
     let req = ProvisionRequest {
@@ -84,6 +85,9 @@ pub async fn run(a: DeployArgs, ctx: &Ctx) -> anyhow::Result<u8> {
         p2p_port: provision::P2P_PORT,
         allow_from: a.provider.allow_from.clone(),
     };
+    if matches!(kind, ProviderKind::Do | ProviderKind::Aws) {
+        providers::cloud::check_node_cap(kind.name(), nodes, a.yes)?;
+    }
     let binary = install::find_timed(a.timed.as_deref())?;
 
     if a.dry_run {
@@ -94,6 +98,9 @@ pub async fn run(a: DeployArgs, ctx: &Ctx) -> anyhow::Result<u8> {
         }
         for c in &plan.create {
             out.push_str(&format!("  create  {c}\n"));
+        }
+        if matches!(kind, ProviderKind::Do | ProviderKind::Aws) {
+            out.push_str(&format!("{}\n", providers::cloud::price_line(plan.hourly_usd, nodes)));
         }
         out.push_str("then on each host (over SSH, as root or with sudo):\n");
         // Hosts that exist as they are, the ones to be made under placeholder addresses.
@@ -125,6 +132,7 @@ pub async fn run(a: DeployArgs, ctx: &Ctx) -> anyhow::Result<u8> {
             ui.print_json(&serde_json::json!({
                 "network": network, "provider": kind.name(), "inventory": inv_path,
                 "keep": plan.existing.iter().map(|h| &h.name).collect::<Vec<_>>(), "create": plan.create,
+                "hourly_usd": plan.hourly_usd,
             }));
         } else {
             print!("{out}");

@@ -88,6 +88,7 @@ pub async fn run(a: DestroyArgs, ctx: &Ctx) -> anyhow::Result<u8> {
             networks_dir: network_dir.parent().map(PathBuf::from).unwrap_or_default(),
             inventory: Some(inv.clone()),
             ssh: ssh_opts,
+            cloud: Default::default(),
         },
     )?;
     let deleted = provider.destroy(&inv.network, &progress).await;

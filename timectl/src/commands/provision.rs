@@ -23,6 +23,9 @@ pub struct ProvisionArgs {
     /// Print what would be created; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Answer every confirmation (needed for more than 20 cloud hosts).
+    #[arg(long)]
+    pub yes: bool,
 }
 
 pub async fn run(a: ProvisionArgs, ctx: &Ctx) -> anyhow::Result<u8> {
@@ -43,8 +46,12 @@ pub async fn run(a: ProvisionArgs, ctx: &Ctx) -> anyhow::Result<u8> {
             networks_dir: network_dir.parent().map(PathBuf::from).unwrap_or_default(),
             inventory: None,
             ssh: ctx.ssh_options(&network),
+            cloud: a.provider.cloud.clone(),
         },
     )?;
+    if matches!(kind, ProviderKind::Do | ProviderKind::Aws) {
+        providers::cloud::check_node_cap(kind.name(), a.nodes, a.yes)?;
+    }
     let req = ProvisionRequest {
         network: network.clone(),
         nodes: a.nodes,
@@ -65,6 +72,9 @@ pub async fn run(a: ProvisionArgs, ctx: &Ctx) -> anyhow::Result<u8> {
             }
             for c in &plan.create {
                 println!("create  {c}");
+            }
+            if matches!(kind, ProviderKind::Do | ProviderKind::Aws) {
+                println!("{}", providers::cloud::price_line(plan.hourly_usd, a.nodes));
             }
             println!("nothing was changed");
         }

@@ -7,6 +7,10 @@
 //! only what is missing; `destroy` finds what to delete the same way, so it also cleans up
 //! after a crash between "created" and "inventory written".
 
+pub mod aws;
+pub mod cloud;
+pub mod digitalocean;
+
 use async_trait::async_trait;
 
 pub mod rehearsal;
@@ -129,6 +133,8 @@ pub struct ProviderArgs {
     /// CIDR allowed to reach SSH on cloud firewalls (default: detected).
     #[arg(long, value_name = "CIDR")]
     pub allow_from: Option<String>,
+    #[command(flatten)]
+    pub cloud: cloud::CloudArgs,
 }
 
 /// What a provider needs besides its flags: the network's state directory and, for `ssh`,
@@ -137,6 +143,8 @@ pub struct BuildContext {
     pub networks_dir: std::path::PathBuf,
     pub inventory: Option<crate::inventory::Inventory>,
     pub ssh: crate::ssh::SshOptions,
+    /// `--region`, `--size`, `--image`, `--instance-type` (empty where a command has none).
+    pub cloud: cloud::CloudArgs,
 }
 
 /// The provider `kind` names. Cloud providers add their arms here.
@@ -149,9 +157,35 @@ pub fn build(kind: crate::inventory::ProviderKind, cx: BuildContext) -> Result<B
             None => Err(ProviderError::new("ssh", "the ssh provider needs an inventory listing the hosts")
                 .with_hint("write one (docs/inventory.md) and pass it with --inventory FILE")),
         },
+        ProviderKind::Do => {
+            let c = cx.cloud;
+            let d = digitalocean::DoSettings::from_env();
+            let settings = digitalocean::DoSettings {
+                region: c.region.unwrap_or(d.region),
+                size: c.size.unwrap_or(d.size),
+                image: c.image.unwrap_or(d.image),
+                ..d
+            };
+            Ok(Box::new(digitalocean::DigitalOcean::from_env(settings)?))
+        }
+        ProviderKind::Aws => {
+            let c = cx.cloud;
+            let d = aws::AwsSettings::default();
+            let settings = aws::AwsSettings {
+                region: c.region,
+                instance_type: c.instance_type.unwrap_or(d.instance_type),
+                image: c.image,
+                ..d
+            };
+            Ok(Box::new(aws::AwsProvider::new(
+                settings,
+                std::sync::Arc::new(cloud::HttpAddressDetector::default()),
+                cx.networks_dir,
+            )))
+        }
         other => {
             Err(ProviderError::new("timectl", format!("provider {:?} is not available in this build", other.name()))
-                .with_hint("use --provider rehearsal or --provider ssh"))
+                .with_hint("use --provider rehearsal, ssh, do or aws"))
         }
     }
 }
