@@ -50,9 +50,9 @@ fn host_firewall_opens_only_ssh_and_the_p2p_port() {
 }
 
 #[test]
-fn holds_no_secret_and_no_unfilled_placeholder() {
+fn holds_no_secret_and_no_unfilled_template_field() {
     let text = template().replace("{{p2p_port}}", "24100");
-    assert!(!text.contains("{{"), "unfilled placeholder");
+    assert!(!text.contains("{{"), "unfilled template field");
     // User data is readable in cloud consoles and metadata services: keys and passwords arrive
     // over SSH later, never here.
     let doc = rendered();

@@ -103,7 +103,7 @@ pub async fn run(a: DeployArgs, ctx: &Ctx) -> anyhow::Result<u8> {
             out.push_str(&format!("{}\n", providers::cloud::price_line(plan.hourly_usd, nodes)));
         }
         out.push_str("then on each host (over SSH, as root or with sudo):\n");
-        // Hosts that exist as they are, the ones to be made under placeholder addresses.
+        // Hosts that exist as they are; those still to be made appear as NEW-HOST-N.
         let example = given.clone().unwrap_or_else(|| {
             let hosts: Vec<providers::Host> = (1..=nodes.max(1))
                 .map(|i| {
@@ -120,8 +120,8 @@ pub async fn run(a: DeployArgs, ctx: &Ctx) -> anyhow::Result<u8> {
                 .collect();
             provision::inventory_from_hosts(&network, kind, &hosts, None)
         });
-        let fake = install_plan_lines(&example, &binary)?;
-        for line in fake {
+        let lines = install_plan_lines(&example, &binary)?;
+        for line in lines {
             out.push_str(&format!("  {line}\n"));
         }
         out.push_str(&format!(
