@@ -261,6 +261,7 @@ pub fn render_html(records: &[Record], source: &str) -> String {
             let (sev, class) = match f.severity() {
                 Severity::Error => ("error", "bad"),
                 Severity::Warning => ("warning", "warn"),
+                Severity::Info => ("expected", "info"),
             };
             let _ = write!(
                 h,

@@ -103,6 +103,7 @@ pub fn render_summary(a: &Analysis, ui: Ui) -> String {
             let (sev, color) = match x.severity() {
                 Severity::Error => ("error", comfy_table::Color::Red),
                 Severity::Warning => ("warning", comfy_table::Color::Yellow),
+                Severity::Info => ("expected", comfy_table::Color::Blue),
             };
             f.add_row(vec![
                 comfy_table::Cell::new(format!("+{}", human_duration(x.t_ms().saturating_sub(a.started_ms) / 1000))),
@@ -271,6 +272,7 @@ impl Monitor {
             checker: self.nodes[checker].name.clone(),
             txid: sent.as_ref().ok().cloned(),
             error: sent.err(),
+            minority_of: None,
         };
         if record.txid.is_some() {
             self.track(&record, checker);
@@ -363,6 +365,8 @@ pub async fn run(a: StabilityArgs, ctx: &Ctx) -> anyhow::Result<u8> {
             network: String::new(),
             inventory: std::path::absolute(&inv_path).unwrap_or_else(|_| inv_path.clone()).display().to_string(),
             nodes: Vec::new(),
+            reconverge_secs: 30.0,
+            chaos: None,
         };
         (a.report.clone().unwrap_or_else(default_log_path), Vec::new(), cfg, inv_path)
     };
