@@ -1,6 +1,7 @@
 //! `timectl`: operator CLI for TIME Coin validator testnets. This file only wires parsing,
 //! logging and error reporting; each subcommand lives in `commands/`.
 
+mod chaos;
 mod cli;
 mod client;
 mod commands;

@@ -570,6 +570,8 @@ pub fn analyze(records: &[Record]) -> Analysis {
     a.perturbations = perturbations(records);
     // The open quorum-loss episode (index into findings) and the nodes faulty in it.
     let mut quorum_lost: Option<usize> = None;
+    let mut halt_base: BTreeMap<usize, Option<u64>> = BTreeMap::new();
+    let mut not_halted: BTreeSet<usize> = BTreeSet::new();
     let mut states: BTreeMap<String, NodeState> = BTreeMap::new();
     // height -> hash -> nodes (set), and when each height was first checked.
     let mut seen_hashes: BTreeMap<u64, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
@@ -646,9 +648,19 @@ pub fn analyze(records: &[Record]) -> Analysis {
                     }
                 }
                 let n = node_names.len().max(t.nodes.len());
+                // The highest height among the nodes still up: a network that goes on past it
+                // did not halt after all (the inventory does not list every validator).
+                let up_top = t.nodes.iter().filter(|o| !faulty.contains(&o.name)).filter_map(|o| o.height).max();
+                if let Some(i) = quorum_lost {
+                    let base = halt_base.entry(i).or_insert(up_top);
+                    if up_top > *base && base.is_some() {
+                        not_halted.insert(i);
+                    }
+                }
                 if faulty.len() > n - quorum_of(n) {
                     if quorum_lost.is_none() {
                         quorum_lost = Some(a.findings.len());
+                        halt_base.insert(a.findings.len(), up_top);
                         a.findings.push(Finding::QuorumLost {
                             since_ms: t.t_ms,
                             until_ms: None,
@@ -685,6 +697,13 @@ pub fn analyze(records: &[Record]) -> Analysis {
     collect_forks(&mut a, &seen_hashes, &height_first_ms);
     collect_probes(&mut a, &sent, &results, probe_timeout_ms);
     judge_reconvergence(&mut a, records, &node_names, reconverge_ms);
+    // Reported at once (a live run shows it within one interval), withdrawn when the nodes
+    // that were up kept finalizing.
+    let mut i = 0;
+    a.findings.retain(|_| {
+        i += 1;
+        !not_halted.contains(&(i - 1))
+    });
     explain_lags(&mut a, interval_ms * (stall_intervals + 1), reconverge_ms + interval_ms);
 
     a.duration_secs = a.last_ms.saturating_sub(a.started_ms) / 1000;
@@ -956,22 +975,32 @@ fn judge_reconvergence(a: &mut Analysis, records: &[Record], nodes: &[String], b
             _ => None,
         })
         .collect();
+    // The highest height seen up to each sample: a 72-hour log has tens of thousands of
+    // samples and hundreds of perturbations, so no rescanning per perturbation.
+    let mut tip_before = Vec::with_capacity(ticks.len());
+    let mut top = 0;
+    for t in &ticks {
+        top = t.nodes.iter().filter_map(|o| o.height).fold(top, u64::max);
+        tip_before.push(top);
+    }
     let mut times = Vec::new();
     for p in a.perturbations.iter_mut().filter(|p| p.error.is_none()) {
-        let heal = p.end_ms;
+        // A heal that came later than the bound after it was planned counts as none: the
+        // perturbation outlasted what the network was meant to survive.
+        let heal = p.end_ms.filter(|&e| e <= p.planned_end_ms + bound_ms);
         // Never healed: judged once the planned heal plus the bound has passed.
         let deadline = heal.unwrap_or(p.planned_end_ms) + bound_ms;
         if let Some(e) = heal {
-            let tip =
-                ticks.iter().take_while(|t| t.t_ms <= e).flat_map(|t| t.nodes.iter().filter_map(|o| o.height)).max();
-            let found = ticks.iter().find(|t| t.t_ms >= e && converged(t, nodes, tip.unwrap_or(0)));
+            let i = ticks.partition_point(|t| t.t_ms <= e);
+            let tip = if i == 0 { 0 } else { tip_before[i - 1] };
+            let found = ticks[i..].iter().find(|t| converged(t, nodes, tip));
             if let Some(t) = found.filter(|t| t.t_ms <= deadline) {
                 p.reconverge_ms = Some(t.t_ms - e);
                 times.push(t.t_ms - e);
                 continue;
             }
         }
-        if let Some(late) = ticks.iter().find(|t| t.t_ms > deadline) {
+        if let Some(late) = ticks.get(ticks.partition_point(|t| t.t_ms <= deadline)) {
             a.findings.push(Finding::NotReconverged {
                 chaos_id: p.id,
                 action: p.action.clone(),
@@ -1016,7 +1045,8 @@ fn explain_lags(a: &mut Analysis, lead_ms: u64, grace_ms: u64) {
             }
         };
         let explained = perts.iter().filter(|p| p.error.is_none() && p.nodes.contains(&node)).find(|p| {
-            let allowed = p.end_ms.unwrap_or(p.planned_end_ms).saturating_add(grace_ms);
+            let end = p.end_ms.filter(|&e| e <= p.planned_end_ms + grace_ms).unwrap_or(p.planned_end_ms);
+            let allowed = end.saturating_add(grace_ms);
             since + lead_ms >= p.start_ms && since <= allowed && until.unwrap_or(last_ms) <= allowed
         });
         if let Some(p) = explained {
@@ -1443,7 +1473,7 @@ pub mod tests {
         }
     }
 
-    fn chaos(id: u64, seq: u64, action: &str, nodes: &[&str], planned_secs: u64) -> Record {
+    pub fn chaos(id: u64, seq: u64, action: &str, nodes: &[&str], planned_secs: u64) -> Record {
         let t_ms = 1_000_000 + seq * 10_000 + 50;
         Record::Chaos(ChaosStart {
             id,
@@ -1467,7 +1497,7 @@ pub mod tests {
 
     /// Four nodes; n4 is killed after tick 2 and restarted after tick 4; it answers again at
     /// tick 5 (still behind) and is level at tick 6. `majority` gives the others' heights.
-    fn kill_run(majority: impl Fn(u64) -> u64) -> Vec<Record> {
+    pub fn kill_run(majority: impl Fn(u64) -> u64) -> Vec<Record> {
         let mut r = vec![start(&["n1", "n2", "n3", "n4"])];
         for s in 0..10u64 {
             if s == 2 {
