@@ -432,16 +432,23 @@ fn ip_of(addr: &str) -> &str {
     host.trim_start_matches('[').trim_end_matches(']')
 }
 
+/// Routing protocol number marking our blackhole routes (unassigned by iproute2).
+const ROUTE_PROTO: u8 = 213;
+
 /// The shell script that cuts a host off from `peers` (both directions) in one nftables table,
-/// or with commented iptables rules when nft is missing.
+/// or with commented iptables rules when nft is missing, or (minimal hosts such as the
+/// rehearsal containers have neither) with blackhole routes: nothing it sends reaches them, so
+/// no connection to or from them works.
 pub fn partition_script(peers: &[&str]) -> String {
     let set = peers.join(", ");
     let mut ipt = String::new();
+    let mut routes = String::new();
     for p in peers {
         ipt.push_str(&format!(
             "iptables -I INPUT -s {p} -m comment --comment {IPT_COMMENT} -j DROP; \
              iptables -I OUTPUT -d {p} -m comment --comment {IPT_COMMENT} -j DROP; "
         ));
+        routes.push_str(&format!("ip route replace blackhole {p} proto {ROUTE_PROTO}; "));
     }
     format!(
         "if command -v nft >/dev/null 2>&1; then \
@@ -451,7 +458,8 @@ pub fn partition_script(peers: &[&str]) -> String {
            nft add rule inet {NFT_TABLE} input ip saddr '{{ {set} }}' drop; \
            nft add rule inet {NFT_TABLE} output ip daddr '{{ {set} }}' drop; \
          elif command -v iptables >/dev/null 2>&1; then {ipt} \
-         else echo 'neither nft nor iptables is installed' >&2; exit 3; fi"
+         elif command -v ip >/dev/null 2>&1; then {routes} \
+         else echo 'none of nft, iptables or ip is installed' >&2; exit 3; fi"
     )
 }
 
@@ -464,7 +472,8 @@ pub fn heal_partition_script() -> String {
              iptables -S $chain | grep -- '--comment {IPT_COMMENT}' | sed 's/^-A/-D/' | \
                while read -r rule; do eval iptables $rule; done; \
            done; \
-         fi"
+         fi; \
+         if command -v ip >/dev/null 2>&1; then ip route flush proto {ROUTE_PROTO} 2>/dev/null || true; fi"
     )
 }
 
@@ -635,6 +644,8 @@ mod tests {
         assert!(s.contains("iptables -I OUTPUT -d 10.0.0.3 -m comment --comment timectl-chaos -j DROP"), "{s}");
         let h = heal_partition_script();
         assert!(h.contains("nft delete table inet timectl_chaos") && h.contains("--comment timectl-chaos"), "{h}");
+        assert!(s.contains("ip route replace blackhole 10.0.0.2 proto 213"), "{s}");
+        assert!(h.contains("ip route flush proto 213"), "{h}");
     }
 
     #[test]
