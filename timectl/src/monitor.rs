@@ -106,6 +106,9 @@ pub struct Start {
     pub reconverge_secs: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chaos: Option<ChaosConfig>,
+    /// The transient systemd unit running it (`--detach`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -1195,6 +1198,7 @@ pub mod tests {
             nodes: nodes.iter().map(|s| s.to_string()).collect(),
             reconverge_secs: 30.0,
             chaos: None,
+            unit: None,
         })
     }
 

@@ -228,3 +228,131 @@ fn chaos_input_is_checked_before_anything_is_written() {
         snapshot(&env, name, &r.screen());
     }
 }
+
+/// A run log written by hand: a four-node run with one kill that reconverged, still going.
+fn synthetic_log(path: &Path) {
+    let t0: u64 = 1_700_000_000_000;
+    let mut lines = vec![serde_json::json!({
+        "kind": "start", "version": 1, "started_ms": t0, "hours": 1.0, "interval_secs": 10.0,
+        "stall_intervals": 3, "probe_every": 3, "probe_timeout_secs": 60.0, "network": "soak",
+        "inventory": "inventories/soak.toml", "nodes": ["n1", "n2", "n3", "n4"], "reconverge_secs": 30.0,
+        "chaos": {"actions": ["kill"], "every_secs": 60.0, "seed": 7, "max_faulty": 1},
+        "unit": "timectl-stability-soak-test"
+    })];
+    for s in 0..8u64 {
+        let down = (2..4).contains(&s);
+        let nodes: Vec<Value> = (1..=4)
+            .map(|i| {
+                if i == 4 && down {
+                    serde_json::json!({"name": "n4", "reachable": false, "error": "unreachable: Connection refused"})
+                } else {
+                    serde_json::json!({"name": format!("n{i}"), "reachable": true, "height": s + 1, "latency_ms": 2})
+                }
+            })
+            .collect();
+        let hashes: serde_json::Map<String, Value> =
+            (1..=4).filter(|i| !(*i == 4 && down)).map(|i| (format!("n{i}"), Value::from("ab"))).collect();
+        lines.push(serde_json::json!({"kind": "tick", "seq": s, "t_ms": t0 + s * 10_000, "nodes": nodes,
+            "checks": [{"height": s + 1, "hashes": hashes}]}));
+        if s == 1 {
+            lines.push(serde_json::json!({"kind": "chaos", "id": 0, "t_ms": t0 + 15_000, "action": "kill",
+                "nodes": ["n4"], "detail": "kill -9 n4", "planned_end_ms": t0 + 35_000, "faulty": true}));
+        }
+        if s == 3 {
+            lines.push(serde_json::json!({"kind": "chaos_end", "id": 0, "t_ms": t0 + 35_000}));
+        }
+    }
+    let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    std::fs::write(path, text.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn status_shows_progress_and_findings_so_far() {
+    let env = Env::new();
+    let log = env.path().join("soak.jsonl");
+    synthetic_log(&log);
+    let r = env.run(&["stability", "--status", log.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.screen());
+    assert!(r.stdout.contains("unit:    timectl-stability-soak-test"), "{}", r.stdout);
+    assert!(r.stdout.contains("1 (kill 1), 1 reconverged"), "{}", r.stdout);
+    let mut s = insta::Settings::clone_current();
+    for (re, with) in filters(&env) {
+        s.add_filter(&re, with);
+    }
+    // Time since the last sample, and the unit's state (systemd present or not).
+    s.add_filter(r"last sample \S+ ago", "last sample [AGO] ago");
+    s.add_filter(r"state:   .*", "state:   [UNIT STATE]");
+    s.add_filter(r"─+", "─");
+    s.add_filter(r"═+", "═");
+    s.add_filter(r" {2,}", " ");
+    s.bind(|| insta::assert_snapshot!("status_synthetic", r.screen()));
+
+    let j = env.run(&["stability", "--status", log.to_str().unwrap(), "--json"]).json();
+    assert_eq!(j["unit"], "timectl-stability-soak-test");
+    assert_eq!(j["analysis"]["perturbations"][0]["reconverge_ms"], 5_000);
+    assert_eq!(j["passed_so_far"], true);
+
+    // A log that is not one is refused with its line.
+    let bad = env.path().join("bad.jsonl");
+    std::fs::write(&bad, "hello\n").unwrap();
+    let r = env.run(&["stability", "--status", bad.to_str().unwrap()]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("bad.jsonl:1: not a run-log record"), "{}", r.stderr);
+}
+
+/// Stops a transient unit the test started, by its name, also when the test fails.
+struct StopUnit(String);
+
+impl Drop for StopUnit {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("systemctl").args(["stop", &self.0]).output();
+    }
+}
+
+#[test]
+fn detach_runs_as_a_transient_unit_or_says_why_not() {
+    let env = Env::new();
+    if !Path::new("/run/systemd/system").is_dir() {
+        // No systemd on this machine: refused plainly, nothing written.
+        let log = env.path().join("d.jsonl");
+        let r = env.run(&["stability", "--detach", "--hours", "0.01", "--report", log.to_str().unwrap()]);
+        assert_eq!(r.code, 1, "{}", r.screen());
+        assert!(!log.exists());
+        snapshot(&env, "detach_without_systemd", &r.screen());
+        return;
+    }
+    let _ = timed_path();
+    let _cleanup = Cleanup { env: &env, networks: vec!["bg".into()], pids: Vec::new() };
+    up(&env, "bg", "4");
+    let log = env.path().join("bg.jsonl");
+    let r = env.run(&[
+        "stability",
+        "--detach",
+        "--hours",
+        "0.01",
+        "--interval",
+        "1",
+        "--probe-every",
+        "0",
+        "--report",
+        log.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.screen());
+    let unit = r.json()["unit"].as_str().unwrap().to_string();
+    let _stop = StopUnit(unit.clone());
+    // The detached run samples on its own, and --status sees it running.
+    let ticks = common::wait_for(std::time::Duration::from_secs(30), || {
+        let n = std::fs::read_to_string(&log).ok()?.lines().filter(|l| l.contains("\"kind\":\"tick\"")).count();
+        (n >= 3).then_some(n)
+    });
+    assert!(ticks.is_some(), "the detached run wrote no samples");
+    let st = env.run(&["stability", "--status", log.to_str().unwrap(), "--json"]).json();
+    assert_eq!(st["unit"], unit.as_str());
+    assert_eq!(st["unit_state"]["ActiveState"], "active", "{st:#}");
+    // It ends by itself with an end record.
+    let ended = common::wait_for(std::time::Duration::from_secs(90), || {
+        std::fs::read_to_string(&log).ok()?.contains("\"kind\":\"end\"").then_some(())
+    });
+    assert!(ended.is_some(), "the detached run did not finish");
+}

@@ -34,6 +34,8 @@ use tokio::sync::{mpsc, watch};
 Examples:
   timectl stability --hours 72 --report run.jsonl
   timectl stability --resume run.jsonl           continue after a crash or ctrl-c
+  timectl stability --hours 72 --detach          in the background, as a systemd unit
+  timectl stability --status run.jsonl           its progress and findings so far
   timectl stability --hours 0.5 --interval 2 --probe-every 1 --probe-timeout 20
   timectl stability --hours 2 --chaos kill,restart,partition,latency --chaos-every 2 --chaos-seed 7
 
@@ -96,7 +98,25 @@ pub struct StabilityArgs {
     /// Seconds every node has after a heal to be on one tip again [default: 30].
     #[arg(long, value_name = "SECS", conflicts_with = "resume")]
     pub reconverge: Option<f64>,
+    /// Run in the background as a transient systemd unit (survives closing the terminal).
+    #[arg(long, conflicts_with = "status")]
+    pub detach: bool,
+    /// Progress and findings so far of a run (detached or not), from its log and its unit.
+    #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["resume", "hours", "interval", "report", "chaos"])]
+    pub status: Option<PathBuf>,
 }
+
+/// Set for a detached run, so its start record names its unit.
+const UNIT_ENV: &str = "TIMECTL_STABILITY_UNIT";
+/// What a detached run needs from the operator's environment (paths and settings, no secrets).
+const PASS_ENV: [&str; 6] = [
+    "TIMECTL_INVENTORY_DIR",
+    "TIMECTL_STATE_DIR",
+    "TIMECTL_SSH_IDENTITY",
+    "TIMECTL_SSH_KNOWN_HOSTS",
+    "TIMECTL_NODE_LOG",
+    "RUST_LOG",
+];
 
 /// Probe amount in TIME: far above dust, far below any wallet's genesis outputs.
 const PROBE_AMOUNT: f64 = 0.001;
@@ -544,8 +564,143 @@ fn default_log_path() -> PathBuf {
     PathBuf::from(format!("stability-{}.jsonl", crate::output::compact_timestamp(now_ms())))
 }
 
+/// `--detach`: the same command line minus `--detach`, as a transient unit with its own log
+/// file named explicitly, so `--status` and `--resume` find it.
+fn detach(a: &StabilityArgs, ctx: &Ctx) -> anyhow::Result<u8> {
+    if !Path::new("/run/systemd/system").is_dir() {
+        return Err(Hinted {
+            message: "--detach needs systemd as the service manager of this machine (/run/systemd/system is missing)"
+                .into(),
+            hint: "run it in tmux or screen instead, or with nohup; `--resume FILE` continues a run that stopped"
+                .into(),
+        }
+        .into());
+    }
+    let systemd_run = ["/usr/bin/systemd-run", "/bin/systemd-run"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .ok_or_else(|| anyhow::anyhow!("systemd-run is not installed (package systemd)"))?;
+    let cwd = std::env::current_dir()?;
+    let exe = std::env::current_exe()?;
+    let mut args: Vec<String> = std::env::args().skip(1).filter(|x| x != "--detach").collect();
+    let log = match (&a.resume, &a.report) {
+        (Some(p), _) | (None, Some(p)) => std::path::absolute(p)?,
+        (None, None) => {
+            let p = cwd.join(default_log_path());
+            args.extend(["--report".into(), p.display().to_string()]);
+            p
+        }
+    };
+    if a.resume.is_none() && log.exists() {
+        return Err(Hinted {
+            message: format!("run log {} already exists", log.display()),
+            hint: format!("continue it with `timectl stability --detach --resume {}`", log.display()),
+        }
+        .into());
+    }
+    let network = ctx.inventory().map(|(_, i)| i.network.clone()).unwrap_or_else(|_| "run".into());
+    let safe: String = network.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
+    let unit = format!("timectl-stability-{safe}-{}", crate::output::compact_timestamp(now_ms()).to_lowercase());
+    let mut cmd = std::process::Command::new(systemd_run);
+    cmd.arg("--unit")
+        .arg(&unit)
+        .arg("--collect")
+        .arg("--property=Type=exec")
+        .arg(format!("--working-directory={}", cwd.display()))
+        .arg(format!("--setenv={UNIT_ENV}={unit}"))
+        .arg("--setenv=NO_COLOR=1");
+    for var in PASS_ENV {
+        if let Ok(v) = std::env::var(var) {
+            cmd.arg(format!("--setenv={var}={v}"));
+        }
+    }
+    cmd.arg("--").arg(exe).args(&args);
+    let out = cmd.output()?;
+    if !out.status.success() {
+        anyhow::bail!("systemd-run failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    if ctx.ui.json {
+        ctx.ui.print_json(&serde_json::json!({ "unit": unit, "log": log }));
+    } else {
+        println!("started unit {unit}");
+        println!("run log: {}", log.display());
+        println!("progress: timectl stability --status {}", log.display());
+        println!("stop:     systemctl stop {unit}   (then --resume continues it)");
+    }
+    Ok(EXIT_OK)
+}
+
+/// The unit's state as `systemctl show` reports it, when there is a systemd to ask.
+fn unit_state(unit: &str) -> Option<BTreeMap<String, String>> {
+    let out = std::process::Command::new("systemctl")
+        .args(["show", unit, "-p", "ActiveState,SubState,MainPID,ExecMainStartTimestamp"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let map: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    (!map.is_empty()).then_some(map)
+}
+
+/// `--status`: how far a run has come and what it found so far.
+fn status(path: &Path, ui: Ui) -> anyhow::Result<u8> {
+    let records = monitor::read_log(path)?;
+    let a = monitor::analyze(&records);
+    let Some(Record::Start(start)) = records.first() else { unreachable!("read_log guarantees a start record") };
+    let unit = start.unit.as_deref().map(|u| (u, unit_state(u)));
+    let last_sample = records.iter().rev().find_map(|r| match r {
+        Record::Tick(t) => Some(t.t_ms),
+        _ => None,
+    });
+    let state = match (&a.ended, &unit) {
+        (Some(r), _) => format!("ended ({r})"),
+        (None, Some((_, Some(s)))) => {
+            format!("{} ({})", s.get("ActiveState").map_or("?", |v| v), s.get("SubState").map_or("?", |v| v))
+        }
+        (None, Some((_, None))) => "unknown (the unit is gone or systemd cannot be asked)".into(),
+        (None, None) => "running or stopped without an end record (not detached)".into(),
+    };
+    let code = exit_code(&a);
+    if ui.json {
+        ui.print_json(&serde_json::json!({
+            "log": path,
+            "unit": unit.as_ref().map(|(u, _)| u),
+            "unit_state": unit.as_ref().and_then(|(_, s)| s.clone()),
+            "state": state,
+            "last_sample_ms": last_sample,
+            "passed_so_far": a.passed(),
+            "analysis": a,
+        }));
+        return Ok(code);
+    }
+    println!("run log: {}", path.display());
+    if let Some((u, _)) = &unit {
+        println!("unit:    {u}");
+    }
+    println!("state:   {state}");
+    let pct = if a.planned_secs > 0 { a.duration_secs as f64 * 100.0 / a.planned_secs as f64 } else { 100.0 };
+    println!(
+        "progress: {} of {} ({pct:.0}%), last sample {}",
+        human_duration(a.duration_secs),
+        human_duration(a.planned_secs),
+        last_sample.map_or("none yet".into(), |t| format!("{} ago", human_duration(now_ms().saturating_sub(t) / 1000)))
+    );
+    println!("{}", render_summary(&a, ui));
+    Ok(code)
+}
+
 pub async fn run(a: StabilityArgs, ctx: &Ctx) -> anyhow::Result<u8> {
     let ui = ctx.ui;
+    if let Some(path) = &a.status {
+        return status(path, ui);
+    }
+    if a.detach {
+        return detach(&a, ctx);
+    }
     // Settings and history come from the log on --resume, from the flags otherwise.
     let (log_path, records, cfg, inv_path) = if let Some(path) = &a.resume {
         let records = monitor::read_log(path)?;
@@ -569,6 +724,7 @@ pub async fn run(a: StabilityArgs, ctx: &Ctx) -> anyhow::Result<u8> {
             nodes: Vec::new(),
             reconverge_secs: a.reconverge.unwrap_or(30.0),
             chaos: chaos_config(&a)?,
+            unit: std::env::var(UNIT_ENV).ok(),
         };
         (a.report.clone().unwrap_or_else(default_log_path), Vec::new(), cfg, inv_path)
     };
