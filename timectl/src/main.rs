@@ -11,6 +11,7 @@ mod inventory;
 mod measure;
 mod monitor;
 mod output;
+mod payments;
 mod prom;
 #[allow(dead_code)] // the seam deploy and the cloud providers build on; wired in by `deploy`
 mod providers;

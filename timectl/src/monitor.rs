@@ -106,6 +106,9 @@ pub struct Start {
     pub reconverge_secs: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chaos: Option<ChaosConfig>,
+    /// Payments per second of `--load`, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_tps: Option<f64>,
     /// The transient systemd unit running it (`--detach`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
@@ -120,6 +123,15 @@ pub struct Tick {
     /// an earlier one again (a node that silently switched chains shows there).
     #[serde(default)]
     pub checks: Vec<HashCheck>,
+    /// Payments of `--load` so far in the run (cumulative for this invocation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<LoadCounts>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoadCounts {
+    pub accepted: u64,
+    pub refused: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -523,6 +535,8 @@ pub struct Analysis {
     pub perturbations: Vec<Perturbation>,
     pub reconverge_p50_ms: Option<u64>,
     pub reconverge_max_ms: Option<u64>,
+    /// `--load` payments accepted and refused, over every invocation of the run.
+    pub load: Option<LoadCounts>,
 }
 
 impl Analysis {
@@ -574,6 +588,7 @@ pub fn analyze(records: &[Record]) -> Analysis {
     // The open quorum-loss episode (index into findings) and the nodes faulty in it.
     let mut quorum_lost: Option<usize> = None;
     let mut halt_base: BTreeMap<usize, Option<u64>> = BTreeMap::new();
+    let mut load_this: Option<LoadCounts> = None;
     let mut not_halted: BTreeSet<usize> = BTreeSet::new();
     let mut states: BTreeMap<String, NodeState> = BTreeMap::new();
     // height -> hash -> nodes (set), and when each height was first checked.
@@ -623,6 +638,12 @@ pub fn analyze(records: &[Record]) -> Analysis {
             Record::Resume { t_ms } => {
                 a.last_ms = a.last_ms.max(*t_ms);
                 a.ended = None;
+                // Counters restart with each invocation: bank what the last one reached.
+                if let Some(l) = load_this.take() {
+                    let total = a.load.get_or_insert_with(LoadCounts::default);
+                    total.accepted += l.accepted;
+                    total.refused += l.refused;
+                }
             }
             Record::End { t_ms, reason } => {
                 a.last_ms = a.last_ms.max(*t_ms);
@@ -638,6 +659,9 @@ pub fn analyze(records: &[Record]) -> Analysis {
             }
             Record::Tick(t) => {
                 a.ticks += 1;
+                if t.load.is_some() {
+                    load_this = t.load;
+                }
                 a.last_ms = a.last_ms.max(t.t_ms);
                 for obs in &t.nodes {
                     observe_node(&mut a, &mut states, obs, t.t_ms, stall_intervals);
@@ -700,6 +724,11 @@ pub fn analyze(records: &[Record]) -> Analysis {
     collect_forks(&mut a, &seen_hashes, &height_first_ms);
     collect_probes(&mut a, &sent, &results, probe_timeout_ms);
     judge_reconvergence(&mut a, records, &node_names, reconverge_ms);
+    if let Some(l) = load_this {
+        let total = a.load.get_or_insert_with(LoadCounts::default);
+        total.accepted += l.accepted;
+        total.refused += l.refused;
+    }
     // Reported at once (a live run shows it within one interval), withdrawn when the nodes
     // that were up kept finalizing.
     let mut i = 0;
@@ -1173,6 +1202,14 @@ pub fn summary_rows(a: &Analysis) -> Vec<(String, String, bool)> {
             ));
         }
     }
+    if let Some(l) = a.load {
+        let secs = a.duration_secs.max(1) as f64;
+        rows.push((
+            "load".into(),
+            format!("{} payments accepted ({:.1}/s), {} refused", l.accepted, l.accepted as f64 / secs, l.refused),
+            false,
+        ));
+    }
     rows.extend([
         ("last heights".into(), heights.join(" "), false),
         ("result".into(), if a.passed() { "PASS" } else { "FAIL" }.into(), !a.passed()),
@@ -1198,6 +1235,7 @@ pub mod tests {
             nodes: nodes.iter().map(|s| s.to_string()).collect(),
             reconverge_secs: 30.0,
             chaos: None,
+            load_tps: None,
             unit: None,
         })
     }
@@ -1235,7 +1273,7 @@ pub mod tests {
             })
             .into_iter()
             .collect();
-        Record::Tick(Tick { seq, t_ms: 1_000_000 + seq * 10_000, nodes, checks })
+        Record::Tick(Tick { seq, t_ms: 1_000_000 + seq * 10_000, nodes, checks, load: None })
     }
 
     fn sent(id: u64, seq: u64) -> Record {
@@ -1680,5 +1718,25 @@ pub mod tests {
         let line = serde_json::to_string(&r[2]).unwrap();
         assert!(line.starts_with(r#"{"kind":"chaos","#), "{line}");
         assert_eq!(serde_json::from_str::<Record>(&line).unwrap(), r[2]);
+    }
+
+    #[test]
+    fn load_counts_add_up_across_resumed_invocations() {
+        let mut r = vec![start(&["n1"])];
+        let with_load = |seq: u64, accepted: u64| {
+            let mut t = tick(seq, &[Some(seq + 1)], &["a"]);
+            if let Record::Tick(t) = &mut t {
+                t.load = Some(LoadCounts { accepted, refused: 1 });
+            }
+            t
+        };
+        r.push(with_load(0, 10));
+        r.push(with_load(1, 20));
+        r.push(Record::Resume { t_ms: 1_015_000 });
+        // The new invocation counts from zero again.
+        r.push(with_load(2, 5));
+        let a = analyze(&r);
+        assert_eq!(a.load, Some(LoadCounts { accepted: 25, refused: 2 }));
+        assert!(summary_rows(&a).iter().any(|(l, v, _)| l == "load" && v.starts_with("25 payments accepted")));
     }
 }

@@ -1,5 +1,6 @@
 //! `timectl stability --chaos` against real `timed` processes on 127.0.0.1: a four-node network
-//! (one node may fail) is killed and restarted while it is watched and must end clean, with every
+//! (one node may fail) under steady payments (`--load`) is killed and restarted while it is
+//! watched and must end clean, with every
 //! perturbation and its reconvergence in the log; a run that halts it on purpose must name the
 //! lost quorum, the perturbation that never healed and the probe that never finalized, each
 //! within one interval; bad input is refused before anything is written. Every process is
@@ -67,6 +68,8 @@ fn kill_and_restart_on_a_local_network_end_clean() {
         "20s",
         "--chaos-seed",
         "7",
+        "--load",
+        "4",
         "--report",
         log.to_str().unwrap(),
         "--json",
@@ -99,6 +102,11 @@ fn kill_and_restart_on_a_local_network_end_clean() {
     assert!(a["reconverge_max_ms"].as_u64().is_some(), "{a:#}");
     assert!(a["probes"]["finalized"].as_u64().unwrap() >= 5, "{:#}", a["probes"]);
     assert_eq!(a["probes"]["lost"], 0);
+    // The steady load went on throughout (4 a second for about two minutes; the killed
+    // node's share is refused while it is down).
+    let accepted = a["load"]["accepted"].as_u64().unwrap();
+    assert!(accepted >= 200, "{:#}", a["load"]);
+    assert!(a["load"]["refused"].as_u64().unwrap() < accepted / 2, "{:#}", a["load"]);
     // Killed nodes came back under new PIDs, recorded in the inventory for `local down`.
     let pids_after = common::inventory_pids(&inv);
     assert_eq!(pids_after.len(), 4);

@@ -38,6 +38,7 @@ Examples:
   timectl stability --status run.jsonl           its progress and findings so far
   timectl stability --hours 0.5 --interval 2 --probe-every 1 --probe-timeout 20
   timectl stability --hours 2 --chaos kill,restart,partition,latency --chaos-every 2 --chaos-seed 7
+  timectl stability --hours 2 --load 20           with 20 payments a second going on
 
 Each interval: every node's height and mempool; block hashes at the highest common height
 (a fork is different hashes at one height, never merely different heights); every
@@ -98,6 +99,10 @@ pub struct StabilityArgs {
     /// Seconds every node has after a heal to be on one tip again [default: 30].
     #[arg(long, value_name = "SECS", conflicts_with = "resume")]
     pub reconverge: Option<f64>,
+    /// Keep this many real payments per second going during the run (round-robin between the
+    /// nodes' wallets), so the mempool is exercised, not just empty blocks.
+    #[arg(long, value_name = "TPS", conflicts_with = "resume")]
+    pub load: Option<f64>,
     /// Run in the background as a transient systemd unit (survives closing the terminal).
     #[arg(long, conflicts_with = "status")]
     pub detach: bool,
@@ -190,6 +195,8 @@ struct Monitor {
     reconverged_logged: BTreeSet<u64>,
     /// Nodes down, cut off or not yet caught up: what the chaos scheduler must leave alone.
     lagging_tx: watch::Sender<usize>,
+    /// `--load` counters, read into every sample.
+    load: Option<Arc<crate::payments::Counters>>,
 }
 
 fn log_err(path: &Path) -> impl FnOnce(std::io::Error) -> anyhow::Error + '_ {
@@ -268,7 +275,11 @@ impl Monitor {
                 self.recheck_height = Some(common);
             }
         }
-        let tick = Tick { seq: self.seq, t_ms, nodes, checks };
+        let load = self.load.as_ref().map(|c| {
+            let (accepted, refused) = c.get();
+            monitor::LoadCounts { accepted, refused }
+        });
+        let tick = Tick { seq: self.seq, t_ms, nodes, checks, load };
         self.write(Record::Tick(tick))?;
         if self.cfg.probe_every > 0 && self.seq % u64::from(self.cfg.probe_every) == 0 {
             self.send_probe(&reachable).await?;
@@ -724,6 +735,7 @@ pub async fn run(a: StabilityArgs, ctx: &Ctx) -> anyhow::Result<u8> {
             nodes: Vec::new(),
             reconverge_secs: a.reconverge.unwrap_or(30.0),
             chaos: chaos_config(&a)?,
+            load_tps: a.load,
             unit: std::env::var(UNIT_ENV).ok(),
         };
         (a.report.clone().unwrap_or_else(default_log_path), Vec::new(), cfg, inv_path)
@@ -812,6 +824,7 @@ pub async fn run(a: StabilityArgs, ctx: &Ctx) -> anyhow::Result<u8> {
         scrape: MetricsScrape { timeout },
         reconverged_logged: BTreeSet::new(),
         lagging_tx,
+        load: None,
     };
     if resuming {
         m.write(Record::Resume { t_ms: now_ms() }).map_err(log_err(&log_path))?;
@@ -849,10 +862,15 @@ pub async fn run(a: StabilityArgs, ctx: &Ctx) -> anyhow::Result<u8> {
     let interval = Duration::from_secs_f64(cfg.interval_secs);
     let mut interrupted = false;
 
+    let (stop_tx, stop_rx) = watch::channel(false);
+    if let Some(tps) = cfg.load_tps.filter(|t| *t > 0.0) {
+        let counters = Arc::new(crate::payments::Counters::default());
+        m.load = Some(counters.clone());
+        tokio::spawn(crate::payments::run(m.clients.clone(), tps, timeout, counters, stop_rx.clone()));
+    }
     // The chaos task applies and heals perturbations on its own clock; its records come back
     // here, so the log has one writer.
     let (chaos_tx, mut chaos_rx) = mpsc::unbounded_channel::<Record>();
-    let (stop_tx, stop_rx) = watch::channel(false);
     let chaos_task = chaos_setup.map(|(backend, schedule, c)| {
         let first_id = m.records.iter().filter(|r| matches!(r, Record::Chaos(_))).count() as u64;
         let plan = ChaosRun {
