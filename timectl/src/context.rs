@@ -62,34 +62,56 @@ impl Ctx {
             return Ok(nodes.to_vec());
         }
         let opts = self.ssh_options(&inv.network);
-        let targets: Vec<Target> = nodes.iter().map(Target::of).collect();
-        let pool = ssh::Pool::connect(&targets, &opts).await.map_err(first_of)?;
-        let mut out = Vec::with_capacity(nodes.len());
-        let mut failed = None;
-        for (n, h) in nodes.iter().zip(&pool.hosts) {
-            let result: Result<Node, ssh::SshError> = async {
-                let local = h.forward(&n.rpc).await?;
-                // Absent before the node first started; read methods work without it.
-                let (code, cookie, _) = h.exec("read the RPC cookie", &format!("cat {REMOTE_COOKIE}"), None).await?;
-                let mut reached = n.clone();
-                reached.rpc = local.to_string();
-                reached.rpc_auth = (code == 0 && cookie.contains(':')).then(|| RpcAuth(cookie.trim().to_string()));
-                Ok(reached)
+        // Every host at once: connect, forward, read the cookie.
+        let results = futures::future::join_all(nodes.iter().map(|n| {
+            let opts = opts.clone();
+            async move {
+                let h = ssh::Host::connect(&Target::of(n), &opts).await?;
+                let reached = async {
+                    let local = h.forward(&n.rpc).await?;
+                    // Absent before the node first started; read methods work without it.
+                    let (code, cookie, _) =
+                        h.exec("read the RPC cookie", &format!("cat {REMOTE_COOKIE}"), None).await?;
+                    let mut reached = n.clone();
+                    reached.rpc = local.to_string();
+                    reached.rpc_auth = (code == 0 && cookie.contains(':')).then(|| RpcAuth(cookie.trim().to_string()));
+                    Ok::<Node, ssh::SshError>(reached)
+                }
+                .await;
+                match reached {
+                    Ok(r) => Ok((r, h)),
+                    Err(e) => {
+                        h.close().await;
+                        Err(e)
+                    }
+                }
             }
-            .await;
-            match result {
-                Ok(r) => out.push(r),
+        }))
+        .await;
+        let mut out = Vec::with_capacity(nodes.len());
+        let mut hard = None;
+        for (n, r) in nodes.iter().zip(results) {
+            match r {
+                Ok((reached, h)) => {
+                    out.push(reached);
+                    self.sessions.lock().await.push(Arc::new(h));
+                }
+                // A changed host key or a refused login is never papered over.
+                Err(e @ (ssh::SshError::HostKeyChanged { .. } | ssh::SshError::Auth { .. })) => {
+                    hard.get_or_insert(e);
+                }
+                // A host that is down shows as an unreachable node, as a local one would.
                 Err(e) => {
-                    failed = Some(e);
-                    break;
+                    tracing::warn!("{e}");
+                    let mut down = n.clone();
+                    down.rpc = unreachable_addr();
+                    out.push(down);
                 }
             }
         }
-        if let Some(e) = failed {
-            pool.close().await;
+        if let Some(e) = hard {
             return Err(e.into());
         }
-        self.sessions.lock().await.extend(pool.hosts.into_iter().map(Arc::new));
         Ok(out)
     }
 
@@ -135,6 +157,14 @@ impl Ctx {
         let (p, i) = self.opened.get().expect("set above");
         Ok((p.as_path(), i))
     }
+}
+
+/// A loopback address nothing listens on (bound, then released), so calls to a node whose
+/// host could not be reached fail at once as "unreachable".
+fn unreachable_addr() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_or_else(|_| "127.0.0.1:1".to_string(), |a| a.to_string())
 }
 
 /// The first failure (one per host) as the error; the rest as log lines.

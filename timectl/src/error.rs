@@ -39,6 +39,15 @@ fn hint_of(e: &(dyn std::error::Error + 'static), more: HintFn) -> Option<String
     if let Some(e) = e.downcast_ref::<crate::ssh::SshError>() {
         return e.hint();
     }
+    if let Some(e) = e.downcast_ref::<crate::install::InstallError>() {
+        return e.hint();
+    }
+    if let Some(e) = e.downcast_ref::<crate::materials::MaterialsError>() {
+        return e.hint();
+    }
+    if let Some(e) = e.downcast_ref::<crate::providers::ProviderError>() {
+        return e.hint.clone();
+    }
     if let Some(h) = more(e) {
         return Some(h);
     }

@@ -8,22 +8,27 @@ use std::path::{Path, PathBuf};
 
 /// Who created a network's hosts, and so who may delete them. The names are the command
 /// line's (`--provider NAME`); older inventories' names still load.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 pub enum ProviderKind {
     /// Processes on this machine, started by `timectl local up`.
     #[serde(rename = "local")]
+    #[value(skip)]
     Local,
     /// Hosts someone else provisioned, listed by hand.
     #[serde(rename = "ssh", alias = "static")]
+    #[value(name = "ssh")]
     Ssh,
     /// Containers with systemd and sshd on this machine (`timectl deploy --provider rehearsal`).
     #[serde(rename = "rehearsal")]
+    #[value(name = "rehearsal")]
     Rehearsal,
     /// DigitalOcean droplets.
     #[serde(rename = "do", alias = "digitalocean")]
+    #[value(name = "do")]
     Do,
     /// AWS EC2 instances.
     #[serde(rename = "aws", alias = "ec2")]
+    #[value(name = "aws")]
     Aws,
 }
 

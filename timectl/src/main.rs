@@ -7,14 +7,18 @@ mod client;
 mod commands;
 mod context;
 mod error;
+mod install;
 mod inventory;
+mod materials;
 mod measure;
 mod monitor;
 mod output;
 mod payments;
 mod prom;
-#[allow(dead_code)] // the seam deploy and the cloud providers build on; wired in by `deploy`
+// Parts of the trait's request (firewall port, allowed CIDR) are read by the cloud providers only.
+#[allow(dead_code)]
 mod providers;
+mod provision;
 mod ssh;
 mod svg;
 #[cfg(test)]

@@ -81,6 +81,56 @@ impl Ui {
     }
 }
 
+/// One progress line per host showing its current step (indicatif `MultiProgress`) in a
+/// terminal; one JSON event per line on stdout with `--json`; nothing otherwise.
+pub struct HostProgress {
+    json: bool,
+    multi: Option<indicatif::MultiProgress>,
+    bars: std::sync::Mutex<Vec<(String, ProgressBar)>>,
+}
+
+impl HostProgress {
+    pub fn new(ui: Ui) -> Self {
+        HostProgress {
+            json: ui.json,
+            multi: ui.progress.then(indicatif::MultiProgress::new),
+            bars: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Removes the lines (before a summary table is printed).
+    pub fn finish(&self) {
+        for (_, b) in self.bars.lock().expect("progress lock").drain(..) {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl crate::providers::Progress for HostProgress {
+    fn step(&self, host: &str, step: &str) {
+        if self.json {
+            let ev = serde_json::json!({ "event": "step", "host": host, "step": step, "t_ms": now_ms() });
+            println!("{ev}");
+            return;
+        }
+        let Some(multi) = &self.multi else {
+            tracing::info!("{host}: {step}");
+            return;
+        };
+        let mut bars = self.bars.lock().expect("progress lock");
+        if let Some((_, b)) = bars.iter().find(|(h, _)| h == host) {
+            b.set_message(step.to_string());
+            return;
+        }
+        let b = multi.add(ProgressBar::new_spinner());
+        b.set_style(ProgressStyle::with_template("{spinner} {prefix:24} {msg} [{elapsed}]").expect("template"));
+        b.set_prefix(host.to_string());
+        b.set_message(step.to_string());
+        b.enable_steady_tick(Duration::from_millis(120));
+        bars.push((host.to_string(), b));
+    }
+}
+
 /// PASS/WARN/FAIL of a measurement against a target and an acceptable bound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "UPPERCASE")]

@@ -322,6 +322,35 @@ impl Host {
         ))
     }
 
+    /// Runs `script` (as root), copying its stdout to ours as it comes, with no time limit
+    /// (`journalctl --follow`); ends when the command does or on Ctrl-C.
+    pub async fn stream(&self, step: &str, script: &str) -> Result<i32, SshError> {
+        let host = self.target.display();
+        let sess = |message: String| SshError::Session { host: host.clone(), step: step.to_string(), message };
+        let mut cmd = if self.sudo() {
+            let mut c = self.session.command("sudo");
+            c.args(["-n", "sh", "-ec", script]);
+            c
+        } else {
+            let mut c = self.session.command("sh");
+            c.args(["-ec", script]);
+            c
+        };
+        cmd.stdin(openssh::Stdio::null()).stdout(openssh::Stdio::piped()).stderr(openssh::Stdio::inherit());
+        let mut child = cmd.spawn().await.map_err(|e| sess(error_text(&e)))?;
+        let mut out = child.stdout().take().ok_or_else(|| sess("no stdout".into()))?;
+        let copy = async {
+            let mut stdout = tokio::io::stdout();
+            tokio::io::copy(&mut out, &mut stdout).await
+        };
+        tokio::select! {
+            r = copy => { r.map_err(|e| sess(e.to_string()))?; }
+            _ = tokio::signal::ctrl_c() => { return Ok(0); }
+        }
+        let status = child.wait().await.map_err(|e| sess(error_text(&e)))?;
+        Ok(status.code().unwrap_or(-1))
+    }
+
     /// Runs `script` and fails unless it exits 0; returns its stdout.
     pub async fn run(&self, step: &str, script: &str) -> Result<String, SshError> {
         self.run_stdin(step, script, None).await
@@ -338,7 +367,6 @@ impl Host {
     /// Writes `bytes` to `dest` with `mode` and `owner` (user:group), atomically: through stdin
     /// to a temporary file beside it, then renamed, so a reader never sees half a file and
     /// the content never appears in a process argument.
-    #[allow(dead_code)] // the install stage uses it
     pub async fn upload(&self, step: &str, bytes: &[u8], dest: &str, mode: u32, owner: &str) -> Result<(), SshError> {
         let script = format!(
             "umask 077; d=$(dirname {dest}); mkdir -p \"$d\"; t=$(mktemp \"$d/.timectl.XXXXXX\"); cat > \"$t\"; chown {owner} \"$t\"; chmod {mode:o} \"$t\"; mv -f \"$t\" {dest}",
@@ -413,12 +441,16 @@ pub struct Pool {
 impl Pool {
     /// Opens a session to every target; all or nothing (on failure the ones opened are closed).
     pub async fn connect(targets: &[Target], opts: &SshOptions) -> Result<Pool, Vec<SshError>> {
-        use futures::StreamExt;
-        let results: Vec<(usize, Result<Host, SshError>)> = futures::stream::iter(targets.iter().enumerate())
-            .map(|(i, t)| async move { (i, Host::connect(t, opts).await) })
-            .buffer_unordered(opts.parallelism.max(1))
-            .collect()
-            .await;
+        // Owned per task, so the future is Send for any caller (async_trait providers too).
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(opts.parallelism.max(1)));
+        let tasks = targets.iter().cloned().enumerate().map(|(i, t)| {
+            let (gate, opts) = (gate.clone(), opts.clone());
+            async move {
+                let _permit = gate.acquire_owned().await;
+                (i, Host::connect(&t, &opts).await)
+            }
+        });
+        let results: Vec<(usize, Result<Host, SshError>)> = futures::future::join_all(tasks).await;
         let mut hosts: Vec<Option<Host>> = (0..targets.len()).map(|_| None).collect();
         let mut errors = Vec::new();
         for (i, r) in results {

@@ -3,12 +3,19 @@
 //! causes and hint. This is the one place that knows every command: commands never import
 //! each other.
 
+pub mod deploy;
+pub mod destroy;
+pub mod install;
 pub mod local;
+pub mod logs;
+pub mod provision;
 pub mod report;
 pub mod resources;
 pub mod rpc;
+pub mod service;
 pub mod stability;
 pub mod status;
+pub mod upgrade;
 
 use crate::context::Ctx;
 
@@ -28,6 +35,24 @@ pub enum Command {
     Resources(resources::ResourcesArgs),
     /// Turn a stability run log into a self-contained HTML report.
     Report(report::ReportArgs),
+    /// Provision hosts and install a running network on them (provision + install).
+    Deploy(deploy::DeployArgs),
+    /// Create a network's hosts with a provider and write its inventory.
+    Provision(provision::ProvisionArgs),
+    /// Install timed under systemd on the inventory's hosts and start the network.
+    Install(install::InstallArgs),
+    /// Remove a deployed network: services, hosts timectl made, keys, inventory.
+    Destroy(destroy::DestroyArgs),
+    /// A deployed node's journal (journalctl over SSH).
+    Logs(logs::LogsArgs),
+    /// Restart timed on deployed nodes (systemctl over SSH).
+    Restart(service::ServiceArgs),
+    /// Stop timed on deployed nodes.
+    Stop(service::ServiceArgs),
+    /// Start timed on deployed nodes.
+    Start(service::ServiceArgs),
+    /// Rolling upgrade of timed: one node at a time, each caught up before the next.
+    Upgrade(upgrade::UpgradeArgs),
 }
 
 pub async fn run(command: Command, ctx: &Ctx) -> anyhow::Result<u8> {
@@ -38,6 +63,15 @@ pub async fn run(command: Command, ctx: &Ctx) -> anyhow::Result<u8> {
         Command::Stability(a) => stability::run(a, ctx).await,
         Command::Resources(a) => resources::run(a, ctx).await,
         Command::Report(a) => report::run(a, ctx),
+        Command::Deploy(a) => deploy::run(a, ctx).await,
+        Command::Provision(a) => provision::run(a, ctx).await,
+        Command::Install(a) => install::run(a, ctx).await,
+        Command::Destroy(a) => destroy::run(a, ctx).await,
+        Command::Logs(a) => logs::run(a, ctx).await,
+        Command::Restart(a) => service::run(service::Verb::Restart, a, ctx).await,
+        Command::Stop(a) => service::run(service::Verb::Stop, a, ctx).await,
+        Command::Start(a) => service::run(service::Verb::Start, a, ctx).await,
+        Command::Upgrade(a) => upgrade::run(a, ctx).await,
     }
 }
 

@@ -10,6 +10,7 @@
 use async_trait::async_trait;
 
 pub mod rehearsal;
+pub mod ssh;
 
 /// What to provision.
 #[derive(Clone, Debug)]
@@ -112,4 +113,45 @@ pub trait Provider: Send + Sync {
     /// Deletes everything the provider made for the network (hosts and any firewall, key or
     /// network of its own) and returns one line per thing deleted.
     async fn destroy(&self, network: &str, progress: &dyn Progress) -> Result<Vec<String>, ProviderError>;
+}
+
+/// The provider flags shared by `deploy`, `provision` and `destroy`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ProviderArgs {
+    /// Where hosts come from: `rehearsal` (containers on this machine, needs root) or `ssh`
+    /// (the hosts listed in --inventory FILE).
+    #[arg(long, value_name = "NAME")]
+    pub provider: Option<crate::inventory::ProviderKind>,
+    /// SSH public key the hosts should accept (default: --ssh-identity's .pub, else
+    /// ~/.ssh/id_ed25519.pub or ~/.ssh/id_rsa.pub).
+    #[arg(long, value_name = "FILE")]
+    pub ssh_public_key: Option<std::path::PathBuf>,
+    /// CIDR allowed to reach SSH on cloud firewalls (default: detected).
+    #[arg(long, value_name = "CIDR")]
+    pub allow_from: Option<String>,
+}
+
+/// What a provider needs besides its flags: the network's state directory and, for `ssh`,
+/// the hand-written inventory and how to reach its hosts.
+pub struct BuildContext {
+    pub networks_dir: std::path::PathBuf,
+    pub inventory: Option<crate::inventory::Inventory>,
+    pub ssh: crate::ssh::SshOptions,
+}
+
+/// The provider `kind` names. Cloud providers add their arms here.
+pub fn build(kind: crate::inventory::ProviderKind, cx: BuildContext) -> Result<Box<dyn Provider>, ProviderError> {
+    use crate::inventory::ProviderKind;
+    match kind {
+        ProviderKind::Rehearsal => Ok(Box::new(rehearsal::Rehearsal::new(cx.networks_dir))),
+        ProviderKind::Ssh => match cx.inventory {
+            Some(inv) => Ok(Box::new(ssh::SshHosts::new(inv, cx.ssh))),
+            None => Err(ProviderError::new("ssh", "the ssh provider needs an inventory listing the hosts")
+                .with_hint("write one (docs/inventory.md) and pass it with --inventory FILE")),
+        },
+        other => {
+            Err(ProviderError::new("timectl", format!("provider {:?} is not available in this build", other.name()))
+                .with_hint("use --provider rehearsal or --provider ssh"))
+        }
+    }
 }

@@ -58,6 +58,10 @@ pub struct HostState {
     pub host_addr: Ipv4Addr,
     /// PID of the `systemd-nspawn` that runs the container, once started.
     pub pid: Option<u32>,
+    /// The container's `--ephemeral` copy of the rootfs (`.#machine.*` beside it). nspawn
+    /// deletes it on a clean exit; after a SIGKILL, `destroy` does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral: Option<PathBuf>,
 }
 
 pub struct Rehearsal {
@@ -167,11 +171,9 @@ fn need_root() -> Result<(), ProviderError> {
 }
 
 fn find_tool(tool: &str) -> Option<PathBuf> {
+    // PATH only, as the commands are then run by name: what is checked is what runs.
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
+    std::env::split_paths(&path).map(|d| d.join(tool)).find(|p| p.is_file())
 }
 
 fn need_tool(tool: &str, package: &str) -> Result<PathBuf, ProviderError> {
@@ -561,7 +563,7 @@ async fn wait_ssh(h: &HostState, host_dir: &Path, timeout: Duration) -> Result<(
 }
 
 /// SIGTERM (systemd in the container shuts down cleanly and nspawn removes the ephemeral
-/// copy), then SIGKILL after `grace`.
+/// copy), then SIGKILL after `grace`; returns once the process is gone.
 async fn stop_container(pid: u32, name: &str, grace: Duration) -> bool {
     if !is_our_nspawn(pid, name) {
         return false;
@@ -573,9 +575,39 @@ async fn stop_container(pid: u32, name: &str, grace: Duration) -> bool {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     if is_our_nspawn(pid, name) {
+        tracing::warn!("{name}: systemd-nspawn {pid} still runs after {}s; killing it", grace.as_secs());
+        // SAFETY: as above.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while is_our_nspawn(pid, name) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     true
+}
+
+/// The `--ephemeral` copy container `pid` runs from: nspawn keeps `.#.#machine.X.lck` open
+/// beside its copy `.#machine.X` from start to exit. Only a copy beside `rootfs` counts.
+fn ephemeral_copy(pid: u32, rootfs: &Path) -> Option<PathBuf> {
+    let parent = rootfs.parent()?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    fds.flatten().filter_map(|fd| std::fs::read_link(fd.path()).ok()).find_map(|target| {
+        let name = target.file_name()?.to_str()?;
+        let id = name.strip_prefix(".#.#machine.")?.strip_suffix(".lck")?;
+        (target.parent() == Some(parent)).then(|| parent.join(format!(".#machine.{id}")))
+    })
+}
+
+/// Removes a copy (and its lock file) that a killed nspawn left behind.
+fn remove_ephemeral_copy(copy: &Path, rootfs: &Path) -> Result<bool, std::io::Error> {
+    let name = copy.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    // Never anything but nspawn's copy of this rootfs.
+    if copy.parent() != rootfs.parent() || !name.starts_with(".#machine.") || !copy.exists() {
+        return Ok(false);
+    }
+    std::fs::remove_dir_all(copy)?;
+    let _ = std::fs::remove_file(copy.with_file_name(format!(".#{name}.lck")));
+    Ok(true)
 }
 
 #[async_trait]
@@ -641,6 +673,7 @@ impl Provider for Rehearsal {
                     machine_addr,
                     host_addr,
                     pid: None,
+                    ephemeral: None,
                 });
                 state.hosts.sort_by_key(|h| h.index);
                 // Recorded before anything exists, so destroy finds it after any crash.
@@ -659,9 +692,24 @@ impl Provider for Rehearsal {
             ensure_links(&h).await?;
             progress.step(&h.name, "sshd keys");
             ensure_host_keys(&dir, &h.name, &req.ssh_public_key).await?;
+            if let Some(old) = state.hosts[i].ephemeral.take() {
+                // The copy of a container that died without cleaning up after itself.
+                remove_ephemeral_copy(&old, &self.rootfs)
+                    .map_err(io_err(format!("cannot remove the old copy {}", old.display())))?;
+            }
             progress.step(&h.name, "booting");
             let pid = start_container(&self.rootfs, &h, &dir)?;
             state.hosts[i].pid = Some(pid);
+            self.save(&state)?;
+            // nspawn takes the copy's lock first thing; record the copy so a destroy after a
+            // SIGKILL can remove it.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while state.hosts[i].ephemeral.is_none() && is_our_nspawn(pid, &h.name) && Instant::now() < deadline {
+                state.hosts[i].ephemeral = ephemeral_copy(pid, &self.rootfs);
+                if state.hosts[i].ephemeral.is_none() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
             self.save(&state)?;
             started.push(i);
         }
@@ -699,7 +747,9 @@ impl Provider for Rehearsal {
             return Ok(Vec::new());
         };
         let mut done = Vec::new();
+        let rootfs = &self.rootfs;
         let stops = state.hosts.iter().map(|h| async move {
+            let copy = h.ephemeral.clone().or_else(|| h.pid.and_then(|p| ephemeral_copy(p, rootfs)));
             let stopped = match h.pid {
                 Some(pid) => {
                     progress.step(&h.name, "stopping the container");
@@ -707,13 +757,20 @@ impl Provider for Rehearsal {
                 }
                 None => false,
             };
-            (h, stopped)
+            (h, stopped, copy)
         });
         let stopped = futures::future::join_all(stops).await;
         let mut failures = Vec::new();
-        for (h, was_running) in stopped {
+        for (h, was_running, copy) in stopped {
             if was_running {
                 done.push(format!("container {} (systemd-nspawn pid {})", h.name, h.pid.unwrap_or_default()));
+            }
+            if let Some(copy) = copy {
+                match remove_ephemeral_copy(&copy, rootfs) {
+                    Ok(true) => done.push(format!("ephemeral copy {}", copy.display())),
+                    Ok(false) => {}
+                    Err(e) => failures.push(format!("cannot remove {}: {e}", copy.display())),
+                }
             }
             if link_exists(&h.veth) {
                 match run("ip", &["link", "del", &h.veth]).await {
@@ -884,8 +941,12 @@ mod tests {
         assert_eq!(p.load(&network).unwrap().unwrap(), state);
 
         let removed = p.destroy(&network, &NoProgressTest).await.unwrap();
-        assert_eq!(removed.len(), 6, "{removed:?}");
         for h in &state.hosts {
+            for what in [format!("veth {}", h.veth), format!("netns {}", h.name)] {
+                assert!(removed.contains(&what), "{what} not in {removed:?}");
+            }
+            let copy = h.ephemeral.as_ref().expect("the ephemeral copy is recorded");
+            assert!(!copy.exists(), "{} left behind", copy.display());
             assert!(!netns_exists(&h.name) && !link_exists(&h.veth), "{} left behind", h.name);
             assert!(!is_our_nspawn(h.pid.unwrap(), &h.name), "{} still runs", h.name);
         }
@@ -899,6 +960,48 @@ mod tests {
         fn step(&self, host: &str, step: &str) {
             eprintln!("{host}: {step}");
         }
+    }
+
+    #[test]
+    fn a_second_locker_waits_for_the_first() {
+        // What makes parallel runs wait for one rootfs build instead of racing.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rootfs.lock");
+        let first = lock(&path).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p2 = path.clone();
+        let waiter = std::thread::spawn(move || {
+            let _second = lock(&p2).unwrap();
+            tx.send(Instant::now()).unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(rx.try_recv().is_err(), "the second lock was granted while the first was held");
+        let released = Instant::now();
+        drop(first);
+        let got = rx.recv_timeout(Duration::from_secs(10)).expect("granted after release");
+        assert!(got >= released);
+        waiter.join().unwrap();
+    }
+
+    #[test]
+    fn only_nspawn_copies_beside_the_rootfs_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs");
+        let copy = dir.path().join(".#machine.rootfsabc123");
+        let lck = dir.path().join(".#.#machine.rootfsabc123.lck");
+        let other = dir.path().join("data");
+        let elsewhere = tempfile::tempdir().unwrap();
+        let foreign = elsewhere.path().join(".#machine.rootfsabc123");
+        for d in [&rootfs, &copy, &other, &foreign] {
+            std::fs::create_dir_all(d.join("etc")).unwrap();
+        }
+        std::fs::write(&lck, "").unwrap();
+        assert!(!remove_ephemeral_copy(&other, &rootfs).unwrap());
+        assert!(!remove_ephemeral_copy(&foreign, &rootfs).unwrap());
+        assert!(other.exists() && foreign.exists());
+        assert!(remove_ephemeral_copy(&copy, &rootfs).unwrap());
+        assert!(!copy.exists() && !lck.exists() && rootfs.exists());
+        assert!(!remove_ephemeral_copy(&copy, &rootfs).unwrap(), "already gone");
     }
 
     #[test]

@@ -1,0 +1,172 @@
+//! Provisioning: a provider's hosts -> the inventory. Shared by `deploy` and `provision`.
+//! Whatever happens, the inventory of what exists is written, so `destroy` can clean up.
+
+use crate::inventory::{Inventory, Node, ProviderKind};
+use crate::providers::{Host, Progress, Provider, ProviderError, ProvisionRequest};
+use std::path::Path;
+
+/// Default ports of `timed` on a deployed host (the plan's).
+pub const P2P_PORT: u16 = 8001;
+pub const RPC_PORT: u16 = 8080;
+
+/// The inventory of `hosts`: node N is `validatorN`, P2P on the host's network address, RPC
+/// on the host's loopback only.
+pub fn inventory_from_hosts(network: &str, kind: ProviderKind, hosts: &[Host], created: Option<String>) -> Inventory {
+    Inventory {
+        network: network.to_string(),
+        provider: kind,
+        created,
+        nodes: hosts
+            .iter()
+            .map(|h| Node {
+                name: h.name.clone(),
+                host: h.ssh_host.clone(),
+                ssh_user: Some(h.ssh_user.clone()),
+                ssh_port: Some(h.ssh_port),
+                p2p: format!("{}:{P2P_PORT}", bracket(&h.p2p_host)),
+                rpc: format!("127.0.0.1:{RPC_PORT}"),
+                validator_id: format!("validator{}", h.index),
+                provider_id: h.provider_id.clone(),
+                pid: None,
+                data_dir: None,
+                log: None,
+                rpc_auth: None,
+            })
+            .collect(),
+    }
+}
+
+fn bracket(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+/// Creates what is missing and writes the inventory to `path`. On failure the inventory of
+/// what exists (per `list`) is written anyway, and the error returned.
+pub async fn provision(
+    provider: &dyn Provider,
+    kind: ProviderKind,
+    req: &ProvisionRequest,
+    path: &Path,
+    progress: &dyn Progress,
+) -> anyhow::Result<Inventory> {
+    let created = Some(crate::output::rfc3339(crate::output::now_ms()));
+    // Keep the first creation time across re-runs.
+    let created = Inventory::load(path).ok().and_then(|i| i.created).or(created);
+    match provider.create(req, progress).await {
+        Ok(hosts) => {
+            let inv = inventory_from_hosts(&req.network, kind, &hosts, created);
+            inv.save(path)?;
+            Ok(inv)
+        }
+        Err(e) => {
+            match provider.list(&req.network).await {
+                Ok(hosts) if !hosts.is_empty() => {
+                    let inv = inventory_from_hosts(&req.network, kind, &hosts, created);
+                    if let Err(w) = inv.save(path) {
+                        tracing::error!("cannot write the inventory of what exists: {w}");
+                    } else {
+                        return Err(anyhow::Error::new(e).context(format!(
+                            "provisioning failed; the {} hosts that exist are in {}",
+                            hosts.len(),
+                            path.display()
+                        )));
+                    }
+                }
+                Ok(_) => {}
+                Err(l) => tracing::error!("cannot list what exists after the failure: {l}"),
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// The operator's public key: the flag, else the identity's `.pub`, else ssh's defaults.
+pub fn public_key(flag: Option<&Path>, identity: Option<&Path>) -> Result<String, ProviderError> {
+    let mut tried = Vec::new();
+    if let Some(f) = flag {
+        tried.push(f.to_path_buf());
+    } else {
+        if let Some(i) = identity {
+            tried.push(i.with_extension("pub"));
+            let mut s = i.as_os_str().to_owned();
+            s.push(".pub");
+            tried.push(s.into());
+        }
+        if let Some(home) = std::env::var_os("HOME") {
+            let home = std::path::PathBuf::from(home);
+            tried.push(home.join(".ssh/id_ed25519.pub"));
+            tried.push(home.join(".ssh/id_rsa.pub"));
+        }
+    }
+    for p in &tried {
+        if let Ok(text) = std::fs::read_to_string(p) {
+            let line = text.lines().find(|l| l.starts_with("ssh-") || l.starts_with("ecdsa-")).unwrap_or_default();
+            if !line.is_empty() {
+                return Ok(line.trim().to_string());
+            }
+        }
+    }
+    Err(ProviderError::new(
+        "timectl",
+        format!(
+            "no SSH public key found (looked at: {})",
+            tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        ),
+    )
+    .with_hint("make one with `ssh-keygen -t ed25519`, or pass --ssh-public-key FILE"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_map_to_nodes_with_loopback_rpc() {
+        let hosts = vec![
+            Host {
+                name: "t-node-1".into(),
+                index: 1,
+                ssh_host: "203.0.113.5".into(),
+                ssh_port: 22,
+                ssh_user: "root".into(),
+                p2p_host: "10.0.0.5".into(),
+                provider_id: Some("123".into()),
+            },
+            Host {
+                name: "t-node-2".into(),
+                index: 2,
+                ssh_host: "2001:db8::2".into(),
+                ssh_port: 2222,
+                ssh_user: "admin".into(),
+                p2p_host: "2001:db8::2".into(),
+                provider_id: None,
+            },
+        ];
+        let inv = inventory_from_hosts("t", ProviderKind::Do, &hosts, None);
+        inv.validate().unwrap();
+        assert_eq!(inv.nodes[0].p2p, "10.0.0.5:8001");
+        assert_eq!(inv.nodes[0].rpc, "127.0.0.1:8080");
+        assert_eq!(inv.nodes[0].validator_id, "validator1");
+        assert_eq!(inv.nodes[0].provider_id.as_deref(), Some("123"));
+        assert_eq!(inv.nodes[1].p2p, "[2001:db8::2]:8001");
+        assert_eq!(inv.nodes[1].ssh_user.as_deref(), Some("admin"));
+        assert_eq!(inv.nodes[1].ssh_port, Some(2222));
+        assert!(inv.provider.tunnels_rpc());
+    }
+
+    #[test]
+    fn public_key_from_flag_or_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("k.pub");
+        std::fs::write(&k, "ssh-ed25519 AAAAC3Nz op@host\n").unwrap();
+        assert_eq!(public_key(Some(&k), None).unwrap(), "ssh-ed25519 AAAAC3Nz op@host");
+        let id = dir.path().join("k");
+        assert_eq!(public_key(None, Some(&id)).unwrap(), "ssh-ed25519 AAAAC3Nz op@host");
+        let e = public_key(Some(&dir.path().join("missing.pub")), None).unwrap_err();
+        assert!(e.to_string().contains("missing.pub"), "{e}");
+    }
+}
