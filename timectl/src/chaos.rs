@@ -223,7 +223,23 @@ impl Backend {
                 return Err(ChaosError::NoSession { node: n.name.clone() });
             }
         }
-        Ok(Backend::Hosts(HostBackend { nodes: inv.nodes.clone(), sessions, applied: Mutex::new(HashMap::new()) }))
+        // Rehearsal containers may not change their own network (no CAP_NET_ADMIN), but each
+        // lives in a namespace of this machine named after it, where root may.
+        let netns = inv.provider == ProviderKind::Rehearsal;
+        if netns {
+            if let Some(n) = inv.nodes.iter().find(|n| !Path::new(NETNS_DIR).join(&n.name).exists()) {
+                return Err(ChaosError::Local {
+                    node: n.name.clone(),
+                    message: format!("no network namespace {NETNS_DIR}/{} on this machine", n.name),
+                });
+            }
+        }
+        Ok(Backend::Hosts(HostBackend {
+            nodes: inv.nodes.clone(),
+            sessions,
+            netns,
+            applied: Mutex::new(HashMap::new()),
+        }))
     }
 
     /// Applies a step; returns a description for the log.
@@ -420,9 +436,15 @@ impl LocalBackend {
 const NFT_TABLE: &str = "timectl_chaos";
 const IPT_COMMENT: &str = "timectl-chaos";
 
+/// Where `ip netns` keeps named network namespaces.
+const NETNS_DIR: &str = "/run/netns";
+
 pub struct HostBackend {
     nodes: Vec<Node>,
     sessions: HashMap<String, (Arc<ssh::Host>, String)>,
+    /// Network changes go through `ip netns exec NODE` on this machine (rehearsal hosts)
+    /// rather than over SSH.
+    netns: bool,
     /// Per perturbation and node: what the heal must undo (the link given netem).
     applied: Mutex<HashMap<(u64, usize), String>>,
 }
@@ -483,6 +505,29 @@ impl HostBackend {
         self.sessions.get(name).map(|(h, _)| h).ok_or(ChaosError::NoSession { node: name.clone() })
     }
 
+    /// Runs a script that changes a host's network: in its namespace here for rehearsal
+    /// hosts, over SSH otherwise. Returns stdout; a non-zero exit is an error with stderr.
+    async fn net_run(&self, i: usize, step: &str, script: &str) -> Result<String, ChaosError> {
+        if !self.netns {
+            return Ok(self.host(i)?.run(step, script).await?);
+        }
+        let name = &self.nodes[i].name;
+        let out = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::process::Command::new("ip").args(["netns", "exec", name, "sh", "-ec", script]).output(),
+        )
+        .await
+        .map_err(|_| ChaosError::Local { node: name.clone(), message: format!("{step}: no answer within 30 s") })?
+        .map_err(|e| ChaosError::Local { node: name.clone(), message: format!("{step}: cannot run ip netns: {e}") })?;
+        if !out.status.success() {
+            return Err(ChaosError::Local {
+                node: name.clone(),
+                message: format!("{step}: {} {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     async fn apply(&self, step: &Step) -> Result<String, ChaosError> {
         let names: Vec<&str> = step.targets.iter().map(|&i| self.nodes[i].name.as_str()).collect();
         match step.action {
@@ -511,7 +556,7 @@ impl HostBackend {
                 let others: Vec<usize> = (0..self.nodes.len()).filter(|i| !step.targets.contains(i)).collect();
                 let peers: Vec<&str> = others.iter().map(|&i| ip_of(&self.nodes[i].p2p)).collect();
                 for &i in &step.targets {
-                    self.host(i)?.run("partition (nft/iptables)", &partition_script(&peers)).await?;
+                    self.net_run(i, "partition", &partition_script(&peers)).await?;
                 }
                 let rest: Vec<&str> = others.iter().map(|&i| self.nodes[i].name.as_str()).collect();
                 Ok(format!("{} cut off from {}", names.join(","), rest.join(",")))
@@ -523,13 +568,15 @@ impl HostBackend {
                     let script = format!(
                         "dev=$(ip -o route get {peer} | sed -n 's/.* dev \\([^ ]*\\).*/\\1/p'); \
                          test -n \"$dev\" || {{ echo 'no route to {peer}' >&2; exit 3; }}; \
-                         tc qdisc replace dev \"$dev\" root netem delay {}ms {}ms loss {}.{}%; echo \"$dev\"",
+                         tc qdisc replace dev \"$dev\" root netem delay {}ms {}ms loss {}.{}% || \
+                           {{ echo 'tc netem failed: does this kernel have sch_netem (CONFIG_NET_SCH_NETEM)?' >&2; exit 3; }}; \
+                         echo \"$dev\"",
                         n.delay_ms,
                         n.jitter_ms,
                         n.loss_permille / 10,
                         n.loss_permille % 10
                     );
-                    let dev = self.host(i)?.run("tc netem", &script).await?;
+                    let dev = self.net_run(i, "tc netem", &script).await?;
                     self.applied.lock().expect("chaos state").insert((step.id, i), dev.trim().to_string());
                 }
                 Ok(format!("{} on {}", step.netem.describe(), names.join(", ")))
@@ -558,12 +605,12 @@ impl HostBackend {
                     host.run("systemctl start timed", "systemctl start timed").await?;
                 }
                 Action::Partition => {
-                    host.run("heal the partition", &heal_partition_script()).await?;
+                    self.net_run(i, "heal the partition", &heal_partition_script()).await?;
                 }
                 Action::Latency => {
                     if let Some(dev) = undo {
-                        host.run("remove tc netem", &format!("tc qdisc del dev {} root", ssh::shell_quote(&dev)))
-                            .await?;
+                        let script = format!("tc qdisc del dev {} root", ssh::shell_quote(&dev));
+                        self.net_run(i, "remove tc netem", &script).await?;
                     }
                 }
             }
@@ -653,5 +700,13 @@ mod tests {
         // timectl/tests/chaos.rs halts a four-node network on purpose with this seed.
         let s = Schedule { actions: vec![Action::Kill], seed: 1, every_ms: 10_000, nodes: 4 };
         assert_eq!(s.step(0, 2).targets, vec![2, 3]);
+    }
+
+    #[test]
+    fn seed_four_partitions_then_slows() {
+        // timectl/tests/chaos_rehearsal.rs relies on this order on four hosts.
+        let s = Schedule { actions: vec![Action::Partition, Action::Latency], seed: 4, every_ms: 25_000, nodes: 4 };
+        let first: Vec<(Action, Vec<usize>)> = (0..2).map(|i| (s.step(i, 1).action, s.step(i, 1).targets)).collect();
+        assert_eq!(first, vec![(Action::Partition, vec![3]), (Action::Latency, vec![1])]);
     }
 }
