@@ -299,6 +299,16 @@ impl Monitor {
     }
 
     async fn send_probe(&mut self, reachable: &[usize]) -> anyhow::Result<()> {
+        // Ordinary probes stay on the majority side of a partition in force: the cut-off side
+        // cannot finalize by design and has its own probe (`send_minority_probe`).
+        let cut_off: BTreeSet<String> = monitor::perturbations(&self.records)
+            .into_iter()
+            .filter(|p| p.action == "partition" && p.error.is_none() && p.end_ms.is_none())
+            .flat_map(|p| p.nodes)
+            .collect();
+        let usable: Vec<usize> =
+            reachable.iter().copied().filter(|&i| !cut_off.contains(&self.nodes[i].name)).collect();
+        let reachable = &usable[..];
         if reachable.is_empty() {
             return Ok(());
         }
