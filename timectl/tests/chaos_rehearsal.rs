@@ -80,6 +80,14 @@ fn partition_and_latency_on_rehearsal_hosts_end_clean() {
     // A probe was sent on the cut-off side and did not finalize there before the heal.
     assert!(records.iter().any(|r| r["kind"] == "probe_sent" && r["minority_of"] == 0), "no minority probe");
     assert_eq!(a["probes"]["minority"], 1);
+    // Ordinary probes kept to the majority side while the partition was in force.
+    let (cut, healed) = (chaos[0]["t_ms"].as_u64().unwrap(), ends[0]["t_ms"].as_u64().unwrap());
+    for p in of("probe_sent") {
+        let t = p["t_ms"].as_u64().unwrap();
+        if p["minority_of"].is_null() && t > cut && t < healed {
+            assert!(p["from"] != node4.as_str() && p["checker"] != node4.as_str(), "probe on the cut-off side: {p}");
+        }
+    }
     assert!(a["load"]["accepted"].as_u64().unwrap() > 50, "{:#}", a["load"]);
 
     // Nothing of the perturbations is left on the hosts.

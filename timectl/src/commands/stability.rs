@@ -419,6 +419,38 @@ impl Monitor {
         });
     }
 
+    /// A node behind an SSH forward that stopped answering for three samples in a row gets a
+    /// new session and forward: after the service restarts, an old forward has been seen to
+    /// keep resetting connections while a new one reaches the node at once.
+    async fn reopen_tunnels(&mut self, ctx: &Ctx, inv: &inventory::Inventory, failing: &mut [u32]) {
+        let Some(Record::Tick(t)) = self.records.iter().rev().find(|r| matches!(r, Record::Tick(_))) else {
+            return;
+        };
+        let down: Vec<bool> =
+            self.nodes.iter().map(|n| t.nodes.iter().any(|o| o.name == n.name && !o.reachable)).collect();
+        for (i, is_down) in down.into_iter().enumerate() {
+            failing[i] = if is_down { failing[i] + 1 } else { 0 };
+            if failing[i] == 0 || failing[i] % 3 != 0 {
+                continue;
+            }
+            match ctx.reach(inv, std::slice::from_ref(&inv.nodes[i])).await {
+                Ok(mut fresh) => match client::rpc_client(&fresh[0], self.timeout) {
+                    Ok(c) => {
+                        tracing::warn!(
+                            "{}: re-opened its SSH tunnel after {} silent samples",
+                            inv.nodes[i].name,
+                            failing[i]
+                        );
+                        self.clients[i] = c;
+                        self.nodes[i] = fresh.remove(0);
+                    }
+                    Err(e) => tracing::warn!("{}: {e}", inv.nodes[i].name),
+                },
+                Err(e) => tracing::warn!("{}: cannot re-open its SSH tunnel: {e:#}", inv.nodes[i].name),
+            }
+        }
+    }
+
     /// After each sample: the reconvergence of healed perturbations goes into the log as it
     /// is seen, and the chaos scheduler learns how many nodes are not in step.
     fn after_tick(&mut self) -> std::io::Result<Analysis> {
@@ -898,6 +930,8 @@ pub async fn run(a: StabilityArgs, ctx: &Ctx) -> anyhow::Result<u8> {
         tokio::spawn(plan.run(chaos_tx, stop_rx, lagging_rx))
     });
 
+    // Consecutive samples each node did not answer in (tunnelled networks re-open after 3).
+    let mut failing: Vec<u32> = vec![0; inv.nodes.len()];
     'run: while now_ms() < end_ms {
         let next = tokio::time::Instant::now() + interval;
         // A sample waits for slow nodes; ctrl-c must not.
@@ -907,6 +941,9 @@ pub async fn run(a: StabilityArgs, ctx: &Ctx) -> anyhow::Result<u8> {
             _ = sigterm.recv() => { interrupted = true; break 'run; }
         }
         let analysis = m.after_tick().map_err(log_err(&log_path))?;
+        if inv.provider.tunnels_rpc() {
+            m.reopen_tunnels(ctx, &inv, &mut failing).await;
+        }
         let progress = m.progress_message(&analysis);
         bar.set_position(now_ms().saturating_sub(cfg.started_ms).min(total_ms));
         tracing::info!("{progress}");
