@@ -428,9 +428,18 @@ impl Monitor {
         };
         let down: Vec<bool> =
             self.nodes.iter().map(|n| t.nodes.iter().any(|o| o.name == n.name && !o.reachable)).collect();
+        // Down on purpose now: nothing to re-open until the heal.
+        let perturbed: BTreeSet<String> = monitor::perturbations(&self.records)
+            .into_iter()
+            .filter(|p| p.error.is_none() && p.end_ms.is_none())
+            .flat_map(|p| p.nodes)
+            .collect();
         for (i, is_down) in down.into_iter().enumerate() {
             failing[i] = if is_down { failing[i] + 1 } else { 0 };
-            if failing[i] == 0 || failing[i] % 3 != 0 {
+            // At 3, 6, 12, 24, ... silent samples: each attempt is a new session that stays
+            // open until the run ends, so a long outage must not pile them up.
+            let due = failing[i] >= 3 && (failing[i] / 3).is_power_of_two() && failing[i] % 3 == 0;
+            if !due || perturbed.contains(&self.nodes[i].name) {
                 continue;
             }
             match ctx.reach(inv, std::slice::from_ref(&inv.nodes[i])).await {
