@@ -1,6 +1,7 @@
 //! `timectl`: operator CLI for TIME Coin validator testnets. This file only wires parsing,
 //! logging and error reporting; each subcommand lives in `commands/`.
 
+mod chaos;
 mod cli;
 mod client;
 mod commands;
@@ -13,6 +14,7 @@ mod measure;
 mod load;
 mod monitor;
 mod output;
+mod payments;
 mod prom;
 // Parts of the trait's request (firewall port, allowed CIDR) are read by the cloud providers only.
 #[allow(dead_code)]

@@ -29,6 +29,15 @@ pub struct Marker {
     pub color: &'static str,
 }
 
+/// A span of time shaded behind the data (a perturbation, from its start to its heal).
+#[derive(Clone, Debug)]
+pub struct Band {
+    pub x0: f64,
+    pub x1: f64,
+    pub label: String,
+    pub color: &'static str,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Chart {
     pub title: String,
@@ -36,6 +45,7 @@ pub struct Chart {
     pub y_label: String,
     pub series: Vec<Series>,
     pub markers: Vec<Marker>,
+    pub bands: Vec<Band>,
 }
 
 pub fn escape(s: &str) -> String {
@@ -194,6 +204,20 @@ impl Chart {
             escape(&self.y_label)
         );
 
+        // Perturbation bands, under everything else; clipped to the plot.
+        for (i, b) in self.bands.iter().enumerate() {
+            let (bx0, bx1) = (sx(b.x0.max(x0)), sx(b.x1.min(x1)));
+            let w = (bx1 - bx0).max(1.5);
+            let _ = write!(
+                s,
+                r#"<rect class="band" x="{bx0:.1}" y="{TOP}" width="{w:.1}" height="{ph:.1}" fill="{c}" fill-opacity="0.13"><title>{t}</title></rect><text x="{:.1}" y="{:.1}" fill="{c}" font-size="9">{t}</text>"#,
+                bx0 + 2.0,
+                TOP + ph - 4.0 - (i % 3) as f64 * 10.0,
+                c = b.color,
+                t = escape(&b.label)
+            );
+        }
+
         // Finding markers under the data.
         for (i, m) in self.markers.iter().enumerate() {
             let x = sx(m.x);
@@ -305,6 +329,7 @@ mod tests {
                 },
             ],
             markers: vec![Marker { x: 2.0, label: "fork".into(), color: "#d62728" }],
+            bands: vec![Band { x0: 0.5, x1: 1.5, label: "kill <n2>".into(), color: "#9467bd" }],
         };
         let svg = c.render();
         let doc = roxmltree::Document::parse(&svg).unwrap();
@@ -312,6 +337,8 @@ mod tests {
         // A break in the data gives a dot and a separate line, not one line across the gap.
         assert_eq!(svg.matches("<polyline").count(), 1);
         assert!(svg.contains("Heights &lt;by node&gt; &amp; more"));
+        assert_eq!(svg.matches(r#"class="band""#).count(), 1);
+        assert!(svg.contains("kill &lt;n2&gt;"));
         let empty = Chart { title: "t".into(), ..Default::default() }.render();
         assert!(roxmltree::Document::parse(&empty).is_ok());
         assert!(empty.contains("no data"));

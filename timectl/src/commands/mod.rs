@@ -84,5 +84,8 @@ pub fn hint_of(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     if let Some(e) = e.downcast_ref::<local::LocalError>() {
         return e.hint();
     }
+    if let Some(e) = e.downcast_ref::<crate::chaos::ChaosError>() {
+        return e.hint();
+    }
     None
 }

@@ -5,7 +5,7 @@ use crate::context::Ctx;
 use crate::error::EXIT_OK;
 use crate::monitor::{self, summary_rows, Analysis, Finding, Record, Severity, MAX_FINDINGS_SHOWN};
 use crate::output::{human_duration, rfc3339};
-use crate::svg::{escape, Chart, Marker, Series, Style};
+use crate::svg::{escape, Band, Chart, Marker, Series, Style};
 use anyhow::Context as _;
 use clap::Args;
 use std::collections::BTreeMap;
@@ -122,7 +122,35 @@ fn markers(a: &Analysis, axis: &TimeAxis) -> Vec<Marker> {
         .collect()
 }
 
+/// One band per perturbation, from its start to its heal (or the end of the log).
+fn bands(a: &Analysis, axis: &TimeAxis) -> Vec<Band> {
+    a.perturbations
+        .iter()
+        .filter(|p| p.error.is_none())
+        .map(|p| Band {
+            x0: axis.x(p.start_ms),
+            x1: axis.x(p.end_ms.unwrap_or(a.last_ms)),
+            label: format!("{} {}", p.action, p.nodes.join(",")),
+            color: match p.action.as_str() {
+                "kill" => "#d62728",
+                "restart" => "#9467bd",
+                "partition" => "#1f77b4",
+                _ => "#e68a00",
+            },
+        })
+        .collect()
+}
+
 pub fn charts(records: &[Record], a: &Analysis) -> Vec<Chart> {
+    let mut out = charts_without_bands(records, a);
+    let b = bands(a, &TimeAxis::new(a));
+    for c in &mut out {
+        c.bands = b.clone();
+    }
+    out
+}
+
+fn charts_without_bands(records: &[Record], a: &Analysis) -> Vec<Chart> {
     let axis = TimeAxis::new(a);
     let marks = markers(a, &axis);
     let mut out = vec![
@@ -132,6 +160,7 @@ pub fn charts(records: &[Record], a: &Analysis) -> Vec<Chart> {
             y_label: "height".into(),
             series: per_node(records, &axis, |o| o.height.map(|h| h as f64)),
             markers: marks.clone(),
+            bands: Vec::new(),
         },
         Chart {
             title: "Mempool size per node".into(),
@@ -139,6 +168,7 @@ pub fn charts(records: &[Record], a: &Analysis) -> Vec<Chart> {
             y_label: "transactions".into(),
             series: per_node(records, &axis, |o| o.mempool.map(|m| m as f64)),
             markers: Vec::new(),
+            bands: Vec::new(),
         },
     ];
 
@@ -184,6 +214,7 @@ pub fn charts(records: &[Record], a: &Analysis) -> Vec<Chart> {
             y_label: "seconds".into(),
             series,
             markers: Vec::new(),
+            bands: Vec::new(),
         });
     }
 
@@ -195,6 +226,7 @@ pub fn charts(records: &[Record], a: &Analysis) -> Vec<Chart> {
             y_label: "MiB".into(),
             series: rss,
             markers: Vec::new(),
+            bands: Vec::new(),
         });
     }
     let cpu = cpu_series(records, &axis);
@@ -205,6 +237,7 @@ pub fn charts(records: &[Record], a: &Analysis) -> Vec<Chart> {
             y_label: "%".into(),
             series: cpu,
             markers: Vec::new(),
+            bands: Vec::new(),
         });
     }
     out
@@ -214,7 +247,7 @@ const STYLE: &str = "body{font-family:sans-serif;max-width:1040px;margin:24px au
 h1{font-size:22px}h2{font-size:17px;margin-top:28px}\
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left;vertical-align:top}\
 th{background:#f4f4f4}.bad{color:#b00000;font-weight:bold}.good{color:#1a7f37;font-weight:bold}\
-.warn{color:#9a6700}.badge{padding:2px 10px;border-radius:4px;color:#fff}\
+.warn{color:#9a6700}.info{color:#0550ae}.badge{padding:2px 10px;border-radius:4px;color:#fff}\
 .pass{background:#1a7f37}.fail{background:#b00000}figure{margin:12px 0}figure svg{max-width:100%;height:auto}footer{color:#777;font-size:12px;margin-top:30px}";
 
 pub fn render_html(records: &[Record], source: &str) -> String {
@@ -261,6 +294,7 @@ pub fn render_html(records: &[Record], source: &str) -> String {
             let (sev, class) = match f.severity() {
                 Severity::Error => ("error", "bad"),
                 Severity::Warning => ("warning", "warn"),
+                Severity::Info => ("expected", "info"),
             };
             let _ = write!(
                 h,
@@ -274,6 +308,32 @@ pub fn render_html(records: &[Record], source: &str) -> String {
         if let Some(more) = a.findings.len().checked_sub(MAX_FINDINGS_SHOWN).filter(|m| *m > 0) {
             let _ = write!(h, "<p>... and {more} more findings, all in the run log.</p>");
         }
+    }
+
+    if !a.perturbations.is_empty() {
+        h.push_str(
+            "<h2>Perturbations</h2><table><tr><th>#</th><th>at</th><th>action</th><th>nodes</th><th>lasted</th>\
+             <th>reconverged after</th><th>detail</th></tr>",
+        );
+        let secs = |ms: u64| format!("{:.1} s", ms as f64 / 1000.0);
+        for p in &a.perturbations {
+            let lasted = p.end_ms.map_or("not healed".into(), |e| secs(e.saturating_sub(p.start_ms)));
+            let (reconv, class) = match (p.reconverge_ms, &p.error) {
+                (_, Some(_)) => ("not applied".to_string(), "warn"),
+                (Some(ms), None) => (secs(ms), ""),
+                (None, None) => ("-".to_string(), "bad"),
+            };
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>+{}</td><td>{}</td><td>{}</td><td>{lasted}</td><td class=\"{class}\">{reconv}</td><td>{}</td></tr>",
+                p.id,
+                human_duration(p.start_ms.saturating_sub(a.started_ms) / 1000),
+                escape(&p.action),
+                escape(&p.nodes.join(", ")),
+                escape(p.error.as_deref().unwrap_or(&p.detail))
+            );
+        }
+        h.push_str("</table>");
     }
 
     h.push_str("<h2>Plots</h2>");
