@@ -891,6 +891,7 @@ mod tests {
             pid: None,
             data_dir: None,
             log: None,
+            rpc_auth: None,
         };
         let t = Instant::now();
         let a = Scrape { at: Some(t), cpu: Some(1.0), rss: Some(1e7), p2p: Some(0.0), finalized: Some(10.0) };

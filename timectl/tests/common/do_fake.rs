@@ -353,7 +353,7 @@ fn route(
             let tag = param(query, "tag_name");
             let boot = s.boot_polls;
             // Time passes per listing, not per page: a droplet boots after `boot_polls` lists.
-            let first_page = param(query, "page").map_or(true, |p| p == "1");
+            let first_page = param(query, "page").is_none_or(|p| p == "1");
             let mut listed = Vec::new();
             for (d, polls) in s.droplets.iter_mut() {
                 if tag.is_some_and(|t| !has_tag(d, t)) {

@@ -190,7 +190,7 @@ impl Spec {
                     s == p
                 }
             });
-            if fits && best.map_or(true, |(l, _)| literal > l) {
+            if fits && best.is_none_or(|(l, _)| literal > l) {
                 best = Some((literal, entry));
             }
         }
