@@ -324,7 +324,7 @@ impl LocalBackend {
             let dir_ok = n
                 .data_dir
                 .as_ref()
-                .map_or(true, |d| argv.windows(2).any(|w| w[0] == "--data-dir" && Path::new(&w[1]) == d.as_path()));
+                .is_none_or(|d| argv.windows(2).any(|w| w[0] == "--data-dir" && Path::new(&w[1]) == d.as_path()));
             if !is_timed || !dir_ok {
                 return Err(ChaosError::NotRunning { node: n.name.clone(), pid: Some(pid) });
             }

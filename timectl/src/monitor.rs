@@ -670,7 +670,7 @@ pub fn analyze(records: &[Record]) -> Analysis {
                 let mut faulty: BTreeSet<String> =
                     t.nodes.iter().filter(|o| !o.reachable).map(|o| o.name.clone()).collect();
                 for p in a.perturbations.iter().filter(|p| p.faulty && p.error.is_none()) {
-                    if p.start_ms <= t.t_ms && p.end_ms.map_or(true, |e| t.t_ms < e) {
+                    if p.start_ms <= t.t_ms && p.end_ms.is_none_or(|e| t.t_ms < e) {
                         faulty.extend(p.nodes.iter().cloned());
                     }
                 }
@@ -887,7 +887,7 @@ fn collect_probes(
             // Must not finalize while cut off; what happens after the heal is no finding.
             a.probes.minority += 1;
             let heal = a.perturbations.iter().find(|x| x.id == cid).and_then(|x| x.end_ms);
-            if let Some(r) = results.get(&id).filter(|r| r.finalized && heal.map_or(true, |h| r.t_ms < h)) {
+            if let Some(r) = results.get(&id).filter(|r| r.finalized && heal.is_none_or(|h| r.t_ms < h)) {
                 a.findings.push(Finding::MinorityFinalized {
                     id,
                     chaos_id: cid,
@@ -899,7 +899,7 @@ fn collect_probes(
         }
         a.probes.sent += 1;
         match results.get(&id) {
-            Some(r) if r.finalized && r.latency_ms.map_or(true, |l| l <= timeout_ms) => {
+            Some(r) if r.finalized && r.latency_ms.is_none_or(|l| l <= timeout_ms) => {
                 a.probes.finalized += 1;
                 if let Some(l) = r.latency_ms {
                     latencies.push(l);
@@ -989,7 +989,7 @@ fn lagging_in(t: &Tick, nodes: &[String]) -> Vec<String> {
         .iter()
         .filter(|n| {
             let obs = t.nodes.iter().find(|o| &o.name == *n);
-            let behind = obs.map_or(true, |o| !o.reachable || o.height.map_or(true, |h| h < top));
+            let behind = obs.is_none_or(|o| !o.reachable || o.height.is_none_or(|h| h < top));
             let other_hash = check.and_then(|c| c.hashes.get(*n)).is_some_and(|h| Some(h) != majority_hash.as_ref());
             behind || other_hash
         })

@@ -5,8 +5,8 @@
 //! payment's scheduled send time to the moment the observing node made it final, so a slow
 //! sender or a queue at submission counts against the network, as it would for a user.
 
-use crate::context::Ctx;
 use crate::client;
+use crate::context::Ctx;
 use crate::error::{Hinted, Reported, EXIT_OK};
 use crate::inventory::Node;
 use crate::load::{self, Coin, Keys};

@@ -268,7 +268,7 @@ impl Monitor {
         let mut checks = Vec::new();
         if let Some(common) = reachable.iter().filter_map(|&i| nodes[i].height).min() {
             checks.push(self.hashes_at(common, &reachable, false).await);
-            if self.seq % RECHECK_EVERY == 0 {
+            if self.seq.is_multiple_of(RECHECK_EVERY) {
                 if let Some(h) = self.recheck_height.filter(|&h| h != common) {
                     checks.push(self.hashes_at(h, &reachable, true).await);
                 }
@@ -281,7 +281,7 @@ impl Monitor {
         });
         let tick = Tick { seq: self.seq, t_ms, nodes, checks, load };
         self.write(Record::Tick(tick))?;
-        if self.cfg.probe_every > 0 && self.seq % u64::from(self.cfg.probe_every) == 0 {
+        if self.cfg.probe_every > 0 && self.seq.is_multiple_of(u64::from(self.cfg.probe_every)) {
             self.send_probe(&reachable).await?;
         }
         self.seq += 1;
@@ -438,7 +438,7 @@ impl Monitor {
             failing[i] = if is_down { failing[i] + 1 } else { 0 };
             // At 3, 6, 12, 24, ... silent samples: each attempt is a new session that stays
             // open until the run ends, so a long outage must not pile them up.
-            let due = failing[i] >= 3 && (failing[i] / 3).is_power_of_two() && failing[i] % 3 == 0;
+            let due = failing[i] >= 3 && (failing[i] / 3).is_power_of_two() && failing[i].is_multiple_of(3);
             if !due || perturbed.contains(&self.nodes[i].name) {
                 continue;
             }
@@ -487,7 +487,7 @@ impl Monitor {
         let bound_ms = (self.cfg.reconverge_secs * 1000.0) as u64;
         for p in a.perturbations.iter().filter(|p| p.error.is_none() && p.reconverge_ms.is_none()) {
             // In force, or healed but not yet caught up (within its bound).
-            if p.end_ms.map_or(true, |e| now_ms() < e + bound_ms) {
+            if p.end_ms.is_none_or(|e| now_ms() < e + bound_ms) {
                 lagging.extend(p.nodes.iter().cloned());
             }
         }

@@ -642,7 +642,7 @@ struct ApiError {
 impl ApiError {
     /// A 5xx or a lost connection: the request may or may not have been carried out.
     fn is_uncertain(&self) -> bool {
-        self.status.map_or(true, |s| s.is_server_error())
+        self.status.is_none_or(|s| s.is_server_error())
     }
 
     fn describe(&self) -> String {
