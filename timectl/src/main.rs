@@ -17,7 +17,6 @@ mod output;
 mod payments;
 mod prom;
 // Parts of the trait's request (firewall port, allowed CIDR) are read by the cloud providers only.
-#[allow(dead_code)]
 mod providers;
 mod provision;
 mod ssh;

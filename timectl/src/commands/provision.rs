@@ -59,6 +59,7 @@ pub async fn run(a: ProvisionArgs, ctx: &Ctx) -> anyhow::Result<u8> {
         p2p_port: provision::P2P_PORT,
         allow_from: a.provider.allow_from.clone(),
     };
+    tracing::info!(provider = provider.name(), network = %network, nodes = a.nodes, "provisioning");
     if a.dry_run {
         let plan = provider.plan(&req).await?;
         if ui.json {

@@ -39,6 +39,7 @@ impl std::fmt::Debug for Token {
 }
 
 impl Token {
+    #[cfg(test)]
     pub fn new(value: impl Into<String>) -> Token {
         Token(value.into())
     }
