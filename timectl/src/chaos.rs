@@ -10,6 +10,7 @@
 //!   nftables (iptables when nft is missing) rules in a table of our own, `tc netem` latency.
 
 use crate::inventory::{self, Inventory, Node, ProviderKind};
+use crate::process::{alive, cmdline, is_timed_argv, signal};
 use crate::ssh;
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
@@ -277,30 +278,6 @@ pub struct LocalBackend {
     nodes: Mutex<Vec<LocalNode>>,
 }
 
-fn cmdline(pid: u32) -> Option<Vec<String>> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let args: Vec<String> =
-        raw.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-    (!args.is_empty()).then_some(args)
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next()))
-        .is_some_and(|c| c != 'Z' && c != 'X')
-}
-
-fn signal(pid: u32, sig: i32) -> std::io::Result<()> {
-    let pid = i32::try_from(pid).map_err(|_| std::io::Error::other("pid out of range"))?;
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    if unsafe { libc::kill(pid, sig) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 /// Replaces the value after `flag` (or appends the pair), so a restart keeps the ports the
 /// OS picked the first time (`--port 0` would get new ones, and peers know the old).
 fn set_flag(args: &mut Vec<String>, flag: &str, value: &str) {
@@ -320,12 +297,7 @@ impl LocalBackend {
             let pid = n.pid.filter(|&p| alive(p)).ok_or(ChaosError::NotRunning { node: n.name.clone(), pid: n.pid })?;
             let argv = cmdline(pid).ok_or(ChaosError::NotRunning { node: n.name.clone(), pid: Some(pid) })?;
             // Guards against a reused PID: it must be a timed with this node's data directory.
-            let is_timed = Path::new(&argv[0]).file_name().is_some_and(|f| f.to_string_lossy().starts_with("timed"));
-            let dir_ok = n
-                .data_dir
-                .as_ref()
-                .is_none_or(|d| argv.windows(2).any(|w| w[0] == "--data-dir" && Path::new(&w[1]) == d.as_path()));
-            if !is_timed || !dir_ok {
+            if !is_timed_argv(&argv, n.data_dir.as_deref()) {
                 return Err(ChaosError::NotRunning { node: n.name.clone(), pid: Some(pid) });
             }
             let exe = std::fs::read_link(format!("/proc/{pid}/exe"))

@@ -15,6 +15,7 @@ mod measure;
 mod monitor;
 mod output;
 mod payments;
+mod process;
 mod prom;
 // Parts of the trait's request (firewall port, allowed CIDR) are read by the cloud providers only.
 mod providers;

@@ -8,6 +8,7 @@ use crate::client;
 use crate::context::Ctx;
 use crate::inventory::{self, Inventory, InventoryError, Node, ProviderKind};
 use crate::output::{self, Ui};
+use crate::process::{alive, is_our_timed, signal};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use std::os::unix::process::CommandExt;
@@ -159,46 +160,6 @@ fn find_timed(explicit: Option<&Path>) -> Result<PathBuf, LocalError> {
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LocalError + '_ {
     move |source| LocalError::Io { path: path.to_path_buf(), source }
-}
-
-/// The state letter of a process from /proc/PID/stat, None when it does not exist.
-fn proc_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name in parentheses may contain anything; the state follows the last ')'.
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
-}
-
-fn alive(pid: u32) -> bool {
-    !matches!(proc_state(pid), None | Some('Z') | Some('X'))
-}
-
-/// Whether PID still is the timed this inventory started: a live process whose argv[0] is a
-/// timed binary and, when known, whose --data-dir is the node's. Guards against PID reuse.
-fn is_our_timed(pid: u32, data_dir: Option<&Path>) -> bool {
-    if !alive(pid) {
-        return false;
-    }
-    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let args: Vec<String> = raw.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-    let exe_ok =
-        args.first().and_then(|a| Path::new(a).file_name()).is_some_and(|n| n.to_string_lossy().starts_with("timed"));
-    let dir_ok = match data_dir {
-        None => true,
-        Some(d) => args.windows(2).any(|w| w[0] == "--data-dir" && Path::new(&w[1]) == d),
-    };
-    exe_ok && dir_ok
-}
-
-fn signal(pid: u32, sig: i32) -> std::io::Result<()> {
-    let pid = i32::try_from(pid).map_err(|_| std::io::Error::other("pid out of range"))?;
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    if unsafe { libc::kill(pid, sig) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 fn log_tail(log: &Path, lines: usize) -> String {
@@ -578,18 +539,4 @@ async fn down(a: DownArgs, ctx: &Ctx, ui: Ui) -> anyhow::Result<u8> {
         return Err(LocalError::StillRunning { nodes: stuck }.into());
     }
     Ok(crate::error::EXIT_OK)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recognises_only_live_timed_processes() {
-        // This test binary is alive but is not timed.
-        assert!(alive(std::process::id()));
-        assert!(!is_our_timed(std::process::id(), None));
-        // PID 0 has no /proc entry.
-        assert!(!alive(0));
-    }
 }
