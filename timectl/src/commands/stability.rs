@@ -419,10 +419,11 @@ impl Monitor {
         });
     }
 
-    /// A node behind an SSH forward that stopped answering for three samples in a row gets a
-    /// new session and forward: after the service restarts, an old forward has been seen to
-    /// keep resetting connections while a new one reaches the node at once.
-    async fn reopen_tunnels(&mut self, ctx: &Ctx, inv: &inventory::Inventory, failing: &mut [u32]) {
+    /// A node that stopped answering for three samples in a row (and is not down on purpose)
+    /// gets a new client, and behind an SSH forward a new session and forward: after the
+    /// service restarts, an old forward has been seen to keep resetting connections while a new
+    /// one reaches the node at once.
+    async fn reconnect(&mut self, ctx: &Ctx, inv: &inventory::Inventory, failing: &mut [u32]) {
         let Some(Record::Tick(t)) = self.records.iter().rev().find(|r| matches!(r, Record::Tick(_))) else {
             return;
         };
@@ -440,6 +441,19 @@ impl Monitor {
             // open until the run ends, so a long outage must not pile them up.
             let due = failing[i] >= 3 && (failing[i] / 3).is_power_of_two() && failing[i].is_multiple_of(3);
             if !due || perturbed.contains(&self.nodes[i].name) {
+                continue;
+            }
+            if !inv.provider.tunnels_rpc() {
+                // A node on this machine: a fresh client (and the cookie a restart rewrote).
+                // A client kept across the node's restart has been seen to keep failing with
+                // "connection refused" while a new one reaches the node at once.
+                match client::rpc_client(&self.nodes[i], self.timeout) {
+                    Ok(c) => {
+                        tracing::warn!("{}: new RPC client after {} silent samples", self.nodes[i].name, failing[i]);
+                        self.clients[i] = c;
+                    }
+                    Err(e) => tracing::warn!("{}: {e}", self.nodes[i].name),
+                }
                 continue;
             }
             match ctx.reach(inv, std::slice::from_ref(&inv.nodes[i])).await {
@@ -939,7 +953,7 @@ pub async fn run(a: StabilityArgs, ctx: &Ctx) -> anyhow::Result<u8> {
         tokio::spawn(plan.run(chaos_tx, stop_rx, lagging_rx))
     });
 
-    // Consecutive samples each node did not answer in (tunnelled networks re-open after 3).
+    // Consecutive samples each node did not answer in (reconnected after 3, 6, 12, ...).
     let mut failing: Vec<u32> = vec![0; inv.nodes.len()];
     'run: while now_ms() < end_ms {
         let next = tokio::time::Instant::now() + interval;
@@ -950,9 +964,7 @@ pub async fn run(a: StabilityArgs, ctx: &Ctx) -> anyhow::Result<u8> {
             _ = sigterm.recv() => { interrupted = true; break 'run; }
         }
         let analysis = m.after_tick().map_err(log_err(&log_path))?;
-        if inv.provider.tunnels_rpc() {
-            m.reopen_tunnels(ctx, &inv, &mut failing).await;
-        }
+        m.reconnect(ctx, &inv, &mut failing).await;
         let progress = m.progress_message(&analysis);
         bar.set_position(now_ms().saturating_sub(cfg.started_ms).min(total_ms));
         tracing::info!("{progress}");
