@@ -724,6 +724,7 @@ mod tests {
             network: "t".into(),
             provider: ProviderKind::Ssh,
             created: None,
+            hourly_usd_per_host: None,
             nodes: vec![node("a", "10.0.0.1", 22), node("b", "10.0.0.2", 22), node("c", "10.0.0.1", 22)],
         };
         let e = check_distinct_hosts(&inv).unwrap_err();

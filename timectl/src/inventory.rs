@@ -58,6 +58,10 @@ pub struct Inventory {
     /// RFC 3339 UTC time the network was provisioned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<String>,
+    /// What one host costs per hour in USD, as the cloud's price list said when provisioned
+    /// (`status` shows the network's cost from it). Absent where unknown or free.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hourly_usd_per_host: Option<f64>,
     #[serde(default)]
     pub nodes: Vec<Node>,
 }

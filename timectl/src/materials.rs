@@ -223,6 +223,7 @@ mod tests {
             network: "t".into(),
             provider: ProviderKind::Ssh,
             created: None,
+            hourly_usd_per_host: None,
             nodes: (1..=n)
                 .map(|i| Node {
                     name: format!("t-node-{i}"),

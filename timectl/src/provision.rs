@@ -16,6 +16,7 @@ pub fn inventory_from_hosts(network: &str, kind: ProviderKind, hosts: &[Host], c
         network: network.to_string(),
         provider: kind,
         created,
+        hourly_usd_per_host: None,
         nodes: hosts
             .iter()
             .map(|h| Node {
@@ -56,16 +57,21 @@ pub async fn provision(
     let created = Some(crate::output::rfc3339(crate::output::now_ms()));
     // Keep the first creation time across re-runs.
     let created = Inventory::load(path).ok().and_then(|i| i.created).or(created);
+    let per_host = hourly_per_host(provider, kind, req).await;
+    let inventory_of = |hosts: &[Host]| Inventory {
+        hourly_usd_per_host: per_host,
+        ..inventory_from_hosts(&req.network, kind, hosts, created.clone())
+    };
     match provider.create(req, progress).await {
         Ok(hosts) => {
-            let inv = inventory_from_hosts(&req.network, kind, &hosts, created);
+            let inv = inventory_of(&hosts);
             inv.save(path)?;
             Ok(inv)
         }
         Err(e) => {
             match provider.list(&req.network).await {
                 Ok(hosts) if !hosts.is_empty() => {
-                    let inv = inventory_from_hosts(&req.network, kind, &hosts, created);
+                    let inv = inventory_of(&hosts);
                     if let Err(w) = inv.save(path) {
                         tracing::error!("cannot write the inventory of what exists: {w}");
                     } else {
@@ -82,6 +88,37 @@ pub async fn provision(
             Err(e.into())
         }
     }
+}
+
+/// A cloud host's hourly price from the provider's plan, for `status`. Best effort: a price
+/// list that does not answer must not stop provisioning.
+async fn hourly_per_host(provider: &dyn Provider, kind: ProviderKind, req: &ProvisionRequest) -> Option<f64> {
+    if !matches!(kind, ProviderKind::Do | ProviderKind::Aws) || req.nodes == 0 {
+        return None;
+    }
+    match provider.plan(req).await {
+        Ok(plan) => plan.hourly_usd.map(|network| network / req.nodes as f64),
+        Err(e) => {
+            tracing::warn!("no price for the inventory: {e}");
+            None
+        }
+    }
+}
+
+/// `status`'s line about what a cloud network costs: provider, hosts, price.
+pub fn cost_line(inv: &Inventory) -> Option<String> {
+    if !matches!(inv.provider, ProviderKind::Do | ProviderKind::Aws) {
+        return None;
+    }
+    let n = inv.nodes.len();
+    Some(format!(
+        "provider {}, {n} hosts, {}",
+        inv.provider.name(),
+        match inv.hourly_usd_per_host {
+            Some(p) => format!("${:.4}/hour (about ${:.2} a day)", p * n as f64, p * n as f64 * 24.0),
+            None => "price unknown".into(),
+        }
+    ))
 }
 
 /// The operator's public key: the flag, else the identity's `.pub`, else ssh's defaults.
@@ -156,6 +193,16 @@ mod tests {
         assert_eq!(inv.nodes[1].ssh_user.as_deref(), Some("admin"));
         assert_eq!(inv.nodes[1].ssh_port, Some(2222));
         assert!(inv.provider.tunnels_rpc());
+
+        // What status says a cloud network costs, from the per-host price provisioning stored.
+        assert_eq!(cost_line(&inv).unwrap(), "provider do, 2 hosts, price unknown");
+        let priced = Inventory { hourly_usd_per_host: Some(0.03571), ..inv.clone() };
+        assert_eq!(cost_line(&priced).unwrap(), "provider do, 2 hosts, $0.0714/hour (about $1.71 a day)");
+        let saved = tempfile::tempdir().unwrap().keep().join("t.toml");
+        priced.save(&saved).unwrap();
+        assert_eq!(Inventory::load(&saved).unwrap().hourly_usd_per_host, Some(0.03571));
+        let local = Inventory { provider: ProviderKind::Rehearsal, ..priced };
+        assert_eq!(cost_line(&local), None);
     }
 
     #[test]

@@ -438,6 +438,7 @@ fn write_inventory(path: &Path, network: &str, nodes: Vec<Node>) -> Result<Inven
         network: network.to_string(),
         provider: ProviderKind::Local,
         created: Some(output::rfc3339(output::now_ms())),
+        hourly_usd_per_host: None,
         nodes,
     };
     inv.save(path)?;

@@ -120,6 +120,10 @@ pub async fn run(a: StatusArgs, ctx: &Ctx) -> anyhow::Result<u8> {
     if ui.json {
         ui.print_json(&rows);
     } else {
+        // Cloud networks cost money while they run: say how much, every time.
+        if let Some(line) = crate::provision::cost_line(inv) {
+            println!("{line}");
+        }
         println!("{}", render(&rows, ui));
     }
     let down = rows.iter().filter(|r| !r.reachable).count();
