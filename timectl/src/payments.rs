@@ -6,8 +6,9 @@
 //! (`timectl bench` has a pre-signed generator built for peak rates on another branch; this one
 //! needs nothing but the nodes' wallets, which a deployed network has too.)
 
-use jsonrpsee::http_client::HttpClient;
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::client;
+use crate::inventory::Node;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use timed::api::TimeRpcClient;
@@ -17,6 +18,9 @@ use tokio::sync::{watch, Semaphore};
 const AMOUNT: f64 = 0.0001;
 /// Payments waiting for an answer at once; beyond this a tick is counted as refused.
 const IN_FLIGHT: usize = 256;
+/// Failures in a row after which a node's client is built anew: a restarted node has a new
+/// cookie, and a client kept across its restart has been seen to keep failing.
+const REBUILD_AFTER: u32 = 3;
 
 #[derive(Default)]
 pub struct Counters {
@@ -30,18 +34,23 @@ impl Counters {
     }
 }
 
-/// Runs until `stop` turns true. `clients[i]` pays the wallet of node i+1.
+/// Runs until `stop` turns true. Node i pays the wallet of node i+1.
 pub async fn run(
-    clients: Vec<HttpClient>,
+    nodes: Vec<Node>,
     tps: f64,
     timeout: Duration,
     counters: Arc<Counters>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let n = clients.len();
+    let n = nodes.len();
     if n == 0 || tps <= 0.0 {
         return;
     }
+    let Ok(mut clients) = nodes.iter().map(|node| client::rpc_client(node, timeout)).collect::<Result<Vec<_>, _>>()
+    else {
+        return;
+    };
+    let fails: Arc<Vec<AtomicU32>> = Arc::new((0..n).map(|_| AtomicU32::new(0)).collect());
     let mut wallets: Vec<Option<String>> = vec![None; n];
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / tps));
@@ -65,12 +74,24 @@ pub async fn run(
             counters.refused.fetch_add(1, Ordering::Relaxed);
             continue;
         };
+        if fails[from].load(Ordering::Relaxed) >= REBUILD_AFTER {
+            if let Ok(c) = client::rpc_client(&nodes[from], timeout) {
+                clients[from] = c;
+            }
+            fails[from].store(0, Ordering::Relaxed);
+        }
         let c = clients[from].clone();
         let counters = counters.clone();
+        let fails = fails.clone();
         tokio::spawn(async move {
             let r = tokio::time::timeout(timeout, c.send_to_address(addr, AMOUNT, None)).await;
-            let counter = if matches!(r, Ok(Ok(_))) { &counters.accepted } else { &counters.refused };
-            counter.fetch_add(1, Ordering::Relaxed);
+            if matches!(r, Ok(Ok(_))) {
+                counters.accepted.fetch_add(1, Ordering::Relaxed);
+                fails[from].store(0, Ordering::Relaxed);
+            } else {
+                counters.refused.fetch_add(1, Ordering::Relaxed);
+                fails[from].fetch_add(1, Ordering::Relaxed);
+            }
             drop(permit);
         });
     }

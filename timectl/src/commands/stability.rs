@@ -931,7 +931,7 @@ pub async fn run(a: StabilityArgs, ctx: &Ctx) -> anyhow::Result<u8> {
     if let Some(tps) = cfg.load_tps.filter(|t| *t > 0.0) {
         let counters = Arc::new(crate::payments::Counters::default());
         m.load = Some(counters.clone());
-        tokio::spawn(crate::payments::run(m.clients.clone(), tps, timeout, counters, stop_rx.clone()));
+        tokio::spawn(crate::payments::run(m.nodes.clone(), tps, timeout, counters, stop_rx.clone()));
     }
     // The chaos task applies and heals perturbations on its own clock; its records come back
     // here, so the log has one writer.
