@@ -12,6 +12,7 @@
 mod common;
 
 use common::*;
+use jsonrpsee::http_client::HttpClient;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,18 +44,16 @@ fn validator(dir: &std::path::Path, i: usize, peers: &str) -> Node {
 type Sent = Arc<Mutex<Vec<String>>>;
 
 /// Small payments round-robin between the nodes' wallets, every `gap`, through whichever node
-/// answers (the victim is down part of the time), until `stop`.
-fn spawn_load(urls: Arc<Mutex<Vec<String>>>, wallets: Vec<String>, sent: Sent, stop: Arc<AtomicBool>) {
+/// answers (the victim is down part of the time), until `stop`. Clients carry each node's
+/// cookie (wallet methods need it); a restarted node's client is replaced, as it has a new one.
+fn spawn_load(clients: Arc<Mutex<Vec<HttpClient>>>, wallets: Vec<String>, sent: Sent, stop: Arc<AtomicBool>) {
     tokio::spawn(async move {
         let mut i = 0usize;
         while !stop.load(Ordering::Relaxed) {
-            let url = urls.lock().unwrap()[i % 4].clone();
+            let client = clients.lock().unwrap()[i % 4].clone();
             let to = wallets[(i + 1) % 4].clone();
-            let client = jsonrpsee::http_client::HttpClientBuilder::default()
-                .request_timeout(Duration::from_secs(5))
-                .build(url)
-                .unwrap();
-            if let Ok(txid) = client.send_to_address(to, 0.01, None).await {
+            let r = tokio::time::timeout(Duration::from_secs(5), client.send_to_address(to, 0.01, None)).await;
+            if let Ok(Ok(txid)) = r {
                 sent.lock().unwrap().push(txid);
             }
             i += 1;
@@ -98,10 +97,10 @@ async fn crash_many_times(kills: usize) {
     for n in &nodes {
         wallets.push(n.client().masternode_status().await.unwrap().wallet_address);
     }
-    let urls = Arc::new(Mutex::new(nodes.iter().map(|n| n.url()).collect::<Vec<_>>()));
+    let clients = Arc::new(Mutex::new(nodes.iter().map(|n| n.client()).collect::<Vec<_>>()));
     let sent: Sent = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
-    spawn_load(urls.clone(), wallets, sent.clone(), stop.clone());
+    spawn_load(clients.clone(), wallets, sent.clone(), stop.clone());
 
     let mut total_checked = 0usize;
     let started = Instant::now();
@@ -129,7 +128,7 @@ async fn crash_many_times(kills: usize) {
 
         // The store opens (node.json is written after it) and the node answers.
         nodes[victim].restart();
-        urls.lock().unwrap()[victim] = nodes[victim].url();
+        clients.lock().unwrap()[victim] = nodes[victim].client();
         let c = nodes[victim].client();
         let h = eventually(20, "the restarted node to answer", || {
             let c = c.clone();
