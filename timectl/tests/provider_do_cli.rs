@@ -107,9 +107,9 @@ async fn provision_rerun_dry_run_and_destroy_through_the_cli() {
         "{inv}"
     );
     assert!(!inv.contains(TOKEN));
-    // The price per host from /v2/sizes is kept for `status` (0.1785/h for five hosts).
+    // The size's price_hourly from /v2/sizes (the fake's s-2vcpu-4gb) is kept for `status`.
     let per_host = inv.parse::<toml::Table>().unwrap()["hourly_usd_per_host"].as_float().unwrap();
-    assert!((per_host * 5.0 - 0.1785).abs() < 1e-9, "{inv}");
+    assert!((per_host - 0.03571).abs() < 1e-9, "{inv}");
 
     let writes = fake.writes().len();
     let again = timectl(d, &api, Some(TOKEN), &with(&["--nodes", "5"])).await;
