@@ -15,7 +15,7 @@ use crate::providers::Progress;
 use crate::ssh::{self, Host, SshError, SshOptions, Target};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use timed::api::TimeRpcClient;
 
@@ -182,6 +182,11 @@ impl Blob {
         let sha256 = hex::encode(Sha256::digest(&bytes));
         Blob { bytes: std::sync::Arc::new(bytes), sha256 }
     }
+
+    /// The `timed` binary to install, read and hashed once for every host.
+    fn read_binary(path: &Path) -> Result<Self, InstallError> {
+        std::fs::read(path).map(Blob::new).map_err(|source| InstallError::Binary { path: path.to_path_buf(), source })
+    }
 }
 
 /// What one host gets, in the order it gets it.
@@ -271,9 +276,7 @@ pub async fn install(
     progress: &dyn Progress,
 ) -> Result<Vec<HostResult>, InstallError> {
     check_distinct_hosts(inv)?;
-    let binary =
-        std::fs::read(&opts.binary).map_err(|source| InstallError::Binary { path: opts.binary.clone(), source })?;
-    let binary = Blob::new(binary);
+    let binary = Blob::read_binary(&opts.binary)?;
     for n in &inv.nodes {
         progress.step(&n.name, "connecting");
     }
@@ -533,9 +536,9 @@ pub async fn upgrade(
     progress: &dyn Progress,
 ) -> Result<Vec<HostResult>, InstallError> {
     check_distinct_hosts(inv)?;
-    let binary =
-        std::fs::read(&opts.binary).map_err(|source| InstallError::Binary { path: opts.binary.clone(), source })?;
-    let want = hex::encode(Sha256::digest(&binary));
+    let blob = Blob::read_binary(&opts.binary)?;
+    let want = blob.sha256.clone();
+    let binary = blob.bytes;
     let targets: Vec<Target> = inv.nodes.iter().map(Target::of).collect();
     let pool = ssh::Pool::connect(&targets, &opts.ssh).await.map_err(|mut errors| {
         let e = errors.remove(0);
