@@ -46,11 +46,22 @@ impl Ctx {
         self
     }
 
-    /// SSH settings for a network's hosts: its pinned keys, the operator's key.
+    /// SSH settings for a network's hosts: its pinned keys, the operator's key (`--ssh-identity`,
+    /// else the one its inventory recorded at provisioning, else ssh's own defaults).
     pub fn ssh_options(&self, network: &str) -> SshOptions {
         let known =
             self.ssh_known_hosts.clone().unwrap_or_else(|| inventory::network_state_dir(network).join("known_hosts"));
-        SshOptions::new(known, self.ssh_identity.clone())
+        let identity = self.ssh_identity.clone().or_else(|| {
+            let recorded = |i: &Inventory| (i.network == network).then(|| i.ssh_identity.clone()).flatten();
+            match self.opened.get() {
+                Some((_, inv)) => recorded(inv),
+                None => {
+                    let path = self.inventory_file.clone().unwrap_or_else(|| inventory::network_path(network));
+                    Inventory::load(&path).ok().as_ref().and_then(recorded)
+                }
+            }
+        });
+        SshOptions::new(known, identity)
     }
 
     /// The nodes as the operator reaches them. For remote providers this opens one SSH session
@@ -174,4 +185,29 @@ pub fn first_of(mut errors: Vec<ssh::SshError>) -> anyhow::Error {
         tracing::error!("{e}");
     }
     first.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_recorded_at_provisioning_is_used_unless_a_flag_names_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("n.toml");
+        let mut inv = crate::materials::tests::inventory(1);
+        inv.network = "n".into();
+        inv.ssh_identity = Some(dir.path().join("id_n"));
+        inv.save(&file).unwrap();
+        let ui = Ui { json: false, color: false, progress: false };
+        // Before the inventory is opened (deploy re-runs) and after (every other command).
+        let ctx = Ctx::new(Some(file.clone()), None, ui);
+        assert_eq!(ctx.ssh_options("n").identity, Some(dir.path().join("id_n")));
+        ctx.inventory().unwrap();
+        assert_eq!(ctx.ssh_options("n").identity, Some(dir.path().join("id_n")));
+        // Another network's inventory lends it nothing; the flag wins over the record.
+        assert_eq!(ctx.ssh_options("other").identity, None);
+        let flagged = Ctx::new(Some(file), None, ui).with_ssh(Some("/keys/op".into()), None);
+        assert_eq!(flagged.ssh_options("n").identity, Some(PathBuf::from("/keys/op")));
+    }
 }

@@ -728,6 +728,7 @@ mod tests {
             provider: ProviderKind::Ssh,
             created: None,
             hourly_usd_per_host: None,
+            ssh_identity: None,
             nodes: vec![node("a", "10.0.0.1", 22), node("b", "10.0.0.2", 22), node("c", "10.0.0.1", 22)],
         };
         let e = check_distinct_hosts(&inv).unwrap_err();

@@ -62,6 +62,10 @@ pub struct Inventory {
     /// (`status` shows the network's cost from it). Absent where unknown or free.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hourly_usd_per_host: Option<f64>,
+    /// The operator's private key file the hosts accept (`--ssh-identity` at provisioning), so
+    /// later commands reach them without the flag. A path only: the key stays where it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_identity: Option<PathBuf>,
     #[serde(default)]
     pub nodes: Vec<Node>,
 }

@@ -213,7 +213,7 @@ pub fn remove(dir: &Path) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::inventory::{Node, ProviderKind};
     use std::os::unix::fs::PermissionsExt;
@@ -224,6 +224,7 @@ mod tests {
             provider: ProviderKind::Ssh,
             created: None,
             hourly_usd_per_host: None,
+            ssh_identity: None,
             nodes: (1..=n)
                 .map(|i| Node {
                     name: format!("t-node-{i}"),

@@ -17,6 +17,7 @@ pub fn inventory_from_hosts(network: &str, kind: ProviderKind, hosts: &[Host], c
         provider: kind,
         created,
         hourly_usd_per_host: None,
+        ssh_identity: None,
         nodes: hosts
             .iter()
             .map(|h| Node {
@@ -46,20 +47,28 @@ fn bracket(host: &str) -> String {
 }
 
 /// Creates what is missing and writes the inventory to `path`. On failure the inventory of
-/// what exists (per `list`) is written anyway, and the error returned.
+/// what exists (per `list`) is written anyway, and the error returned. `ssh_identity` (the
+/// operator's `--ssh-identity`) is recorded so later commands need not repeat it.
 pub async fn provision(
     provider: &dyn Provider,
     kind: ProviderKind,
     req: &ProvisionRequest,
+    ssh_identity: Option<&Path>,
     path: &Path,
     progress: &dyn Progress,
 ) -> anyhow::Result<Inventory> {
     let created = Some(crate::output::rfc3339(crate::output::now_ms()));
-    // Keep the first creation time across re-runs.
-    let created = Inventory::load(path).ok().and_then(|i| i.created).or(created);
+    let previous = Inventory::load(path).ok();
+    // Keep the first creation time, and the key named before, across re-runs.
+    let created = previous.as_ref().and_then(|i| i.created.clone()).or(created);
+    let ssh_identity = match ssh_identity {
+        Some(p) => Some(std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())),
+        None => previous.and_then(|i| i.ssh_identity),
+    };
     let per_host = hourly_per_host(provider, kind, req).await;
     let inventory_of = |hosts: &[Host]| Inventory {
         hourly_usd_per_host: per_host,
+        ssh_identity: ssh_identity.clone(),
         ..inventory_from_hosts(&req.network, kind, hosts, created.clone())
     };
     match provider.create(req, progress).await {

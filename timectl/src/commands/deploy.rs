@@ -146,7 +146,7 @@ pub async fn run(a: DeployArgs, ctx: &Ctx) -> anyhow::Result<u8> {
         provider.create(&req, &progress).await?;
         given.clone().expect("ssh provider has its inventory")
     } else {
-        provision::provision(provider.as_ref(), kind, &req, &inv_path, &progress).await?
+        provision::provision(provider.as_ref(), kind, &req, ctx.ssh_identity.as_deref(), &inv_path, &progress).await?
     };
     inventory::remember(&inv_path);
     let opts = InstallOptions { binary, ssh, wait: Duration::from_secs(a.wait) };

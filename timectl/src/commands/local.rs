@@ -439,6 +439,7 @@ fn write_inventory(path: &Path, network: &str, nodes: Vec<Node>) -> Result<Inven
         provider: ProviderKind::Local,
         created: Some(output::rfc3339(output::now_ms())),
         hourly_usd_per_host: None,
+        ssh_identity: None,
         nodes,
     };
     inv.save(path)?;

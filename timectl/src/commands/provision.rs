@@ -82,7 +82,8 @@ pub async fn run(a: ProvisionArgs, ctx: &Ctx) -> anyhow::Result<u8> {
         return Ok(EXIT_OK);
     }
     let progress = HostProgress::new(ui);
-    let result = provision::provision(provider.as_ref(), kind, &req, &inv_path, &progress).await;
+    let result =
+        provision::provision(provider.as_ref(), kind, &req, ctx.ssh_identity.as_deref(), &inv_path, &progress).await;
     progress.finish();
     let inv = result?;
     inventory::remember(&inv_path);

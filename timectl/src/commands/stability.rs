@@ -429,6 +429,13 @@ impl Monitor {
         };
         let down: Vec<bool> =
             self.nodes.iter().map(|n| t.nodes.iter().any(|o| o.name == n.name && !o.reachable)).collect();
+        // A node that answers 401 has a new cookie (it restarted): the client we hold can never
+        // succeed again, so it is renewed at once instead of after the back-off.
+        let refused: Vec<bool> = self
+            .nodes
+            .iter()
+            .map(|n| t.nodes.iter().any(|o| o.name == n.name && o.error.as_deref().is_some_and(|e| e.contains("401"))))
+            .collect();
         // Down on purpose now: nothing to re-open until the heal.
         let perturbed: BTreeSet<String> = monitor::perturbations(&self.records)
             .into_iter()
@@ -436,11 +443,18 @@ impl Monitor {
             .flat_map(|p| p.nodes)
             .collect();
         for (i, is_down) in down.into_iter().enumerate() {
+            if perturbed.contains(&self.nodes[i].name) {
+                // Down on purpose: the back-off starts afresh at the heal, so a node that comes
+                // back is re-reached within a few samples, not after the outage's own length.
+                failing[i] = 0;
+                continue;
+            }
             failing[i] = if is_down { failing[i] + 1 } else { 0 };
             // At 3, 6, 12, 24, ... silent samples: each attempt is a new session that stays
             // open until the run ends, so a long outage must not pile them up.
-            let due = failing[i] >= 3 && (failing[i] / 3).is_power_of_two() && failing[i].is_multiple_of(3);
-            if !due || perturbed.contains(&self.nodes[i].name) {
+            let backoff = failing[i] >= 3 && (failing[i] / 3).is_power_of_two() && failing[i].is_multiple_of(3);
+            let due = backoff || (refused[i] && failing[i] == 1);
+            if !due {
                 continue;
             }
             if !inv.provider.tunnels_rpc() {
