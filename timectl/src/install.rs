@@ -260,6 +260,20 @@ pub struct HostResult {
     pub restarted: bool,
 }
 
+/// What to install and how long to wait for it: the flags `deploy` and `install` share.
+#[derive(Clone, Debug, clap::Args)]
+pub struct InstallFlags {
+    /// Seconds per block of a new network's genesis.
+    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    pub block_time: u64,
+    /// The timed binary to install (default: the one beside timectl, else on PATH).
+    #[arg(long, value_name = "PATH")]
+    pub timed: Option<PathBuf>,
+    /// Seconds to wait for the network to answer and advance after installing.
+    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    pub wait: u64,
+}
+
 pub struct InstallOptions {
     pub binary: PathBuf,
     pub ssh: SshOptions,

@@ -278,6 +278,16 @@ impl Host {
         self.target.user != "root"
     }
 
+    /// `sh -ec script` on the host, as root: through `sudo -n` when logged in as someone else.
+    fn shell<'s>(&'s self, script: &str) -> openssh::OwningCommand<&'s openssh::Session> {
+        let mut c = self.session.command(if self.sudo() { "sudo" } else { "sh" });
+        if self.sudo() {
+            c.args(["-n", "sh"]);
+        }
+        c.args(["-ec", script]);
+        c
+    }
+
     /// Runs `script` with `sh -e` (as root: through `sudo -n` when logged in as someone else),
     /// feeding `stdin`; returns (exit code, stdout, stderr) without judging the exit code.
     pub async fn exec(
@@ -287,15 +297,7 @@ impl Host {
         stdin: Option<&[u8]>,
     ) -> Result<(i32, String, String), SshError> {
         let host = self.target.display();
-        let mut cmd = if self.sudo() {
-            let mut c = self.session.command("sudo");
-            c.args(["-n", "sh", "-ec", script]);
-            c
-        } else {
-            let mut c = self.session.command("sh");
-            c.args(["-ec", script]);
-            c
-        };
+        let mut cmd = self.shell(script);
         cmd.stdin(if stdin.is_some() { openssh::Stdio::piped() } else { openssh::Stdio::null() })
             .stdout(openssh::Stdio::piped())
             .stderr(openssh::Stdio::piped());
@@ -327,15 +329,7 @@ impl Host {
     pub async fn stream(&self, step: &str, script: &str) -> Result<i32, SshError> {
         let host = self.target.display();
         let sess = |message: String| SshError::Session { host: host.clone(), step: step.to_string(), message };
-        let mut cmd = if self.sudo() {
-            let mut c = self.session.command("sudo");
-            c.args(["-n", "sh", "-ec", script]);
-            c
-        } else {
-            let mut c = self.session.command("sh");
-            c.args(["-ec", script]);
-            c
-        };
+        let mut cmd = self.shell(script);
         cmd.stdin(openssh::Stdio::null()).stdout(openssh::Stdio::piped()).stderr(openssh::Stdio::inherit());
         let mut child = cmd.spawn().await.map_err(|e| sess(error_text(&e)))?;
         let mut out = child.stdout().take().ok_or_else(|| sess("no stdout".into()))?;

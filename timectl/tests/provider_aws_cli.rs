@@ -1,6 +1,8 @@
 //! `timectl provision|deploy --dry-run|destroy --provider aws` end to end: the real binary
 //! against `moto_server` on 127.0.0.1, reached through the SDK's own `AWS_ENDPOINT_URL_EC2`.
 
+#[path = "common/isolated.rs"]
+mod isolated;
 #[path = "common/moto.rs"]
 mod moto;
 
@@ -14,15 +16,8 @@ const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICFv1ChDaPpZgMjQH5tcdQn5/
 const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY";
 
 async fn timectl(dir: &Path, moto: &Moto, args: &[&str]) -> Output {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_timectl"))
+    let out = isolated::timectl(dir)
         .args(args)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", dir)
-        .env("NO_COLOR", "1")
-        .env("TIMECTL_STATE_DIR", dir.join("state"))
-        .env("TIMECTL_INVENTORY_DIR", dir.join("inventories"))
         .env("AWS_ENDPOINT_URL_EC2", &moto.url)
         .env("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
         .env("AWS_SECRET_ACCESS_KEY", SECRET)

@@ -7,6 +7,8 @@
 mod do_fake;
 #[path = "common/do_openapi.rs"]
 mod do_openapi;
+#[path = "common/isolated.rs"]
+mod isolated;
 
 use std::path::Path;
 use std::process::Output;
@@ -31,16 +33,8 @@ impl Run {
 }
 
 async fn timectl(dir: &Path, api: &str, token: Option<&str>, args: &[&str]) -> Run {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_timectl"));
-    cmd.args(args)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", dir)
-        .env("NO_COLOR", "1")
-        .env("TIMECTL_STATE_DIR", dir.join("state"))
-        .env("TIMECTL_INVENTORY_DIR", dir.join("inventories"))
-        .env("DIGITALOCEAN_API_URL", api);
+    let mut cmd = isolated::timectl(dir);
+    cmd.args(args).env("DIGITALOCEAN_API_URL", api);
     if let Some(t) = token {
         cmd.env("DIGITALOCEAN_ACCESS_TOKEN", t);
     }

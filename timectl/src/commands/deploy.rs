@@ -28,15 +28,8 @@ pub struct DeployArgs {
     /// Hosts the network should have.
     #[arg(long, default_value_t = 5, value_name = "N")]
     pub nodes: usize,
-    /// Seconds per block of a new network's genesis.
-    #[arg(long, default_value_t = 5, value_name = "SECS")]
-    pub block_time: u64,
-    /// The timed binary to install (default: the one beside timectl, else on PATH).
-    #[arg(long, value_name = "PATH")]
-    pub timed: Option<PathBuf>,
-    /// Seconds to wait for the network to answer and advance after installing.
-    #[arg(long, default_value_t = 120, value_name = "SECS")]
-    pub wait: u64,
+    #[command(flatten)]
+    pub install: install::InstallFlags,
     /// Print what would be created and installed; change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -88,7 +81,7 @@ pub async fn run(a: DeployArgs, ctx: &Ctx) -> anyhow::Result<u8> {
     if matches!(kind, ProviderKind::Do | ProviderKind::Aws) {
         providers::cloud::check_node_cap(kind.name(), nodes, a.yes)?;
     }
-    let binary = install::find_timed(a.timed.as_deref())?;
+    let binary = install::find_timed(a.install.timed.as_deref())?;
 
     if a.dry_run {
         let plan = provider.plan(&req).await?;
@@ -149,8 +142,8 @@ pub async fn run(a: DeployArgs, ctx: &Ctx) -> anyhow::Result<u8> {
         provision::provision(provider.as_ref(), kind, &req, ctx.ssh_identity.as_deref(), &inv_path, &progress).await?
     };
     inventory::remember(&inv_path);
-    let opts = InstallOptions { binary, ssh, wait: Duration::from_secs(a.wait) };
-    let result = install::install_network(&inv, &network_dir, a.block_time, &opts, &progress).await;
+    let opts = InstallOptions { binary, ssh, wait: Duration::from_secs(a.install.wait) };
+    let result = install::install_network(&inv, &network_dir, a.install.block_time, &opts, &progress).await;
     progress.finish();
     let hosts = result?;
     let secs = t0.elapsed().as_secs_f64();

@@ -7,7 +7,6 @@ use crate::install::{self, InstallOptions};
 use crate::inventory;
 use crate::output::HostProgress;
 use clap::Args;
-use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Args)]
@@ -17,15 +16,8 @@ Examples:
   timectl install --network rehearsal --timed target/release/timed
   timectl install --dry-run")]
 pub struct InstallArgs {
-    /// Seconds per block of a new network's genesis.
-    #[arg(long, default_value_t = 5, value_name = "SECS")]
-    pub block_time: u64,
-    /// The timed binary to install (default: the one beside timectl, else on PATH).
-    #[arg(long, value_name = "PATH")]
-    pub timed: Option<PathBuf>,
-    /// Seconds to wait for the network to answer and advance.
-    #[arg(long, default_value_t = 120, value_name = "SECS")]
-    pub wait: u64,
+    #[command(flatten)]
+    pub install: install::InstallFlags,
     /// Print the files and units each host would get; change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -37,11 +29,11 @@ pub async fn run(a: InstallArgs, ctx: &Ctx) -> anyhow::Result<u8> {
     if !inv.provider.tunnels_rpc() {
         anyhow::bail!("{} is a local network; `timectl local up` runs it", path.display());
     }
-    let binary = install::find_timed(a.timed.as_deref())?;
+    let binary = install::find_timed(a.install.timed.as_deref())?;
     let network_dir = inventory::network_state_dir(&inv.network);
     if a.dry_run {
         let bin = install::Blob::new(std::fs::read(&binary)?);
-        let m = crate::materials::ensure(&network_dir, inv, a.block_time)?;
+        let m = crate::materials::ensure(&network_dir, inv, a.install.block_time)?;
         let plan = install::plan(inv, &m, &bin)?;
         if ui.json {
             ui.print_json(&plan);
@@ -57,8 +49,8 @@ pub async fn run(a: InstallArgs, ctx: &Ctx) -> anyhow::Result<u8> {
         return Ok(EXIT_OK);
     }
     let progress = HostProgress::new(ui);
-    let opts = InstallOptions { binary, ssh: ctx.ssh_options(&inv.network), wait: Duration::from_secs(a.wait) };
-    let result = install::install_network(inv, &network_dir, a.block_time, &opts, &progress).await;
+    let opts = InstallOptions { binary, ssh: ctx.ssh_options(&inv.network), wait: Duration::from_secs(a.install.wait) };
+    let result = install::install_network(inv, &network_dir, a.install.block_time, &opts, &progress).await;
     progress.finish();
     let hosts = result?;
     if ui.json {

@@ -156,6 +156,21 @@ pub trait AddressDetector: Send + Sync {
     async fn detect(&self, provider: &'static str) -> Result<String, ProviderError>;
 }
 
+/// For tests: refuses every detection and counts the attempts. Tests always pass
+/// `--allow-from`, and a detection would leave 127.0.0.1.
+#[cfg(test)]
+#[derive(Default)]
+pub struct NoDetection(pub std::sync::atomic::AtomicUsize);
+
+#[cfg(test)]
+#[async_trait]
+impl AddressDetector for NoDetection {
+    async fn detect(&self, provider: &'static str) -> Result<String, ProviderError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Err(ProviderError::new(provider, "address detection is not allowed in tests"))
+    }
+}
+
 /// Asks a "what is my IP" service over HTTPS (Amazon's, which answers with the bare address).
 pub struct HttpAddressDetector {
     pub url: String,

@@ -3,27 +3,16 @@
 #[path = "../../../tests/common/moto.rs"]
 mod moto;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use aws_sdk_ec2::config::Credentials;
 use moto::Moto;
 
 use super::*;
+use crate::providers::cloud::NoDetection;
 use crate::providers::NoProgress;
 
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICFv1ChDaPpZgMjQH5tcdQn5/4jXPqo+w0sBRllJnNrC test@timectl";
 const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY";
-
-#[derive(Default)]
-struct NoDetection(AtomicUsize);
-
-#[async_trait]
-impl AddressDetector for NoDetection {
-    async fn detect(&self, provider: &'static str) -> Result<String, ProviderError> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Err(ProviderError::new(provider, "address detection is not allowed in tests"))
-    }
-}
 
 fn settings(region: &str) -> AwsSettings {
     AwsSettings {

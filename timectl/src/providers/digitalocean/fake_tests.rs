@@ -7,7 +7,7 @@ mod do_fake;
 #[path = "../../../tests/common/do_openapi.rs"]
 mod do_openapi;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use do_openapi::Spec;
 use serde_json::json;
 
 use super::*;
+use crate::providers::cloud::NoDetection;
 use crate::providers::NoProgress;
 
 const TOKEN: &str = "dop_v1_0123456789abcdeffedcba9876543210";
@@ -25,19 +26,6 @@ const KEY_FP: &str = "02:13:5d:cb:c1:c6:47:0c:12:d9:f2:9a:e7:bc:3f:f3";
 fn spec() -> Arc<Spec> {
     static SPEC: OnceLock<Arc<Spec>> = OnceLock::new();
     SPEC.get_or_init(|| Arc::new(Spec::load())).clone()
-}
-
-/// Fails the test if the provider tries to detect the operator's address: tests always pass
-/// `--allow-from`, and detection would leave 127.0.0.1.
-#[derive(Default)]
-struct NoDetection(AtomicUsize);
-
-#[async_trait]
-impl AddressDetector for NoDetection {
-    async fn detect(&self, provider: &'static str) -> Result<String, ProviderError> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Err(ProviderError::new(provider, "address detection is not allowed in tests"))
-    }
 }
 
 #[derive(Default)]
