@@ -3,11 +3,11 @@
 //! Everything that changes consensus state happens here, in order, so there are no races
 //! between a commit and a vote.
 
-use super::{now_ms, Shared};
-use crate::chain::validate::TxError;
+use super::{now_ms, Shared, Submission};
+use crate::chain::validate::{Signatures, TxError};
 use crate::chain::{Block, CommitCert, Transaction, Txid, ValidatorIndex};
 use crate::consensus::bft::{Action, Bft, BftParams, TimeoutKind};
-use crate::mempool::TxStatus;
+use crate::mempool::{Added, TxStatus};
 use crate::p2p::message::{
     verify_cert, Attestation, ChainStatus, Heartbeat, Message, Preference, Proposal, Vote, VoteKind,
     MAX_BLOCKS_PER_REPLY, MAX_POLL_TXIDS, MAX_TXS_PER_MESSAGE,
@@ -77,9 +77,10 @@ struct Engine {
     /// replaced silently when two nodes dial each other, and a heartbeat sent on the losing one
     /// is lost: without it the peer would not sample us for a whole heartbeat interval.
     heartbeat_resends: u32,
-    /// Transactions whose parent is still undecided here, by parent txid: they are submitted
-    /// again when the parent becomes final instead of being refused for missing inputs.
-    orphans: HashMap<Txid, Vec<Transaction>>,
+    /// Transactions whose parent is still undecided here, by parent txid, with their signature
+    /// verdict: they are submitted again when the parent becomes final instead of being
+    /// refused for missing inputs.
+    orphans: HashMap<Txid, Vec<(Transaction, bool)>>,
     orphan_count: usize,
     /// Transactions to relay, each with the peer it came from (None: a client, or re-sent).
     /// Flushed as `Txs` batches whenever the engine's queues run dry.
@@ -121,7 +122,7 @@ pub fn restore_finalized(s: &Shared) -> anyhow::Result<()> {
 pub async fn run(
     s: Arc<Shared>,
     mut inbound: mpsc::Receiver<Inbound>,
-    mut new_txs: mpsc::UnboundedReceiver<Txid>,
+    mut submissions: mpsc::Receiver<Submission>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let n = s.ledger.genesis.validators.len();
@@ -189,7 +190,7 @@ pub async fn run(
                 Some(ev) => e.on_inbound(ev)?,
                 None => break,
             },
-            Some(txid) = new_txs.recv() => e.on_new_tx(txid),
+            Some(sub) = submissions.recv() => e.on_submission(sub),
             Some((from, txs)) = verified_rx.recv() => e.on_verified_txs(from, txs),
             _ = sleep => e.fire_timers()?,
             _ = poll_tick.tick() => e.poll_round(),
@@ -198,7 +199,7 @@ pub async fn run(
         }
         // Relay once the queues run dry (or a batch is full): one message per peer carries
         // everything that arrived meanwhile, without holding anything back on a quiet node.
-        let idle = inbound.is_empty() && new_txs.is_empty() && verified_rx.is_empty();
+        let idle = inbound.is_empty() && submissions.is_empty() && verified_rx.is_empty();
         if !e.relay.is_empty() && (idle || e.relay.len() >= MAX_TXS_PER_MESSAGE) {
             e.flush_relay();
         }
@@ -643,15 +644,55 @@ impl Engine {
 
     // ---------- transactions and Snowball ----------
 
-    fn on_new_tx(&mut self, txid: Txid) {
-        let tx = self.s.state().mempool.get(&txid).map(|e| e.tx.clone());
-        if let Some(tx) = tx {
+    /// A client transaction (RPC), signatures already checked: admitted here, the one place
+    /// that writes the mempool and Snowball, then answered, relayed and polled.
+    fn on_submission(&mut self, sub: Submission) {
+        let Submission { tx, signatures_ok, reply } = sub;
+        let result = self.admit(tx.clone(), self.s.cfg.max_pending_txs, Signatures::Verified(signatures_ok));
+        let fresh = matches!(result, Ok((_, added)) if added != Added::Known);
+        let txid = result.as_ref().ok().map(|(t, _)| *t);
+        // The client hears first: its answer does not wait for relaying or finality.
+        let _ = reply.send(result);
+        if fresh {
             self.relay.push((tx, None));
+            if self.n() == 1 {
+                // The only validator's own view is the whole network's.
+                self.accept(&txid.into_iter().collect::<Vec<_>>());
+            }
         }
-        if self.n() == 1 {
-            // The only validator's own view is the whole network's.
-            self.accept(&[txid]);
+    }
+
+    /// Validates a transaction into the mempool and Snowball. Only the engine calls this, so
+    /// the checks and the writes see one consistent pool. The cheap answers come first (the
+    /// submitter asked them already, but the pool may have changed since).
+    fn admit(&mut self, tx: Transaction, pending_limit: usize, sigs: Signatures) -> Result<(Txid, Added), TxError> {
+        let txid = tx.txid();
+        if let Some(answer) = self.s.precheck(&txid, pending_limit) {
+            return answer;
         }
+        let s = &self.s;
+        let in_chain = s.ledger.store.tx_location(&txid).map(|l| l.is_some()).unwrap_or(false);
+        let (tip, _) = s.ledger.store.tip().map_err(|_| TxError::MissingInputs)?;
+        let inputs: Vec<_> = tx.inputs.iter().map(|i| i.prevout).collect();
+        let mut st = s.state();
+        let (txid, added) = st.mempool.add_with(
+            tx,
+            sigs,
+            s.ledger.store.as_ref(),
+            in_chain,
+            s.chain_id(),
+            s.ledger.genesis.network_byte(),
+            tip + 1,
+            now_ms(),
+        )?;
+        if added != Added::Known
+            && st.snowball.insert(txid, &inputs, Instant::now()) == crate::consensus::snowball::InsertOutcome::Rejected
+        {
+            // It spends what an accepted transaction spends, or a rejected one's output.
+            st.mempool.reject(&txid, TxError::ConflictFinalized);
+            return Err(TxError::ConflictFinalized);
+        }
+        Ok((txid, added))
     }
 
     /// Pooled transactions still undecided and at least `min_age` old, oldest first.
@@ -722,18 +763,15 @@ impl Engine {
     fn on_verified_txs(&mut self, from: ValidatorIndex, txs: Vec<(Transaction, bool)>) {
         for (tx, ok) in txs {
             self.verifying.remove(&tx.txid());
-            self.on_gossip_tx(from, tx, Some(ok));
+            self.on_gossip_tx(from, tx, ok);
         }
     }
 
-    fn on_gossip_tx(&mut self, from: ValidatorIndex, tx: Transaction, signatures_ok: Option<bool>) {
+    fn on_gossip_tx(&mut self, from: ValidatorIndex, tx: Transaction, signatures_ok: bool) {
         let parents: Vec<Txid> = tx.inputs.iter().map(|i| i.prevout.txid).collect();
-        let submitted = match signatures_ok {
-            Some(ok) => self.s.submit_peer_tx_verified(tx.clone(), ok),
-            None => self.s.submit_peer_tx(tx.clone()),
-        };
-        match submitted {
-            Ok((_, crate::mempool::Added::Known)) => {}
+        let limit = self.s.cfg.max_pending_txs * super::PEER_PENDING_FACTOR;
+        match self.admit(tx.clone(), limit, Signatures::Verified(signatures_ok)) {
+            Ok((_, Added::Known)) => {}
             Ok((txid, _)) => {
                 tracing::trace!(%txid, from, "transaction from peer");
                 // Onwards to the others, never back to the peer it came from.
@@ -747,7 +785,7 @@ impl Engine {
                 };
                 match pending_parent {
                     Some(parent) if self.orphan_count < MAX_ORPHANS => {
-                        self.orphans.entry(parent).or_default().push(tx);
+                        self.orphans.entry(parent).or_default().push((tx, signatures_ok));
                         self.orphan_count += 1;
                     }
                     _ => tracing::debug!(from, "peer's transaction refused: {}", TxError::MissingInputs),
@@ -768,10 +806,11 @@ impl Engine {
 
     /// Submits again the transactions that waited for `parent` to become final.
     fn adopt_orphans(&mut self, parent: &Txid) {
-        for tx in self.orphans.remove(parent).unwrap_or_default() {
+        let limit = self.s.cfg.max_pending_txs * super::PEER_PENDING_FACTOR;
+        for (tx, signatures_ok) in self.orphans.remove(parent).unwrap_or_default() {
             self.orphan_count -= 1;
-            match self.s.submit_peer_tx(tx.clone()) {
-                Ok((_, crate::mempool::Added::Known)) => {}
+            match self.admit(tx.clone(), limit, Signatures::Verified(signatures_ok)) {
+                Ok((_, Added::Known)) => {}
                 Ok(_) => self.relay.push((tx, None)),
                 Err(e) => tracing::debug!(%parent, "waiting transaction refused once its parent was final: {e}"),
             }
