@@ -745,6 +745,9 @@ impl Engine {
         let (back, gate) = (self.verified.clone(), self.verify_gate.clone());
         tokio::spawn(async move {
             let Ok(_permit) = gate.acquire_owned().await else { return };
+            // One by one with verify_strict: the exact batch verifier (chain/batch.rs) is slower
+            // on this hardware, because agreeing with strict costs a subgroup check per R
+            // (docs/benchmarks.md, "Batch verification").
             let checked = tokio::task::spawn_blocking(move || {
                 txs.into_iter()
                     .map(|t| {
