@@ -4,14 +4,13 @@
 //! between a commit and a vote.
 
 use super::{now_ms, Shared, Submission};
+use crate::chain::block::verify_cert;
 use crate::chain::validate::{Signatures, TxError};
 use crate::chain::{Block, CommitCert, Transaction, Txid, ValidatorIndex};
 use crate::consensus::bft::{Action, Bft, BftParams, TimeoutKind};
+use crate::consensus::messages::{Attestation, Heartbeat, Preference, Proposal, Vote, VoteKind, MAX_POLL_TXIDS};
 use crate::mempool::{Added, TxStatus};
-use crate::p2p::message::{
-    verify_cert, Attestation, ChainStatus, Heartbeat, Message, Preference, Proposal, Vote, VoteKind,
-    MAX_BLOCKS_PER_REPLY, MAX_POLL_TXIDS, MAX_TXS_PER_MESSAGE,
-};
+use crate::p2p::message::{ChainStatus, Message, MAX_BLOCKS_PER_REPLY, MAX_TXS_PER_MESSAGE};
 use crate::p2p::Inbound;
 use rand::seq::SliceRandom;
 use std::cmp::Reverse;
