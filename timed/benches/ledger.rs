@@ -139,6 +139,94 @@ fn bench_crypto(b: &mut Bench) {
     });
 }
 
+/// Signature checks as the gossip workers could do them: N payments from N keys per round,
+/// one by one with `verify_strict`, then as one batch (`chain::batch::verify_many`, same
+/// verdicts). Two reference rows show where the batch's time goes: the bare batch equation
+/// (what a plain random-linear-combination batch costs, without the checks that make it agree
+/// with strict) and the prime-subgroup check that every `R` needs for that agreement.
+fn bench_batch_verify(b: &mut Bench) {
+    use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+    use curve25519_dalek::scalar::Scalar;
+    use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
+    use timed::chain::batch::{verify_many, verify_strict, Item};
+    for n in [64usize, 512] {
+        let keys: Vec<Keypair> = (0..n).map(|i| Keypair::insecure_from_label(&format!("bench-batch-{i}"))).collect();
+        let txids: Vec<Hash256> = (0..n).map(|i| Hash256::tagged("bench-txid", &[&(i as u64).to_le_bytes()])).collect();
+        let msgs: Vec<Vec<u8>> =
+            txids.iter().map(|t| crypto::signing_message(Domain::Transaction, CHAIN, &t.0)).collect();
+        let pks: Vec<_> = keys.iter().map(|k| k.public()).collect();
+        let sigs: Vec<[u8; 64]> =
+            keys.iter().zip(&txids).map(|(k, t)| k.sign(Domain::Transaction, CHAIN, &t.0).0).collect();
+        let items: Vec<Item> = (0..n).map(|i| Item { pk: &pks[i], msg: &msgs[i], sig: &sigs[i] }).collect();
+        if n == 64 {
+            b.run("ed25519 verify_strict one by one", "per signature", || {
+                timed(|| {
+                    for it in &items {
+                        assert!(verify_strict(black_box(it)));
+                    }
+                    n as u64
+                })
+            });
+        }
+        b.run(&format!("ed25519 batch::verify_many, batches of {n}"), "per signature; keys' check cached", || {
+            timed(|| {
+                assert!(verify_many(black_box(&items)).iter().all(|ok| *ok));
+                n as u64
+            })
+        });
+        if n == 64 {
+            let mut bad = sigs.clone();
+            bad[n / 2][40] ^= 1;
+            let bad_items: Vec<Item> = (0..n).map(|i| Item { pk: &pks[i], msg: &msgs[i], sig: &bad[i] }).collect();
+            b.run("ed25519 batch::verify_many, 64 with one bad", "per signature; then one by one", || {
+                timed(|| {
+                    assert_eq!(verify_many(black_box(&bad_items)).iter().filter(|ok| !**ok).count(), 1);
+                    n as u64
+                })
+            });
+        }
+        // Reference: the equation alone, Σ z(S·B - k·A - R) = 0, over decoded points.
+        let decoded: Vec<(Scalar, EdwardsPoint, EdwardsPoint, Scalar)> = items
+            .iter()
+            .map(|it| {
+                let s = Scalar::from_canonical_bytes(it.sig[32..].try_into().unwrap()).unwrap();
+                let r = CompressedEdwardsY(it.sig[..32].try_into().unwrap()).decompress().unwrap();
+                let a = CompressedEdwardsY(it.pk.0).decompress().unwrap();
+                let mut h = <sha2::Sha512 as sha2::Digest>::new();
+                sha2::Digest::update(&mut h, &it.sig[..32]);
+                sha2::Digest::update(&mut h, it.pk.0);
+                sha2::Digest::update(&mut h, it.msg);
+                (s, r, a, Scalar::from_hash(h))
+            })
+            .collect();
+        b.run(&format!("  reference: bare batch equation, {n} (not exact)"), "per signature; no pre-checks", || {
+            timed(|| {
+                let zs: Vec<Scalar> = decoded.iter().map(|_| Scalar::from(rand::random::<u128>())).collect();
+                let bc: Scalar = decoded.iter().zip(&zs).map(|((s, ..), z)| z * s).sum();
+                let scalars = std::iter::once(bc)
+                    .chain(zs.iter().map(|z| -z))
+                    .chain(decoded.iter().zip(&zs).map(|((.., k), z)| -(z * k)));
+                let points = std::iter::once(curve25519_dalek::constants::ED25519_BASEPOINT_POINT)
+                    .chain(decoded.iter().map(|(_, r, ..)| *r))
+                    .chain(decoded.iter().map(|(_, _, a, _)| *a));
+                assert!(EdwardsPoint::vartime_multiscalar_mul(scalars, points).is_identity());
+                n as u64
+            })
+        });
+        if n == 64 {
+            b.run("  reference: prime-subgroup check of one R", "[l]R = 0, variable time", || {
+                timed(|| {
+                    for (_, r, ..) in &decoded {
+                        let p = EdwardsPoint::vartime_double_scalar_mul_basepoint(&(-Scalar::ONE), r, &Scalar::ZERO);
+                        assert!((p + r).is_identity());
+                    }
+                    n as u64
+                })
+            });
+        }
+    }
+}
+
 fn bench_validation(b: &mut Bench) {
     let key = Keypair::insecure_from_label("bench-owner");
     let from = Address::from_pubkey(Network::Testnet, &key.public());
@@ -540,6 +628,7 @@ fn main() {
     println!("| {:<52} | {:>9} | {:>6} | {:>12} | {:>10} | note |", "benchmark", "ops", "secs", "ops/s", "µs/op");
     println!("|{:-<54}|{:->11}|{:->8}|{:->14}|{:->12}|------|", "", "", "", "", "");
     bench_crypto(&mut b);
+    bench_batch_verify(&mut b);
     bench_validation(&mut b);
     bench_mempool(&mut b);
     bench_snowball(&mut b);

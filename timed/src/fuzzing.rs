@@ -2,12 +2,13 @@
 //! (`tests/fuzz_corpus.rs`). Each takes arbitrary bytes, runs them through what the node does
 //! with untrusted input, and must never panic; invariants that must hold are asserted.
 
+use crate::chain::block::verify_cert;
 use crate::chain::block::Block;
 use crate::chain::genesis::GenesisConfig;
 use crate::chain::tx::{OutPoint, Transaction, TxOut};
 use crate::chain::validate::{check_stateless, check_transaction, UtxoView};
 use crate::chain::{Address, Network};
-use crate::p2p::message::{handshake_payload, verify_cert, Message, MAX_FRAME_BYTES};
+use crate::p2p::message::{handshake_payload, Message, MAX_FRAME_BYTES};
 use std::sync::OnceLock;
 
 fn genesis() -> &'static GenesisConfig {

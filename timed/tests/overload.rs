@@ -56,8 +56,12 @@ async fn fund(payer: &Node, observer: &Node, key: &Keypair, count: usize) -> Vec
     let mut tx = Transaction::unsigned(vec![op], outputs, 0, None);
     tx.sign_all(&wallet, CHAIN);
     let txid = payer.client().send_raw_transaction(tx.to_hex()).await.unwrap();
-    let f = observer.client().wait_transaction_finality(txid.clone(), Some(30.0)).await.unwrap();
-    assert!(f.finalized, "funding not final: {f:?}");
+    // Final on both: the payer spends the coins next, possibly after a validator stopped and
+    // nothing can finalize any more, so it must not be the one still polling.
+    for node in [observer, payer] {
+        let f = node.client().wait_transaction_finality(txid.clone(), Some(30.0)).await.unwrap();
+        assert!(f.finalized, "funding not final: {f:?}");
+    }
     let id = Hash256::from_hex(&txid).unwrap();
     (0..count as u32).map(|vout| OutPoint { txid: id, vout }).collect()
 }

@@ -133,6 +133,25 @@ pub fn merkle_root(txids: &[Txid]) -> Hash256 {
     level[0]
 }
 
+/// Checks a commit certificate: distinct known signers, valid precommit signatures, and more
+/// than two thirds of `validators`.
+pub fn verify_cert(cert: &CommitCert, validators: &[PublicKey], quorum: usize, chain_id: &str) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    let mut valid = 0usize;
+    for (idx, sig) in &cert.votes {
+        let Some(pk) = validators.get(*idx as usize) else { return false };
+        if !seen.insert(*idx) {
+            return false;
+        }
+        let payload = vote_payload(VOTE_PRECOMMIT, cert.height, cert.round, Some(&cert.block_hash));
+        if !crypto::verify(pk, Domain::Vote, chain_id, &payload, sig) {
+            return false;
+        }
+        valid += 1;
+    }
+    valid >= quorum
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 
 pub mod address;
 pub mod amount;
+pub mod batch;
 pub mod block;
 pub mod crypto;
 pub mod genesis;

@@ -11,7 +11,7 @@
 //! Line numbers in comments refer to Algorithm 1 of the paper.
 
 use crate::chain::{Block, BlockHash, ValidatorIndex};
-use crate::p2p::message::{Vote, VoteKind};
+use crate::consensus::messages::{Vote, VoteKind};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// Rounds ahead of the current one whose messages are stored in full. Votes further ahead

@@ -6,7 +6,7 @@
 //! passed in (local milliseconds), so the tracker is a plain state machine.
 
 use crate::chain::{Hash256, ValidatorIndex};
-use crate::p2p::message::{Attestation, Heartbeat};
+use crate::consensus::messages::{Attestation, Heartbeat};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Missed intervals after which a validator counts as inactive.

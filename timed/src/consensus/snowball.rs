@@ -7,7 +7,7 @@
 //! Pure state: no I/O, no clock reads (callers pass `Instant`s), no signatures.
 
 use crate::chain::{OutPoint, Txid};
-use crate::p2p::message::{Preference, MAX_POLL_TXIDS};
+use crate::consensus::messages::{Preference, MAX_POLL_TXIDS};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 

@@ -2,6 +2,7 @@
 //! and building one. Pure checks over the store; the engine decides when to call them.
 
 use crate::chain::amount::checked_sum;
+use crate::chain::block::verify_cert;
 use crate::chain::block::{last_commit_hash, merkle_root, BlockHeader, BLOCK_VERSION, MAX_BLOCK_SIZE};
 use crate::chain::genesis::{reward_outputs, BLOCK_REWARD};
 use crate::chain::validate::{check_transaction, check_transaction_with, Signatures, TxError, UtxoView};
@@ -10,7 +11,6 @@ use crate::chain::{
     ValidatorIndex,
 };
 use crate::consensus::leader;
-use crate::p2p::message::verify_cert;
 use crate::storage::{Store, StoreError};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

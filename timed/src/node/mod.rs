@@ -1,12 +1,13 @@
 //! Node wiring: opens the store, loads keys, starts P2P, the consensus engine and the RPC
 //! server, and shuts them down in order. Shared state lives in [`Shared`]; the engine task is
-//! the only writer of consensus state, RPC handlers read it and submit transactions.
+//! the only writer of consensus state, the mempool and Snowball; RPC handlers read it and hand
+//! transactions to the engine ([`Submission`]).
 
 pub mod engine;
 pub mod ledger;
 
 use crate::chain::genesis::{devnet_validator_key, devnet_wallet_key};
-use crate::chain::validate::{signatures_valid, Signatures, TxError};
+use crate::chain::validate::{signatures_valid, TxError};
 use crate::chain::{Keypair, Transaction, Txid, ValidatorIndex};
 use crate::config::NodeConfig;
 use crate::consensus::heartbeat::HeartbeatTracker;
@@ -24,7 +25,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -54,9 +55,9 @@ pub struct Counters {
     pub invalid_rejected: u64,
 }
 
-/// Mutable node state behind one lock. Never held across an await.
-/// Peers may fill the pending set to this multiple of `--max-pending-txs` (see
-/// [`Shared::submit_peer_tx`]).
+/// Peers may fill the pending set to this multiple of `--max-pending-txs`: what one validator
+/// admitted reaches the others even when all are near the limit; the hard bound keeps memory
+/// bounded under any load.
 pub const PEER_PENDING_FACTOR: usize = 3;
 
 /// How many recently finalized transactions keep their finality times for RPC.
@@ -73,6 +74,8 @@ pub struct FinalityTime {
     pub at_ms: u64,
 }
 
+/// Mutable node state behind one lock. Never held across an await. Only the engine task
+/// writes the mempool and Snowball; everyone else reads.
 pub struct State {
     pub mempool: Mempool,
     pub snowball: Snowball,
@@ -102,8 +105,25 @@ pub struct Shared {
     /// Woken whenever a transaction is finalized, rejected or included in a block.
     pub finality_changed: Notify,
     pub tip: watch::Sender<u64>,
-    /// Transactions the engine should start polling (and gossip).
-    pub new_txs: mpsc::UnboundedSender<Txid>,
+    /// Client transactions on their way to the engine, the only writer of the mempool and
+    /// Snowball. Bounded: when the engine falls behind, RPC handlers wait here.
+    pub submit: mpsc::Sender<Submission>,
+}
+
+/// How many client transactions may wait for the engine before RPC handlers wait too.
+pub const SUBMIT_QUEUE: usize = 4096;
+
+/// A client transaction whose signatures were already checked (`signatures_ok` is the verdict
+/// of `signatures_valid` on this exact transaction), with where to send the engine's answer.
+///
+/// Why one writer: before, RPC handlers wrote the mempool and Snowball under the state lock
+/// while the engine wrote them too, and the engine then read each transaction back out of the
+/// pool to gossip it. Now a transaction goes one way, RPC or gossip -> engine; the engine
+/// admits, relays and polls it in the order it arrived, and readers only read.
+pub struct Submission {
+    pub tx: Transaction,
+    pub signatures_ok: bool,
+    pub reply: oneshot::Sender<Result<(Txid, Added), TxError>>,
 }
 
 impl Shared {
@@ -116,72 +136,41 @@ impl Shared {
         self.ledger.chain_id()
     }
 
-    /// Validates a transaction from a client (RPC) into the mempool and Snowball. Returns its
-    /// txid; gossip and polling are the engine's job (it is told through `new_txs`). Refused
-    /// with `mempool-full` while `--max-pending-txs` transactions wait for finality.
-    pub fn submit_tx(&self, tx: Transaction) -> Result<(Txid, Added), TxError> {
-        let (txid, added) = self.admit(tx, self.cfg.max_pending_txs, None)?;
-        if added != Added::Known {
-            let _ = self.new_txs.send(txid);
-        }
-        Ok((txid, added))
-    }
-
-    /// Validates a transaction a peer relayed. The caller (the engine) relays it onwards. Peers
-    /// get more room than clients, so what one validator admitted reaches the others even when
-    /// all are near the limit; the hard bound keeps memory bounded under any load.
-    pub fn submit_peer_tx(&self, tx: Transaction) -> Result<(Txid, Added), TxError> {
-        self.admit(tx, self.cfg.max_pending_txs * PEER_PENDING_FACTOR, None)
-    }
-
-    /// [`Shared::submit_peer_tx`] for a transaction whose signatures were already checked
-    /// (`signatures_valid`, on this very transaction) by the verification workers.
-    pub fn submit_peer_tx_verified(&self, tx: Transaction, signatures_ok: bool) -> Result<(Txid, Added), TxError> {
-        self.admit(tx, self.cfg.max_pending_txs * PEER_PENDING_FACTOR, Some(signatures_ok))
-    }
-
-    fn admit(&self, tx: Transaction, pending_limit: usize, sigs: Option<bool>) -> Result<(Txid, Added), TxError> {
+    /// Hands a transaction from a client (RPC: `sendrawtransaction`, wallet sends) to the
+    /// engine and waits for its verdict. The cheap refusals (known, refused before, pool full)
+    /// and the signature check happen here, in the RPC task, so overload costs the engine
+    /// nothing and handlers verify in parallel; the engine alone then validates against the
+    /// UTXO set and writes the mempool and Snowball (see [`Submission`]).
+    pub async fn submit_tx(&self, tx: Transaction) -> Result<(Txid, Added), TxError> {
         let txid = tx.txid();
-        // The cheap answers first, before any signature work: a known or refused transaction,
-        // or a full pool. Overload then costs a hash and a lock, not a signature check.
-        {
-            let st = self.state();
-            if st.mempool.contains(&txid) {
-                return Ok((txid, Added::Known));
-            }
-            if let Some(reason) = st.mempool.rejection(&txid) {
-                return Err(reason.clone());
-            }
-            if st.mempool.pending_count() >= pending_limit {
-                return Err(TxError::MempoolFull);
-            }
+        if let Some(answer) = self.precheck(&txid, self.cfg.max_pending_txs) {
+            return answer;
         }
-        // Signatures are verified outside the state lock, so RPC handlers verify in parallel
-        // and the engine is never blocked behind them. The verdict belongs to this exact
-        // transaction (witnesses included) and is used once, right below.
-        let sigs = Signatures::Verified(sigs.unwrap_or_else(|| signatures_valid(&tx, self.chain_id())));
-        let in_chain = self.ledger.store.tx_location(&txid).map(|l| l.is_some()).unwrap_or(false);
-        let (tip, _) = self.ledger.store.tip().map_err(|_| TxError::MissingInputs)?;
-        let inputs: Vec<_> = tx.inputs.iter().map(|i| i.prevout).collect();
-        let mut st = self.state();
-        let (txid, added) = st.mempool.add_with(
-            tx,
-            sigs,
-            self.ledger.store.as_ref(),
-            in_chain,
-            self.chain_id(),
-            self.ledger.genesis.network_byte(),
-            tip + 1,
-            now_ms(),
-        )?;
-        if added != Added::Known
-            && st.snowball.insert(txid, &inputs, Instant::now()) == crate::consensus::snowball::InsertOutcome::Rejected
-        {
-            // It spends what an accepted transaction spends, or a rejected one's output.
-            st.mempool.reject(&txid, TxError::ConflictFinalized);
-            return Err(TxError::ConflictFinalized);
+        let signatures_ok = signatures_valid(&tx, self.chain_id());
+        let (reply, answer) = oneshot::channel();
+        // A full queue waits (the engine drains it in order); a closed one means the node is
+        // stopping: the client is told to try again, as for a full pool.
+        if self.submit.send(Submission { tx, signatures_ok, reply }).await.is_err() {
+            return Err(TxError::MempoolFull);
         }
-        Ok((txid, added))
+        answer.await.unwrap_or(Err(TxError::MempoolFull))
+    }
+
+    /// The answers that need no signature check and no write, read under the state lock:
+    /// `Some` when the transaction is already pooled, was refused before, or the pool holds
+    /// `pending_limit` undecided transactions. The engine asks again before it writes.
+    pub fn precheck(&self, txid: &Txid, pending_limit: usize) -> Option<Result<(Txid, Added), TxError>> {
+        let st = self.state();
+        if st.mempool.contains(txid) {
+            return Some(Ok((*txid, Added::Known)));
+        }
+        if let Some(reason) = st.mempool.rejection(txid) {
+            return Some(Err(reason.clone()));
+        }
+        if st.mempool.pending_count() >= pending_limit {
+            return Some(Err(TxError::MempoolFull));
+        }
+        None
     }
 
     pub fn broadcast(&self, msg: Message) {
@@ -279,7 +268,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
         heartbeat_seq: now_ms(),
     };
     let metrics = Arc::new(Metrics::new());
-    let (new_tx_send, new_tx_recv) = mpsc::unbounded_channel();
+    let (submit_send, submit_recv) = mpsc::channel(SUBMIT_QUEUE);
     let ledger = Ledger::new(store.clone(), genesis);
 
     // The RPC server needs `Shared`, and `Shared` records the RPC address: bind first.
@@ -298,7 +287,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
         state: Mutex::new(state),
         finality_changed: Notify::new(),
         tip: tip_tx,
-        new_txs: new_tx_send,
+        submit: submit_send,
     });
     engine::restore_finalized(&shared)?;
     let rpc = crate::rpc::serve(shared.clone(), rpc_listener).await?;
@@ -308,7 +297,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
     crate::notify::notify_or_log(crate::notify::READY);
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let engine = tokio::spawn(engine::run(shared.clone(), inbound, new_tx_recv, stop_rx));
+    let engine = tokio::spawn(engine::run(shared.clone(), inbound, submit_recv, stop_rx));
     shutdown.await;
     crate::notify::notify_or_log(crate::notify::STOPPING);
     tracing::info!("shutting down");

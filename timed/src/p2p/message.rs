@@ -1,10 +1,12 @@
 //! The wire protocol: every frame is one bincode-encoded [`Message`] behind a 4-byte length.
-//! Consensus payloads (proposals, votes, heartbeats) carry their own signatures so they can be
-//! relayed by any peer and still be checked against the genesis validator keys.
+//! The envelope and the connection-level messages live here; the consensus payloads it
+//! carries (proposals, votes, heartbeats, poll answers) are `consensus::messages` types and
+//! carry their own signatures, so they can be relayed by any peer and still be checked
+//! against the genesis validator keys. p2p depends on chain and consensus, never the reverse.
 
-use crate::chain::block::{vote_payload, VOTE_PRECOMMIT, VOTE_PREVOTE};
-use crate::chain::crypto::{self, Domain, Hash256, Keypair, PublicKey, Signature};
+use crate::chain::crypto::{Hash256, PublicKey, Signature};
 use crate::chain::{Block, BlockHash, CommitCert, Transaction, Txid, ValidatorIndex};
+use crate::consensus::messages::{Attestation, Heartbeat, Preference, Proposal, Vote};
 use serde::{Deserialize, Serialize};
 
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -12,8 +14,6 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 /// Most blocks sent in one `Blocks` reply.
 pub const MAX_BLOCKS_PER_REPLY: u64 = 64;
-/// Most txids in one poll.
-pub const MAX_POLL_TXIDS: usize = 4096;
 /// Most transactions relayed in one `Txs` message (and handled from one).
 pub const MAX_TXS_PER_MESSAGE: usize = 512;
 
@@ -49,170 +49,11 @@ pub fn handshake_payload(their_nonce: &[u8; 32], signer: &PublicKey, verifier: &
     p
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum VoteKind {
-    Prevote,
-    Precommit,
-}
-
-/// A signed prevote or precommit for a block (or for nothing: `None`) at (height, round).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Vote {
-    pub kind: VoteKind,
-    pub height: u64,
-    pub round: u32,
-    pub block_hash: Option<BlockHash>,
-    pub validator: ValidatorIndex,
-    pub signature: Signature,
-}
-
-impl Vote {
-    fn payload(kind: VoteKind, height: u64, round: u32, block_hash: Option<&BlockHash>) -> Vec<u8> {
-        let k = match kind {
-            VoteKind::Prevote => VOTE_PREVOTE,
-            VoteKind::Precommit => VOTE_PRECOMMIT,
-        };
-        vote_payload(k, height, round, block_hash)
-    }
-
-    pub fn new_signed(
-        kind: VoteKind,
-        height: u64,
-        round: u32,
-        block_hash: Option<BlockHash>,
-        validator: ValidatorIndex,
-        key: &Keypair,
-        chain_id: &str,
-    ) -> Self {
-        let signature = key.sign(Domain::Vote, chain_id, &Self::payload(kind, height, round, block_hash.as_ref()));
-        Vote { kind, height, round, block_hash, validator, signature }
-    }
-
-    pub fn verify(&self, pk: &PublicKey, chain_id: &str) -> bool {
-        let p = Self::payload(self.kind, self.height, self.round, self.block_hash.as_ref());
-        crypto::verify(pk, Domain::Vote, chain_id, &p, &self.signature)
-    }
-}
-
-/// Checks a commit certificate: distinct known signers, valid precommit signatures, and more
-/// than two thirds of `validators`.
-pub fn verify_cert(cert: &CommitCert, validators: &[PublicKey], quorum: usize, chain_id: &str) -> bool {
-    let mut seen = std::collections::HashSet::new();
-    let mut valid = 0usize;
-    for (idx, sig) in &cert.votes {
-        let Some(pk) = validators.get(*idx as usize) else { return false };
-        if !seen.insert(*idx) {
-            return false;
-        }
-        let payload = vote_payload(VOTE_PRECOMMIT, cert.height, cert.round, Some(&cert.block_hash));
-        if !crypto::verify(pk, Domain::Vote, chain_id, &payload, sig) {
-            return false;
-        }
-        valid += 1;
-    }
-    valid >= quorum
-}
-
-/// A block proposed for (height, `round`). The block's producer signature authenticates the
-/// block (made in `block.header.round`); the sender of a proposal is the round's proposer,
-/// authenticated by the P2P handshake (proposals are not relayed). When a locked block is
-/// re-proposed in a later round, `valid_round` is Tendermint's proof-of-lock round.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Proposal {
-    pub round: u32,
-    pub block: Block,
-    pub valid_round: Option<u32>,
-}
-
-/// "I am alive" from a validator, signed, at each heartbeat interval.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Heartbeat {
-    pub validator: ValidatorIndex,
-    pub sequence: u64,
-    pub timestamp_ms: u64,
-    pub signature: Signature,
-}
-
-impl Heartbeat {
-    fn payload(validator: ValidatorIndex, sequence: u64, timestamp_ms: u64) -> Vec<u8> {
-        let mut p = Vec::with_capacity(18);
-        p.extend_from_slice(&validator.to_le_bytes());
-        p.extend_from_slice(&sequence.to_le_bytes());
-        p.extend_from_slice(&timestamp_ms.to_le_bytes());
-        p
-    }
-
-    pub fn new_signed(
-        validator: ValidatorIndex,
-        sequence: u64,
-        timestamp_ms: u64,
-        key: &Keypair,
-        chain_id: &str,
-    ) -> Self {
-        let signature = key.sign(Domain::Heartbeat, chain_id, &Self::payload(validator, sequence, timestamp_ms));
-        Heartbeat { validator, sequence, timestamp_ms, signature }
-    }
-
-    pub fn verify(&self, pk: &PublicKey, chain_id: &str) -> bool {
-        let p = Self::payload(self.validator, self.sequence, self.timestamp_ms);
-        crypto::verify(pk, Domain::Heartbeat, chain_id, &p, &self.signature)
-    }
-
-    /// What witnesses sign: the whole signed heartbeat.
-    pub fn digest(&self) -> Hash256 {
-        Hash256::digest(&bincode::serialize(self).expect("in-memory serialization cannot fail"))
-    }
-}
-
-/// A witness's signed statement that it received a heartbeat.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attestation {
-    pub subject: ValidatorIndex,
-    pub sequence: u64,
-    pub heartbeat_digest: Hash256,
-    pub witness: ValidatorIndex,
-    pub signature: Signature,
-}
-
-impl Attestation {
-    fn payload(subject: ValidatorIndex, sequence: u64, digest: &Hash256, witness: ValidatorIndex) -> Vec<u8> {
-        let mut p = Vec::with_capacity(44);
-        p.extend_from_slice(&subject.to_le_bytes());
-        p.extend_from_slice(&sequence.to_le_bytes());
-        p.extend_from_slice(&digest.0);
-        p.extend_from_slice(&witness.to_le_bytes());
-        p
-    }
-
-    pub fn new_signed(hb: &Heartbeat, witness: ValidatorIndex, key: &Keypair, chain_id: &str) -> Self {
-        let digest = hb.digest();
-        let signature =
-            key.sign(Domain::Attestation, chain_id, &Self::payload(hb.validator, hb.sequence, &digest, witness));
-        Attestation { subject: hb.validator, sequence: hb.sequence, heartbeat_digest: digest, witness, signature }
-    }
-
-    pub fn verify(&self, witness_pk: &PublicKey, chain_id: &str) -> bool {
-        let p = Self::payload(self.subject, self.sequence, &self.heartbeat_digest, self.witness);
-        crypto::verify(witness_pk, Domain::Attestation, chain_id, &p, &self.signature)
-    }
-}
-
 /// A node's view of its chain, sent after the handshake and whenever the tip moves.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainStatus {
     pub height: u64,
     pub tip: BlockHash,
-}
-
-/// Answer to a poll for one txid.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Preference {
-    /// The responder does not know the transaction (no vote).
-    Unknown,
-    /// Preferred in every conflict set it belongs to (or already accepted).
-    Yes,
-    /// Known, but a conflicting transaction is preferred (or it was rejected).
-    No,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -290,28 +131,6 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn votes_and_heartbeats_verify() {
-        let k = Keypair::insecure_from_label("v");
-        let h = Hash256::digest(b"b");
-        let v = Vote::new_signed(VoteKind::Precommit, 3, 1, Some(h), 0, &k, "c");
-        assert!(v.verify(&k.public(), "c"));
-        let mut forged = v.clone();
-        forged.round = 2;
-        assert!(!forged.verify(&k.public(), "c"));
-        let cert = CommitCert { height: 3, round: 1, block_hash: h, votes: vec![(0, v.signature)] };
-        assert!(verify_cert(&cert, &[k.public()], 1, "c"));
-        assert!(!verify_cert(&cert, &[k.public()], 2, "c"));
-        let dup = CommitCert { votes: vec![(0, v.signature), (0, v.signature)], ..cert.clone() };
-        assert!(!verify_cert(&dup, &[k.public()], 1, "c"));
-        let hb = Heartbeat::new_signed(0, 7, 1000, &k, "c");
-        assert!(hb.verify(&k.public(), "c"));
-        let w = Keypair::insecure_from_label("w");
-        let a = Attestation::new_signed(&hb, 1, &w, "c");
-        assert!(a.verify(&w.public(), "c"));
-        assert!(!a.verify(&k.public(), "c"));
-    }
 
     #[test]
     fn frames_roundtrip_and_reject_garbage() {

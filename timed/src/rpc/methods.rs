@@ -1,5 +1,5 @@
 //! The RPC methods over the node's state. Reads go straight to the store and the state lock;
-//! submissions go through [`Shared::submit_tx`] like gossip does.
+//! submissions go through [`Shared::submit_tx`] to the engine, like gossip does.
 
 use crate::api::*;
 use crate::chain::amount::{from_time, min_fee, to_time};
@@ -280,7 +280,7 @@ impl TimeRpcServer for RpcImpl {
     async fn send_raw_transaction(&self, hexstring: String) -> RpcResult<String> {
         let tx =
             Transaction::from_hex(&hexstring).ok_or_else(|| err(codes::DESERIALIZATION_ERROR, "TX decode failed"))?;
-        let (txid, _) = self.s.submit_tx(tx).map_err(tx_err)?;
+        let (txid, _) = self.s.submit_tx(tx).await.map_err(tx_err)?;
         Ok(txid.to_hex())
     }
 
@@ -382,7 +382,7 @@ impl TimeRpcServer for RpcImpl {
                 other => err(codes::INVALID_PARAMETER, other.to_string()),
             },
         )?;
-        let (txid, _) = self.s.submit_tx(tx).map_err(tx_err)?;
+        let (txid, _) = self.s.submit_tx(tx).await.map_err(tx_err)?;
         Ok(txid.to_hex())
     }
 
@@ -403,7 +403,7 @@ impl TimeRpcServer for RpcImpl {
             .merge(&coins, self.s.chain_id())
             .map_err(|e| err(codes::WALLET_INSUFFICIENT_FUNDS, e.to_string()))?;
         let amount = to_time(tx.outputs[0].value);
-        let (txid, _) = self.s.submit_tx(tx).map_err(tx_err)?;
+        let (txid, _) = self.s.submit_tx(tx).await.map_err(tx_err)?;
         Ok(MergeResult { txid: Some(txid.to_hex()), merged: coins.len(), amount })
     }
 

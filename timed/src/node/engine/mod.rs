@@ -1,0 +1,386 @@
+//! The consensus engine: one task that owns block agreement (Tendermint-style rounds over TSDC
+//! slots), drives Snowball polls, answers peers, sends heartbeats and syncs missing blocks.
+//! Everything that changes consensus state happens here, in order, so there are no races
+//! between a commit and a vote; it is also the only writer of the mempool and Snowball.
+//!
+//! One [`Engine`] value, one task; its methods are grouped by concern in the submodules:
+//! `agreement` (heights, rounds, proposals, votes, commits), `sync` (fetching blocks),
+//! `txs` (admission, relay, verification, finality), `polls` (Snowball sampling and answers),
+//! `heartbeats` (liveness). This file has the state, the task loop and the dispatch.
+
+mod agreement;
+mod heartbeats;
+mod polls;
+mod sync;
+mod txs;
+
+use super::{now_ms, Shared, Submission};
+use crate::chain::block::verify_cert;
+use crate::chain::validate::{Signatures, TxError};
+use crate::chain::{Block, CommitCert, Transaction, Txid, ValidatorIndex};
+use crate::consensus::bft::{Action, Bft, BftParams, TimeoutKind};
+use crate::consensus::messages::{Attestation, Heartbeat, Preference, Proposal, Vote, VoteKind, MAX_POLL_TXIDS};
+use crate::mempool::{Added, TxStatus};
+use crate::p2p::message::{ChainStatus, Message, MAX_BLOCKS_PER_REPLY, MAX_TXS_PER_MESSAGE};
+use crate::p2p::Inbound;
+use rand::seq::SliceRandom;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// How long a block request may stay unanswered before another peer is asked.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most consensus messages kept for the next height while this node is still finishing one.
+const MAX_BUFFERED: usize = 1024;
+/// Most transactions held back waiting for an undecided parent.
+const MAX_ORPHANS: usize = 10_000;
+/// Most transactions re-sent at once (to a new peer, or to all when they linger).
+const MAX_REGOSSIP: usize = 256;
+/// Finality latencies kept for p50/p99.
+const LATENCY_WINDOW: usize = 1000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Bft(TimeoutKind, u64, u32),
+    StartHeight(u64),
+}
+
+struct Poll {
+    txids: Vec<Txid>,
+    asked: Vec<ValidatorIndex>,
+    replies: HashMap<ValidatorIndex, Vec<Preference>>,
+    deadline: Instant,
+    k: usize,
+}
+
+struct Engine {
+    s: Arc<Shared>,
+    bft: Bft,
+    /// Height the state machine works on (tip + 1), and whether it has started.
+    height: u64,
+    started: bool,
+    parent: Block,
+    ranking: Vec<ValidatorIndex>,
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    buffered: Vec<(ValidatorIndex, Message)>,
+    /// Precommits for the last committed block, growing as late ones arrive: the next block
+    /// carries them as its last commit.
+    last_commit: Option<CommitCert>,
+    polls: HashMap<u64, Poll>,
+    next_poll_id: u64,
+    in_flight: HashSet<Txid>,
+    sync_inflight: Option<(ValidatorIndex, Instant)>,
+    peer_heights: HashMap<ValidatorIndex, u64>,
+    last_heartbeat: Option<Heartbeat>,
+    /// This node's latest proposal at the current height. With its latest votes it is sent
+    /// again to peers that connect later and re-broadcast while the height is undecided:
+    /// agreement assumes every message eventually arrives, and a peer that was not yet
+    /// connected would otherwise never see them.
+    own_proposal: Option<Message>,
+    height_started_at: Instant,
+    /// Digests of proposals and votes already handled at this height, so the re-broadcasts
+    /// cost a hash, not a signature check.
+    seen: HashSet<crate::chain::Hash256>,
+    /// Status ticks left during which our last heartbeat is sent again. A connection can be
+    /// replaced silently when two nodes dial each other, and a heartbeat sent on the losing one
+    /// is lost: without it the peer would not sample us for a whole heartbeat interval.
+    heartbeat_resends: u32,
+    /// Transactions whose parent is still undecided here, by parent txid, with their signature
+    /// verdict: they are submitted again when the parent becomes final instead of being
+    /// refused for missing inputs.
+    orphans: HashMap<Txid, Vec<(Transaction, bool)>>,
+    orphan_count: usize,
+    /// Transactions to relay, each with the peer it came from (None: a client, or re-sent).
+    /// Flushed as `Txs` batches whenever the engine's queues run dry.
+    relay: Vec<(Transaction, Option<ValidatorIndex>)>,
+    /// Peer transactions whose signatures the worker pool checked come back through here.
+    verified: mpsc::UnboundedSender<(ValidatorIndex, Vec<(Transaction, bool)>)>,
+    /// One verification job per core at a time.
+    verify_gate: Arc<tokio::sync::Semaphore>,
+    /// Peer transactions on the worker pool now: the same transaction relayed by several peers
+    /// is verified once, not once per copy. With the time each went in: a job that never came
+    /// back (a panic) must not bar its transactions for good.
+    verifying: HashMap<Txid, Instant>,
+}
+
+pub fn restore_finalized(s: &Shared) -> anyhow::Result<()> {
+    let pending = s.ledger.store.finalized_pending()?;
+    let (tip, _) = s.ledger.store.tip()?;
+    let mut st = s.state();
+    for (tx, at_ms) in pending {
+        let txid = tx.txid();
+        match st.mempool.add(
+            tx,
+            s.ledger.store.as_ref(),
+            false,
+            s.chain_id(),
+            s.ledger.genesis.network_byte(),
+            tip + 1,
+            at_ms,
+        ) {
+            Ok(_) => {
+                st.mempool.mark_finalized(&txid, at_ms);
+            }
+            Err(e) => tracing::warn!(%txid, "finalized transaction from the store no longer applies: {e}"),
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(
+    s: Arc<Shared>,
+    mut inbound: mpsc::Receiver<Inbound>,
+    mut submissions: mpsc::Receiver<Submission>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let n = s.ledger.genesis.validators.len();
+    let bt = s.ledger.genesis.block_time_secs * 1000;
+    let params = BftParams {
+        n,
+        quorum: s.ledger.genesis.quorum(),
+        me: Some(s.me),
+        timeout_propose_ms: s.cfg.propose_timeout_ms,
+        timeout_prevote_ms: (bt / 5).clamp(200, 2000),
+        timeout_precommit_ms: (bt / 5).clamp(200, 2000),
+        timeout_delta_ms: (bt / 10).clamp(100, 1000),
+    };
+    let parent = s.ledger.tip_block()?;
+    let (verified_tx, mut verified_rx) = mpsc::unbounded_channel();
+    let mut e = Engine {
+        bft: Bft::new(params),
+        height: parent.height() + 1,
+        started: false,
+        ranking: vec![],
+        parent,
+        timers: BinaryHeap::new(),
+        buffered: vec![],
+        last_commit: None,
+        polls: HashMap::new(),
+        next_poll_id: 1,
+        in_flight: HashSet::new(),
+        sync_inflight: None,
+        peer_heights: HashMap::new(),
+        last_heartbeat: None,
+        own_proposal: None,
+        height_started_at: Instant::now(),
+        seen: HashSet::new(),
+        heartbeat_resends: 3,
+        orphans: HashMap::new(),
+        orphan_count: 0,
+        relay: Vec::new(),
+        verified: verified_tx,
+        verifying: HashMap::new(),
+        verify_gate: Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        )),
+        s,
+    };
+    if e.parent.height() > 0 {
+        e.last_commit = e.s.ledger.store.cert_at(e.parent.height())?;
+    }
+    e.schedule_height()?;
+    let poll_every = Duration::from_millis(e.s.cfg.avalanche.poll_interval_ms.max(5));
+    let mut poll_tick = tokio::time::interval(poll_every);
+    poll_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut hb_tick = tokio::time::interval(Duration::from_millis(e.s.cfg.heartbeat_ms));
+    let mut status_tick = tokio::time::interval(Duration::from_millis((bt / 2).clamp(500, 3000)));
+    loop {
+        let next_timer = e.timers.peek().map(|Reverse((at, _))| *at);
+        let sleep = async {
+            match next_timer {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.changed() => break,
+            ev = inbound.recv() => match ev {
+                Some(ev) => e.on_inbound(ev)?,
+                None => break,
+            },
+            Some(sub) = submissions.recv() => e.on_submission(sub),
+            Some((from, txs)) = verified_rx.recv() => e.on_verified_txs(from, txs),
+            _ = sleep => e.fire_timers()?,
+            _ = poll_tick.tick() => e.poll_round(),
+            _ = hb_tick.tick() => e.send_heartbeat(),
+            _ = status_tick.tick() => e.status_round(),
+        }
+        // Relay once the queues run dry (or a batch is full): one message per peer carries
+        // everything that arrived meanwhile, without holding anything back on a quiet node.
+        let idle = inbound.is_empty() && submissions.is_empty() && verified_rx.is_empty();
+        if !e.relay.is_empty() && (idle || e.relay.len() >= MAX_TXS_PER_MESSAGE) {
+            e.flush_relay();
+        }
+    }
+    Ok(())
+}
+
+impl Engine {
+    fn n(&self) -> usize {
+        self.s.ledger.genesis.validators.len()
+    }
+
+    fn on_inbound(&mut self, ev: Inbound) -> anyhow::Result<()> {
+        match ev {
+            Inbound::Connected { peer, best_height } => {
+                self.peer_heights.insert(peer, best_height);
+                self.heartbeat_resends = 3;
+                if let Some(hb) = &self.last_heartbeat {
+                    self.s.p2p.send(peer, Message::Heartbeat(hb.clone()));
+                }
+                for m in self.own_consensus_msgs() {
+                    self.s.p2p.send(peer, m);
+                }
+                // Transactions gossiped before this peer was connected would never reach it,
+                // and polls would count it as not knowing them.
+                let pooled = self.pooled_txs(MAX_REGOSSIP, Duration::ZERO);
+                if !pooled.is_empty() {
+                    self.s.p2p.send_gossip(peer, Message::Txs(pooled));
+                }
+                if best_height > self.parent.height() {
+                    self.request_sync();
+                }
+            }
+            Inbound::Disconnected { peer } => {
+                if self.sync_inflight.is_some_and(|(p, _)| p == peer) {
+                    self.sync_inflight = None;
+                }
+            }
+            Inbound::Message { from, msg } => match msg {
+                Message::Status(st) => {
+                    self.peer_heights.insert(from, st.height);
+                    if st.height > self.parent.height() {
+                        self.request_sync();
+                    }
+                }
+                Message::Tx(tx) => self.on_peer_txs(from, vec![*tx]),
+                Message::Txs(txs) => self.on_peer_txs(from, txs),
+                Message::Proposal(_) | Message::Vote(_) => self.on_consensus(from, msg)?,
+                Message::GetBlocks { from: a, to } => {
+                    let to = to.min(a.saturating_add(MAX_BLOCKS_PER_REPLY - 1));
+                    if a <= to {
+                        let blocks = self.s.ledger.store.blocks_range(a, to)?;
+                        self.s.p2p.send(from, Message::Blocks(blocks));
+                    }
+                }
+                Message::Blocks(blocks) => self.on_blocks(from, blocks)?,
+                Message::PollQuery { id, txids } => self.answer_poll(from, id, txids),
+                Message::PollReply { id, prefs } => self.on_poll_reply(from, id, prefs),
+                Message::Heartbeat(hb) => self.on_heartbeat(hb),
+                Message::Attestation(a) => self.on_attestation(a),
+                _ => {}
+            },
+        }
+        Ok(())
+    }
+
+    fn status_round(&mut self) {
+        if self.started && self.height_started_at.elapsed() > Duration::from_secs(1) {
+            for m in self.own_consensus_msgs() {
+                self.s.broadcast(m);
+            }
+        }
+        if self.heartbeat_resends > 0 {
+            self.heartbeat_resends -= 1;
+            if let Some(hb) = &self.last_heartbeat {
+                self.s.broadcast(Message::Heartbeat(hb.clone()));
+            }
+        }
+        // Undecided transactions that have waited a while are gossiped again, in case a peer
+        // missed them (a dropped connection, a full send queue).
+        let lingering = self.pooled_txs(MAX_REGOSSIP, Duration::from_secs(3));
+        if !lingering.is_empty() {
+            self.s.p2p.broadcast_gossip(Message::Txs(lingering));
+        }
+        let tip = self.parent.height();
+        self.s.broadcast(Message::Status(ChainStatus { height: tip, tip: self.parent.hash() }));
+        if self.peer_heights.values().any(|h| *h > tip) {
+            self.request_sync();
+        }
+        // Polls past their deadline are finished by `poll_round`; here only transactions expire.
+        let expired_txs = self.s.state().snowball.expire(Instant::now());
+        if !expired_txs.is_empty() {
+            let mut st = self.s.state();
+            for t in &expired_txs {
+                st.mempool.reject(t, TxError::Expired);
+            }
+            drop(st);
+            self.s.metrics.tx_rejected.inc_by(expired_txs.len() as u64);
+            self.drop_orphans(&expired_txs);
+            self.s.finality_changed.notify_waiters();
+        }
+        if let Some(stale) = Instant::now().checked_sub(Duration::from_secs(10)) {
+            self.verifying.retain(|_, since| *since > stale);
+        }
+        self.release_memory();
+    }
+
+    /// Once a burst is over, gives its memory back: old finality times are forgotten, maps
+    /// that kept their peak capacity shrink, and the allocator returns the freed pages.
+    fn release_memory(&mut self) {
+        let shrank = {
+            let mut st = self.s.state();
+            let cutoff = now_ms().saturating_sub(super::FINALITY_KEEP_MS);
+            while let Some(old) = st.finality_order.front().copied() {
+                if st.finality_ms.get(&old).is_some_and(|t| t.at_ms >= cutoff) {
+                    break;
+                }
+                st.finality_order.pop_front();
+                st.finality_ms.remove(&old);
+            }
+            let mut shrank = st.mempool.shrink_if_sparse();
+            shrank |= st.snowball.shrink_if_sparse();
+            let cap = st.finality_ms.capacity();
+            if cap > 1024 && st.finality_ms.len() < cap / 4 {
+                st.finality_ms.shrink_to_fit();
+                st.finality_order.shrink_to_fit();
+                shrank = true;
+            }
+            shrank
+        };
+        if shrank {
+            trim_heap();
+        }
+    }
+}
+
+/// Returns free heap pages to the kernel. glibc keeps what a burst freed in its arenas, so
+/// without this a node stayed at its peak RSS long after the load ended.
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Actions in logs without whole blocks.
+struct ActionSummary<'a>(&'a Action);
+
+impl std::fmt::Debug for ActionSummary<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Action::Propose { round, valid_round, valid_block } => {
+                write!(f, "propose r{round} valid_round={valid_round:?} reuse={}", valid_block.is_some())
+            }
+            Action::Vote { kind, round, block_hash } => write!(f, "{kind:?} r{round} {block_hash:?}"),
+            Action::ScheduleTimeout { kind, round, after_ms, .. } => {
+                write!(f, "timeout {kind:?} r{round} in {after_ms}ms")
+            }
+            Action::Commit { round, block, .. } => write!(f, "commit r{round} {:?}", block.hash()),
+        }
+    }
+}
+
+/// Median and 99th percentile of recent finality latencies.
+pub fn latency_percentiles(samples: &std::collections::VecDeque<u64>) -> (Option<u64>, Option<u64>) {
+    if samples.is_empty() {
+        return (None, None);
+    }
+    let mut v: Vec<u64> = samples.iter().copied().collect();
+    v.sort_unstable();
+    let pick = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    (Some(pick(0.5)), Some(pick(0.99)))
+}

@@ -1,0 +1,155 @@
+//! Snowball polls: sampling validators, asking about undecided transactions, tallying the
+//! answers, and answering other validators' polls.
+
+use super::*;
+
+impl Engine {
+    /// Validators to sample: active by heartbeat, connected, not us, and enough of them that a
+    /// poll speaks for more than two thirds of the validators with us.
+    pub(super) fn sampleable(&self) -> Vec<ValidatorIndex> {
+        let connected: HashSet<ValidatorIndex> = self.s.p2p.connected().into_iter().collect();
+        let active = self.s.state().heartbeats.active_set(now_ms());
+        let pool: Vec<ValidatorIndex> =
+            active.into_iter().filter(|v| *v != self.s.me && connected.contains(v)).collect();
+        if pool.len() + 1 < self.s.ledger.genesis.quorum() {
+            return vec![];
+        }
+        pool
+    }
+
+    pub(super) fn poll_round(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<u64> = self.polls.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| *id).collect();
+        for id in expired {
+            self.finish_poll(id);
+        }
+        if self.n() == 1 {
+            return;
+        }
+        let params = self.s.cfg.avalanche.clone();
+        if self.polls.len() >= params.max_concurrent_polls {
+            return;
+        }
+        let pool = self.sampleable();
+        if pool.is_empty() {
+            return;
+        }
+        let batch: Vec<Txid> = {
+            let st = self.s.state();
+            st.snowball
+                .batch(params.batch_max.min(MAX_POLL_TXIDS) + self.in_flight.len())
+                .into_iter()
+                .filter(|t| !self.in_flight.contains(t))
+                .take(params.batch_max.min(MAX_POLL_TXIDS))
+                .collect()
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let (k, _, _) = params.effective(pool.len());
+        let weights: Vec<(ValidatorIndex, u64)> =
+            pool.iter().map(|v| (*v, self.s.ledger.genesis.validators[*v as usize].tier.sampling_weight())).collect();
+        let mut rng = rand::thread_rng();
+        let asked: Vec<ValidatorIndex> = match weights.choose_multiple_weighted(&mut rng, k, |(_, w)| *w as f64) {
+            Ok(it) => it.map(|(v, _)| *v).collect(),
+            Err(_) => pool.choose_multiple(&mut rng, k).copied().collect(),
+        };
+        let id = self.next_poll_id;
+        self.next_poll_id += 1;
+        let mut sent = 0;
+        for v in &asked {
+            if self.s.p2p.send(*v, Message::PollQuery { id, txids: batch.clone() }) {
+                sent += 1;
+            }
+        }
+        self.s.state().counters.polls_sent += 1;
+        if sent == 0 {
+            self.s.state().counters.polls_failed += 1;
+            return;
+        }
+        self.in_flight.extend(batch.iter().copied());
+        self.polls.insert(
+            id,
+            Poll {
+                txids: batch,
+                asked,
+                replies: HashMap::new(),
+                deadline: now + Duration::from_millis(params.poll_timeout_ms),
+                k,
+            },
+        );
+    }
+
+    pub(super) fn on_poll_reply(&mut self, from: ValidatorIndex, id: u64, prefs: Vec<Preference>) {
+        let done = match self.polls.get_mut(&id) {
+            Some(p) if p.asked.contains(&from) && prefs.len() == p.txids.len() => {
+                p.replies.insert(from, prefs);
+                p.replies.len() == p.asked.len()
+            }
+            _ => false,
+        };
+        if done {
+            self.finish_poll(id);
+        }
+    }
+
+    pub(super) fn finish_poll(&mut self, id: u64) {
+        let Some(poll) = self.polls.remove(&id) else { return };
+        for t in &poll.txids {
+            self.in_flight.remove(t);
+        }
+        if poll.replies.len() < poll.asked.len() {
+            self.s.state().counters.polls_failed += 1;
+        }
+        let results: Vec<(Txid, usize)> = poll
+            .txids
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (*t, poll.replies.values().filter(|p| p[i] == Preference::Yes).count()))
+            .collect();
+        let params = &self.s.cfg.avalanche;
+        let (k, ap, ac) = params.effective(poll.k);
+        let decisions = self.s.state().snowball.record_poll(&results, k, ap, ac);
+        if !decisions.rejected.is_empty() {
+            let mut st = self.s.state();
+            for t in &decisions.rejected {
+                st.mempool.reject(t, TxError::Conflict);
+            }
+            drop(st);
+            self.s.metrics.tx_rejected.inc_by(decisions.rejected.len() as u64);
+            self.drop_orphans(&decisions.rejected);
+        }
+        self.accept(&decisions.accepted);
+        if !decisions.rejected.is_empty() {
+            self.s.finality_changed.notify_waiters();
+        }
+    }
+
+    pub(super) fn answer_poll(&mut self, from: ValidatorIndex, id: u64, txids: Vec<Txid>) {
+        if txids.len() > MAX_POLL_TXIDS {
+            return;
+        }
+        let prefs: Vec<Preference> = {
+            let mut st = self.s.state();
+            st.counters.queries_answered += 1;
+            txids
+                .iter()
+                .map(|t| {
+                    if let Some(e) = st.mempool.get(t) {
+                        if matches!(e.status, TxStatus::Finalized { .. }) {
+                            return Preference::Yes;
+                        }
+                    }
+                    match st.snowball.preference(t) {
+                        Preference::Unknown if st.mempool.rejection(t).is_some() => Preference::No,
+                        Preference::Unknown if self.s.ledger.store.tx_location(t).ok().flatten().is_some() => {
+                            Preference::Yes
+                        }
+                        p => p,
+                    }
+                })
+                .collect()
+        };
+        self.s.p2p.send(from, Message::PollReply { id, prefs });
+    }
+}

@@ -1,0 +1,233 @@
+//! Transactions: admission (the one place that writes the mempool and Snowball), gossip in
+//! and out, signature checks on the worker pool, orphans, and finality.
+
+use super::*;
+
+impl Engine {
+    /// A client transaction (RPC), signatures already checked: admitted here, the one place
+    /// that writes the mempool and Snowball, then answered, relayed and polled.
+    pub(super) fn on_submission(&mut self, sub: Submission) {
+        let Submission { tx, signatures_ok, reply } = sub;
+        let result = self.admit(tx.clone(), self.s.cfg.max_pending_txs, Signatures::Verified(signatures_ok));
+        let fresh = matches!(result, Ok((_, added)) if added != Added::Known);
+        let txid = result.as_ref().ok().map(|(t, _)| *t);
+        // The client hears first: its answer does not wait for relaying or finality.
+        let _ = reply.send(result);
+        if fresh {
+            self.relay.push((tx, None));
+            if self.n() == 1 {
+                // The only validator's own view is the whole network's.
+                self.accept(&txid.into_iter().collect::<Vec<_>>());
+            }
+        }
+    }
+
+    /// Validates a transaction into the mempool and Snowball. Only the engine calls this, so
+    /// the checks and the writes see one consistent pool. The cheap answers come first (the
+    /// submitter asked them already, but the pool may have changed since).
+    pub(super) fn admit(
+        &mut self,
+        tx: Transaction,
+        pending_limit: usize,
+        sigs: Signatures,
+    ) -> Result<(Txid, Added), TxError> {
+        let txid = tx.txid();
+        if let Some(answer) = self.s.precheck(&txid, pending_limit) {
+            return answer;
+        }
+        let s = &self.s;
+        let in_chain = s.ledger.store.tx_location(&txid).map(|l| l.is_some()).unwrap_or(false);
+        let (tip, _) = s.ledger.store.tip().map_err(|_| TxError::MissingInputs)?;
+        let inputs: Vec<_> = tx.inputs.iter().map(|i| i.prevout).collect();
+        let mut st = s.state();
+        let (txid, added) = st.mempool.add_with(
+            tx,
+            sigs,
+            s.ledger.store.as_ref(),
+            in_chain,
+            s.chain_id(),
+            s.ledger.genesis.network_byte(),
+            tip + 1,
+            now_ms(),
+        )?;
+        if added != Added::Known
+            && st.snowball.insert(txid, &inputs, Instant::now()) == crate::consensus::snowball::InsertOutcome::Rejected
+        {
+            // It spends what an accepted transaction spends, or a rejected one's output.
+            st.mempool.reject(&txid, TxError::ConflictFinalized);
+            return Err(TxError::ConflictFinalized);
+        }
+        Ok((txid, added))
+    }
+
+    /// Pooled transactions still undecided and at least `min_age` old, oldest first.
+    pub(super) fn pooled_txs(&self, max: usize, min_age: Duration) -> Vec<Transaction> {
+        let st = self.s.state();
+        let now = Instant::now();
+        st.snowball
+            .batch(max)
+            .into_iter()
+            .filter(|t| st.snowball.first_seen(t).is_some_and(|at| now.duration_since(at) >= min_age))
+            .filter_map(|t| st.mempool.get(&t).map(|e| e.tx.clone()))
+            .collect()
+    }
+
+    /// Sends the relay buffer: to each peer, everything except what that peer sent us.
+    pub(super) fn flush_relay(&mut self) {
+        let relay = std::mem::take(&mut self.relay);
+        for peer in self.s.p2p.connected() {
+            let txs: Vec<Transaction> =
+                relay.iter().filter(|(_, from)| *from != Some(peer)).map(|(tx, _)| tx.clone()).collect();
+            for chunk in txs.chunks(MAX_TXS_PER_MESSAGE) {
+                self.s.p2p.send_gossip(peer, Message::Txs(chunk.to_vec()));
+            }
+        }
+    }
+
+    /// Transactions from a peer: what is already known or refused is dropped here (a look-up);
+    /// the rest has its signatures checked on the worker pool, off this task, and comes back
+    /// through `on_verified_txs`.
+    pub(super) fn on_peer_txs(&mut self, from: ValidatorIndex, mut txs: Vec<Transaction>) {
+        txs.truncate(MAX_TXS_PER_MESSAGE);
+        {
+            let st = self.s.state();
+            if st.mempool.pending_count() >= self.s.cfg.max_pending_txs * crate::node::PEER_PENDING_FACTOR {
+                // Full even for peers: refuse before paying for signatures (they are not
+                // remembered as rejected, so a later re-gossip may still bring them in).
+                tracing::debug!(from, count = txs.len(), "peer's transactions refused: {}", TxError::MempoolFull);
+                return;
+            }
+            let (verifying, now) = (&mut self.verifying, Instant::now());
+            txs.retain(|t| {
+                let id = t.txid();
+                !st.mempool.contains(&id) && st.mempool.rejection(&id).is_none() && verifying.insert(id, now).is_none()
+            });
+        }
+        if txs.is_empty() {
+            return;
+        }
+        let chain_id = self.s.chain_id().to_string();
+        let (back, gate) = (self.verified.clone(), self.verify_gate.clone());
+        tokio::spawn(async move {
+            let Ok(_permit) = gate.acquire_owned().await else { return };
+            // One by one with verify_strict: the exact batch verifier (chain/batch.rs) is slower
+            // on this hardware, because agreeing with strict costs a subgroup check per R
+            // (docs/benchmarks.md, "Batch verification").
+            let checked = tokio::task::spawn_blocking(move || {
+                txs.into_iter()
+                    .map(|t| {
+                        let ok = crate::chain::validate::signatures_valid(&t, &chain_id);
+                        (t, ok)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await;
+            if let Ok(v) = checked {
+                let _ = back.send((from, v));
+            }
+        });
+    }
+
+    pub(super) fn on_verified_txs(&mut self, from: ValidatorIndex, txs: Vec<(Transaction, bool)>) {
+        for (tx, ok) in txs {
+            self.verifying.remove(&tx.txid());
+            self.on_gossip_tx(from, tx, ok);
+        }
+    }
+
+    pub(super) fn on_gossip_tx(&mut self, from: ValidatorIndex, tx: Transaction, signatures_ok: bool) {
+        let parents: Vec<Txid> = tx.inputs.iter().map(|i| i.prevout.txid).collect();
+        let limit = self.s.cfg.max_pending_txs * crate::node::PEER_PENDING_FACTOR;
+        match self.admit(tx.clone(), limit, Signatures::Verified(signatures_ok)) {
+            Ok((_, Added::Known)) => {}
+            Ok((txid, _)) => {
+                tracing::trace!(%txid, from, "transaction from peer");
+                // Onwards to the others, never back to the peer it came from.
+                self.relay.push((tx, Some(from)));
+            }
+            Err(TxError::MissingInputs) => {
+                // Its parent may be final at the sender but still undecided here.
+                let pending_parent = {
+                    let st = self.s.state();
+                    parents.into_iter().find(|p| st.mempool.get(p).is_some_and(|e| e.status == TxStatus::Pending))
+                };
+                match pending_parent {
+                    Some(parent) if self.orphan_count < MAX_ORPHANS => {
+                        self.orphans.entry(parent).or_default().push((tx, signatures_ok));
+                        self.orphan_count += 1;
+                    }
+                    _ => tracing::debug!(from, "peer's transaction refused: {}", TxError::MissingInputs),
+                }
+            }
+            Err(e) => tracing::debug!(from, "peer's transaction refused: {e}"),
+        }
+    }
+
+    /// Forgets the transactions that waited for a parent that lost.
+    pub(super) fn drop_orphans(&mut self, parents: &[Txid]) {
+        for p in parents {
+            if let Some(v) = self.orphans.remove(p) {
+                self.orphan_count -= v.len();
+            }
+        }
+    }
+
+    /// Submits again the transactions that waited for `parent` to become final.
+    pub(super) fn adopt_orphans(&mut self, parent: &Txid) {
+        let limit = self.s.cfg.max_pending_txs * crate::node::PEER_PENDING_FACTOR;
+        for (tx, signatures_ok) in self.orphans.remove(parent).unwrap_or_default() {
+            self.orphan_count -= 1;
+            match self.admit(tx.clone(), limit, Signatures::Verified(signatures_ok)) {
+                Ok((_, Added::Known)) => {}
+                Ok(_) => self.relay.push((tx, None)),
+                Err(e) => tracing::debug!(%parent, "waiting transaction refused once its parent was final: {e}"),
+            }
+        }
+    }
+
+    /// Makes accepted transactions final: durable first, then visible.
+    pub(super) fn accept(&mut self, txids: &[Txid]) {
+        if txids.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let entries: Vec<crate::mempool::Entry> = {
+            let st = self.s.state();
+            txids.iter().filter_map(|t| st.mempool.get(t).cloned()).collect()
+        };
+        let txs: Vec<Transaction> = entries.iter().map(|e| e.tx.clone()).collect();
+        if let Err(e) = self.s.ledger.store.put_finalized_many(&txs, now) {
+            tracing::error!(count = txs.len(), "cannot persist finalized transactions, not reporting them final: {e}");
+            return;
+        }
+        for entry in entries {
+            let txid = &entry.txid;
+            let latency = now.saturating_sub(entry.first_seen_ms);
+            let mut st = self.s.state();
+            st.mempool.mark_finalized(txid, now);
+            if self.n() == 1 {
+                st.snowball.accept_external(txid);
+            }
+            st.recent_finality_ms.push_back(latency);
+            if st.recent_finality_ms.len() > LATENCY_WINDOW {
+                st.recent_finality_ms.pop_front();
+            }
+            // Oldest first, so a client asking soon after finality still gets its answer even
+            // under sustained load (a wholesale clear lost recent ones).
+            while st.finality_order.len() >= crate::node::FINALITY_MEMORY {
+                if let Some(old) = st.finality_order.pop_front() {
+                    st.finality_ms.remove(&old);
+                }
+            }
+            if st.finality_ms.insert(*txid, crate::node::FinalityTime { latency_ms: latency, at_ms: now }).is_none() {
+                st.finality_order.push_back(*txid);
+            }
+            drop(st);
+            self.s.metrics.tx_finality.observe(latency as f64 / 1000.0);
+            self.s.metrics.tx_finalized.inc();
+            tracing::debug!(%txid, latency_ms = latency, "transaction finalized");
+            self.adopt_orphans(txid);
+        }
+        self.s.finality_changed.notify_waiters();
+    }
+}
