@@ -13,6 +13,7 @@ mod load;
 mod materials;
 mod measure;
 mod monitor;
+mod netem;
 mod output;
 mod payments;
 mod process;
