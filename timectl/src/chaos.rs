@@ -770,6 +770,53 @@ mod tests {
         assert!(h.contains("ip route flush proto 213"), "{h}");
     }
 
+    /// A namespace of this test's own, deleted by name even when an assertion fails.
+    struct TestNetns(String);
+    impl Drop for TestNetns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+
+    /// A host with neither nft nor iptables (PATH holds only `sh`, `ip`, `grep`, `sed`): the
+    /// partition is blackhole routes of our protocol, and the heal removes exactly those.
+    /// Needs root (CI runs as root).
+    #[test]
+    fn without_nft_or_iptables_a_partition_is_blackhole_routes() {
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root (CI runs as root)");
+        let ns = TestNetns(format!("timectl-ut-{}", std::process::id()));
+        let ip = |args: &[&str]| std::process::Command::new("ip").args(args).output().unwrap();
+        assert!(ip(&["netns", "add", &ns.0]).status.success());
+        let bin = tempfile::tempdir().unwrap();
+        for tool in ["sh", "ip", "grep", "sed"] {
+            let path = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+                .map(|d| d.join(tool))
+                .find(|p| p.is_file())
+                .unwrap_or_else(|| panic!("{tool} not found"));
+            std::os::unix::fs::symlink(path, bin.path().join(tool)).unwrap();
+        }
+        let run = |script: &str| {
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", &ns.0, "sh", "-ec", script])
+                .env("PATH", bin.path())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        // A route of someone else's that the heal must leave alone.
+        run("ip link set lo up; ip route add blackhole 10.77.0.9");
+        let tool = run(&partition_script(&["10.77.0.2", "10.77.0.3"]));
+        assert_eq!(tool.trim(), "blackhole routes");
+        let ours = run("ip route show proto 213");
+        assert!(ours.contains("blackhole 10.77.0.2") && ours.contains("blackhole 10.77.0.3"), "{ours}");
+        let route = run("ip route get 10.77.0.2 2>&1 || true");
+        assert!(!route.contains("dev"), "10.77.0.2 is still reachable: {route}");
+        run(&heal_partition_script());
+        assert_eq!(run("ip route show proto 213").trim(), "");
+        assert!(run("ip route show").contains("blackhole 10.77.0.9"), "the heal removed a route not ours");
+    }
+
     #[test]
     fn seed_one_kills_two_of_four_first() {
         // timectl/tests/chaos.rs halts a four-node network on purpose with this seed.
