@@ -161,4 +161,83 @@ fn partition_and_latency_on_rehearsal_hosts_end_clean() {
     }
     let partition = chaos[0]["detail"].as_str().unwrap();
     assert!(partition.ends_with("(nftables)"), "{partition}");
+
+    // Ctrl-C while a delay is in force (held by the hidden --chaos-no-heal): the run heals on
+    // its way out, so no NFQUEUE rule is left behind.
+    let log2 = net.env.path().join("interrupted.jsonl");
+    let child = net
+        .cmd(&[
+            "stability",
+            "--hours",
+            "0.05",
+            "--interval",
+            "1",
+            "--chaos",
+            "latency",
+            "--chaos-every",
+            "5s",
+            "--chaos-no-heal",
+            "--report",
+            log2.to_str().unwrap(),
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let child = Child(Some(child));
+    let read = || -> Vec<Value> {
+        std::fs::read_to_string(&log2)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let slowed = common::wait_for(Duration::from_secs(60), || {
+        read().into_iter().find(|r| r["kind"] == "chaos" && r["error"].is_null())
+    })
+    .unwrap_or_else(|| panic!("no latency applied: {:?}", read()));
+    let name = slowed["nodes"][0].as_str().unwrap().to_string();
+    let index: usize = name.rsplit('-').next().unwrap().parse().unwrap();
+    let rules = net.sh(&net.host(index), "iptables -w -S OUTPUT");
+    assert!(rules.contains("--comment timectl-netem") && rules.contains("--queue-bypass"), "{rules}");
+    common::kill(child.0.as_ref().unwrap().id(), libc::SIGINT);
+    let out = child.wait();
+    let records = read();
+    assert!(
+        records.iter().any(|r| r["kind"] == "chaos_end" && r["error"].is_null()),
+        "no heal after ctrl-c: {records:#?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(records.iter().any(|r| r["kind"] == "end" && r["reason"] == "interrupted"), "{records:#?}");
+    for i in 1..=4 {
+        let host = net.host(i);
+        let left = net.sh(&host, "iptables -w -S | grep -e timectl -e NFQUEUE || true");
+        assert!(left.trim().is_empty(), "{} still has after ctrl-c: {left}", host.name);
+    }
+}
+
+/// A `timectl` this test started, killed by its PID if the test fails before waiting for it.
+struct Child(Option<std::process::Child>);
+
+impl Child {
+    fn wait(mut self) -> std::process::Output {
+        let c = self.0.take().unwrap();
+        let pid = c.id();
+        let waiter = std::thread::spawn(move || c.wait_with_output().unwrap());
+        let done = common::wait_for(Duration::from_secs(150), || waiter.is_finished().then_some(()));
+        if done.is_none() {
+            common::kill(pid, libc::SIGKILL);
+        }
+        waiter.join().unwrap()
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
