@@ -147,6 +147,7 @@ fn partition_and_latency_on_rehearsal_hosts_end_clean() {
             assert!(p["from"] != node4.as_str() && p["checker"] != node4.as_str(), "probe on the cut-off side: {p}");
         }
     }
+    eprintln!("load: {}", a["load"]);
     assert!(a["load"]["accepted"].as_u64().unwrap() > 50, "{:#}", a["load"]);
 
     // Nothing of the perturbations is left on the hosts; the partition used nftables.
@@ -215,6 +216,66 @@ fn partition_and_latency_on_rehearsal_hosts_end_clean() {
         let left = net.sh(&host, "iptables -w -S | grep -e timectl -e NFQUEUE || true");
         assert!(left.trim().is_empty(), "{} still has after ctrl-c: {left}", host.name);
     }
+
+    // Killed outright (no heal can run): the rule stays, but with no reader the kernel lets
+    // the packets through (--queue-bypass) instead of blackholing the host.
+    let log3 = net.env.path().join("killed.jsonl");
+    let child = net
+        .cmd(&[
+            "stability",
+            "--hours",
+            "0.05",
+            "--interval",
+            "1",
+            "--chaos",
+            "latency",
+            "--chaos-every",
+            "5s",
+            "--chaos-no-heal",
+            "--report",
+            log3.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = Child(Some(child));
+    let slowed = common::wait_for(Duration::from_secs(60), || {
+        std::fs::read_to_string(&log3)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|r| r["kind"] == "chaos" && r["error"].is_null())
+    })
+    .expect("no latency applied");
+    let name = slowed["nodes"][0].as_str().unwrap().to_string();
+    let index: usize = name.rsplit('-').next().unwrap().parse().unwrap();
+    let host = net.host(index);
+    common::kill(child.0.as_ref().unwrap().id(), libc::SIGKILL);
+    child.wait();
+    let rules = net.sh(&host, "iptables -w -S OUTPUT");
+    assert!(rules.contains("--comment timectl-netem"), "the rule went away by itself: {rules}");
+    let p2p: SocketAddr = inventory["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"].as_str() == Some(&name))
+        .and_then(|n| n["p2p"].as_str()?.parse().ok())
+        .unwrap();
+    let times: Vec<f64> = (0..10)
+        .map(|_| {
+            let start = Instant::now();
+            TcpStream::connect_timeout(&p2p, Duration::from_secs(3))
+                .unwrap_or_else(|e| panic!("{name} blackholed: {e}"));
+            start.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    eprintln!("connect to {name} with the rule and no reader: {times:?} ms");
+    assert!(median(times.clone()) < 40.0, "{times:?}");
+    // What an operator does after a kill (docs/deploy.md): delete the rule by its comment.
+    net.sh(&host, "iptables -w -S OUTPUT | grep -- '--comment timectl-netem ' | sed 's/^-A/-D/' | while read -r r; do eval iptables -w $r; done");
+    let left = net.sh(&host, "iptables -w -S | grep -e timectl -e NFQUEUE || true");
+    assert!(left.trim().is_empty(), "{left}");
 }
 
 /// A `timectl` this test started, killed by its PID if the test fails before waiting for it.
