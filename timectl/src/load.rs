@@ -12,6 +12,7 @@
 
 use crate::client;
 use crate::inventory::Node;
+use jsonrpsee::http_client::HttpClient;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use timed::chain::crypto::Keypair;
 use timed::chain::genesis::devnet_wallet_key;
 use timed::chain::tx::{OutPoint, Transaction, TxOut, Txid};
 use timed::chain::validate::{MAX_TX_OUTPUTS, MAX_TX_SIZE};
+use timed::chain::Hash256;
 
 /// Value of each coin a bench key receives; a payment sends it on minus [`PAYMENT_FEE`].
 pub const COIN_VALUE: u64 = 1_000_000;
@@ -133,6 +135,99 @@ pub fn payment(coin: &Coin, keys: &Keys, chain_id: &str) -> (Txid, String) {
     (tx.txid(), tx.to_hex())
 }
 
+// ---------- funding for `bench` ----------
+
+fn hinted(message: String, hint: &str) -> anyhow::Error {
+    crate::error::Hinted { message, hint: hint.into() }.into()
+}
+
+/// Spends the validator wallets' coins into `total` coins for the bench keys, and waits until
+/// every funding transaction is final on a node other than the one it was sent to.
+pub async fn fund_from_devnet(
+    nodes: &[Node],
+    clients: &[HttpClient],
+    chain_id: &str,
+    keys: &Keys,
+    total: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Coin>> {
+    let per_tx = outputs_per_funding_tx();
+    let mut txs = Vec::new();
+    let mut coins = Vec::with_capacity(total);
+    // Each node's own wallet, so `spendable` already excludes what its pool spends.
+    'nodes: for (i, n) in nodes.iter().enumerate() {
+        let funder = devnet_funder(chain_id, &n.validator_id)
+            .map_err(|e| hinted(e.to_string(), "start a devnet with `timectl local up`, or point --network at one"))?;
+        let utxos = clients[i]
+            .list_unspent(Some(1), None, None)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: listunspent: {}", n.name, client::compact_error(&e)))?;
+        let mine = funder.addr.to_string();
+        for u in utxos.into_iter().filter(|u| u.spendable && u.address == mine) {
+            if coins.len() >= total {
+                break 'nodes;
+            }
+            let Some(txid) = Hash256::from_hex(&u.txid) else { continue };
+            let count = per_tx.min(total - coins.len());
+            let op = OutPoint { txid, vout: u.vout };
+            if let Some((tx, c)) = funding_tx(&funder, op, u.amount_units, keys, coins.len(), count, chain_id) {
+                txs.push((i, tx));
+                coins.extend(c);
+            }
+        }
+    }
+    if coins.len() < total {
+        return Err(LoadError::NotEnoughFunds { have: txs.len(), need: total.div_ceil(per_tx) }.into());
+    }
+    let mut ids = Vec::new();
+    for (i, tx) in &txs {
+        let id = clients[*i].send_raw_transaction(tx.to_hex()).await.map_err(|e| {
+            anyhow::anyhow!("{}: funding transaction refused: {}", nodes[*i].name, client::compact_error(&e))
+        })?;
+        ids.push((*i, id));
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for (i, id) in &ids {
+        let (i, id) = (*i, id.clone());
+        let observer = (i + 1) % nodes.len();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let wait = left.min(Duration::from_secs(20)).as_secs_f64();
+            let c = client::rpc_client(&nodes[observer], timeout + Duration::from_secs_f64(wait))
+                .map_err(anyhow::Error::msg)?;
+            match c.wait_transaction_finality(id.clone(), Some(wait)).await {
+                Ok(f) if f.finalized => break,
+                Ok(f) if f.status == "rejected" => anyhow::bail!("funding transaction {id} was rejected"),
+                Ok(_) | Err(_) if left.is_zero() => {
+                    return Err(hinted(
+                        format!("funding transaction {id} was not final on {} within 90 s", nodes[observer].name),
+                        "check `timectl status`: are all nodes up and connected?",
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
+    // Then wait for them to be in blocks on every node: committing tens of thousands of new
+    // outputs is work the first step should not be charged with.
+    let confirm_deadline = Instant::now() + Duration::from_secs(60);
+    for (i, c) in clients.iter().enumerate() {
+        for (_, id) in &ids {
+            loop {
+                match c.get_transaction_finality(id.clone()).await {
+                    Ok(f) if f.status == "confirmed" => break,
+                    _ if Instant::now() > confirm_deadline => {
+                        tracing::warn!(node = %nodes[i].name, %id, "funding transaction not in a block after 60 s; starting anyway");
+                        break;
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        }
+    }
+    Ok(coins)
+}
+
 // ---------- the steady stream of `stability --load` ----------
 
 /// What one pool coin is worth: a thousand payments' fees, so a coin lasts hours.
@@ -185,7 +280,7 @@ fn next_coin(spent: &Coin, txid: Txid, keys: &Keys) -> Option<Coin> {
 
 /// One coin of [`STEADY_COIN`] for key `k`, paid by `c`'s wallet; found in the transaction by
 /// its address and value.
-async fn fund_key(c: &jsonrpsee::http_client::HttpClient, keys: &Keys, k: usize, timeout: Duration) -> Option<Coin> {
+async fn fund_key(c: &HttpClient, keys: &Keys, k: usize, timeout: Duration) -> Option<Coin> {
     let addr = keys.addrs[k];
     let amount = timed::chain::amount::to_time(STEADY_COIN);
     let txid = tokio::time::timeout(timeout, c.send_to_address(addr.to_string(), amount, None)).await.ok()?.ok()?;
@@ -197,13 +292,7 @@ async fn fund_key(c: &jsonrpsee::http_client::HttpClient, keys: &Keys, k: usize,
 
 /// Funds keys `first..first + count`, key k by node k mod n's wallet; one call at a time per
 /// wallet (concurrent calls on one wallet may pick the same inputs), the wallets in parallel.
-async fn fund_pool(
-    clients: &[jsonrpsee::http_client::HttpClient],
-    keys: &Keys,
-    first: usize,
-    count: usize,
-    timeout: Duration,
-) -> Vec<Coin> {
+async fn fund_pool(clients: &[HttpClient], keys: &Keys, first: usize, count: usize, timeout: Duration) -> Vec<Coin> {
     let n = clients.len();
     let per_node = (0..n).map(|i| async move {
         let mut coins = Vec::new();
