@@ -8,8 +8,12 @@
 //! - hosts with their own network (rehearsal, ssh, cloud), through the `ssh` module: kill -9 of
 //!   the service's main PID (systemd brings it back), `systemctl stop`/`start`, a partition with
 //!   nftables (iptables when nft is missing) rules in a table of our own, `tc netem` latency.
+//! - rehearsal hosts, whose network namespaces are on this machine: the network changes run
+//!   with the host's own tools (nsenter into its container), and latency is the userspace
+//!   netem of the `netem` module, as this machine's kernel may lack `sch_netem`.
 
 use crate::inventory::{self, Inventory, Node, ProviderKind};
+use crate::netem::{self, Shaper};
 use crate::process::{alive, cmdline, is_timed_argv, signal};
 use crate::ssh;
 use std::collections::HashMap;
@@ -240,6 +244,7 @@ impl Backend {
             sessions,
             netns,
             applied: Mutex::new(HashMap::new()),
+            shapers: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -419,6 +424,49 @@ pub struct HostBackend {
     netns: bool,
     /// Per perturbation and node: what the heal must undo (the link given netem).
     applied: Mutex<HashMap<(u64, usize), String>>,
+    /// Userspace netem readers of rehearsal hosts, per perturbation and node.
+    shapers: Mutex<HashMap<(u64, usize), Shaper>>,
+}
+
+/// The init process of the container that runs in network namespace `netns`: the process
+/// in that namespace that is PID 1 of a PID namespace of its own.
+fn container_leader(netns: &str) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let ns = std::fs::metadata(Path::new(NETNS_DIR).join(netns)).ok()?;
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let net = std::fs::metadata(format!("/proc/{pid}/ns/net")).ok()?;
+        if (net.dev(), net.ino()) != (ns.dev(), ns.ino()) {
+            return None;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let nspid: Vec<&str> = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?.split_whitespace().collect();
+        (nspid.len() > 1 && nspid.last() == Some(&"1")).then_some(pid)
+    })
+}
+
+/// Runs `sh -ec script` inside the container of network namespace `netns`: its mount
+/// namespace (its own nft and iptables, as on a server) and network namespace, with this
+/// process's privileges (the container itself has no CAP_NET_ADMIN).
+fn in_container(netns: &str, script: &str) -> Result<std::process::Command, String> {
+    let leader = container_leader(netns).ok_or_else(|| format!("no running container in network namespace {netns}"))?;
+    let mut cmd = std::process::Command::new("nsenter");
+    cmd.args(["-t", &leader.to_string(), "-m", "-n", "--", "sh", "-ec", script]).stdin(std::process::Stdio::null());
+    Ok(cmd)
+}
+
+impl Drop for HostBackend {
+    /// A run that ends on an error path still takes its NFQUEUE rules away and stops the
+    /// readers (the rules' --queue-bypass covers a run that is killed outright).
+    fn drop(&mut self) {
+        let shapers = std::mem::take(&mut *self.shapers.lock().unwrap_or_else(|e| e.into_inner()));
+        for (_, shaper) in shapers {
+            if let Ok(mut cmd) = in_container(shaper.netns(), &netem::remove_rule_script()) {
+                let _ = cmd.output();
+            }
+            shaper.stop();
+        }
+    }
 }
 
 fn ip_of(addr: &str) -> &str {
@@ -450,9 +498,9 @@ pub fn partition_script(peers: &[&str]) -> String {
            nft add chain inet {NFT_TABLE} input '{{ type filter hook input priority -10; }}'; \
            nft add chain inet {NFT_TABLE} output '{{ type filter hook output priority -10; }}'; \
            nft add rule inet {NFT_TABLE} input ip saddr '{{ {set} }}' drop; \
-           nft add rule inet {NFT_TABLE} output ip daddr '{{ {set} }}' drop; \
-         elif command -v iptables >/dev/null 2>&1; then {ipt} \
-         elif command -v ip >/dev/null 2>&1; then {routes} \
+           nft add rule inet {NFT_TABLE} output ip daddr '{{ {set} }}' drop; echo nftables; \
+         elif command -v iptables >/dev/null 2>&1; then {ipt} echo iptables; \
+         elif command -v ip >/dev/null 2>&1; then {routes} echo blackhole routes; \
          else echo 'none of nft, iptables or ip is installed' >&2; exit 3; fi"
     )
 }
@@ -484,13 +532,14 @@ impl HostBackend {
             return Ok(self.host(i)?.run(step, script).await?);
         }
         let name = &self.nodes[i].name;
-        let out = tokio::time::timeout(
-            Duration::from_secs(30),
-            tokio::process::Command::new("ip").args(["netns", "exec", name, "sh", "-ec", script]).output(),
-        )
-        .await
-        .map_err(|_| ChaosError::Local { node: name.clone(), message: format!("{step}: no answer within 30 s") })?
-        .map_err(|e| ChaosError::Local { node: name.clone(), message: format!("{step}: cannot run ip netns: {e}") })?;
+        let cmd = in_container(name, script).map_err(|m| ChaosError::Local { node: name.clone(), message: m })?;
+        let out = tokio::time::timeout(Duration::from_secs(30), tokio::process::Command::from(cmd).output())
+            .await
+            .map_err(|_| ChaosError::Local { node: name.clone(), message: format!("{step}: no answer within 30 s") })?
+            .map_err(|e| ChaosError::Local {
+                node: name.clone(),
+                message: format!("{step}: cannot run nsenter: {e}"),
+            })?;
         if !out.status.success() {
             return Err(ChaosError::Local {
                 node: name.clone(),
@@ -527,11 +576,48 @@ impl HostBackend {
             Action::Partition => {
                 let others: Vec<usize> = (0..self.nodes.len()).filter(|i| !step.targets.contains(i)).collect();
                 let peers: Vec<&str> = others.iter().map(|&i| ip_of(&self.nodes[i].p2p)).collect();
+                let mut tools = Vec::new();
                 for &i in &step.targets {
-                    self.net_run(i, "partition", &partition_script(&peers)).await?;
+                    let tool = self.net_run(i, "partition", &partition_script(&peers)).await?;
+                    let tool = tool.lines().last().unwrap_or_default().trim().to_string();
+                    if !tools.contains(&tool) {
+                        tools.push(tool);
+                    }
                 }
                 let rest: Vec<&str> = others.iter().map(|&i| self.nodes[i].name.as_str()).collect();
-                Ok(format!("{} cut off from {}", names.join(","), rest.join(",")))
+                Ok(format!("{} cut off from {} ({})", names.join(","), rest.join(","), tools.join(", ")))
+            }
+            Action::Latency if self.netns => {
+                for &i in &step.targets {
+                    let node = &self.nodes[i];
+                    let local = |message: String| ChaosError::Local { node: node.name.clone(), message };
+                    let port: u16 = node
+                        .p2p
+                        .rsplit_once(':')
+                        .and_then(|(_, p)| p.parse().ok())
+                        .ok_or_else(|| local(format!("no P2P port in {:?}", node.p2p)))?;
+                    let name = node.name.clone();
+                    let seed = step.id.wrapping_mul(1000).wrapping_add(i as u64);
+                    let netem = step.netem;
+                    // The reader first, so the rule never queues packets nobody reads.
+                    let shaper = tokio::task::spawn_blocking(move || Shaper::start(&name, netem, seed))
+                        .await
+                        .map_err(|e| local(format!("netem reader: {e}")))?
+                        .map_err(|e| local(e.to_string()))?;
+                    self.shapers.lock().expect("chaos state").insert((step.id, i), shaper);
+                    if let Err(e) = self.net_run(i, "add the NFQUEUE rule", &netem::add_rule_script(port)).await {
+                        let _ = self.net_run(i, "remove the NFQUEUE rule", &netem::remove_rule_script()).await;
+                        if let Some(s) = self.shapers.lock().expect("chaos state").remove(&(step.id, i)) {
+                            s.stop();
+                        }
+                        return Err(e);
+                    }
+                }
+                Ok(format!(
+                    "{} on {} (userspace netem: NFQUEUE of P2P traffic)",
+                    step.netem.describe(),
+                    names.join(", ")
+                ))
             }
             Action::Latency => {
                 for &i in &step.targets {
@@ -578,6 +664,23 @@ impl HostBackend {
                 }
                 Action::Partition => {
                     self.net_run(i, "heal the partition", &heal_partition_script()).await?;
+                }
+                Action::Latency if self.netns => {
+                    // The rule first: from then on nothing new is queued, and stopping the
+                    // reader lets through what it still holds.
+                    let removed = self.net_run(i, "remove the NFQUEUE rule", &netem::remove_rule_script()).await;
+                    let shaper = self.shapers.lock().expect("chaos state").remove(&(step.id, i));
+                    if let Some(s) = shaper {
+                        let stats = tokio::task::spawn_blocking(move || s.stop()).await.unwrap_or_default();
+                        tracing::info!(
+                            node = %self.nodes[i].name,
+                            packets = stats.packets,
+                            dropped = stats.dropped,
+                            max_held = stats.max_held,
+                            "netem removed"
+                        );
+                    }
+                    removed?;
                 }
                 Action::Latency => {
                     if let Some(dev) = undo {
@@ -665,6 +768,53 @@ mod tests {
         assert!(h.contains("nft delete table inet timectl_chaos") && h.contains("--comment timectl-chaos"), "{h}");
         assert!(s.contains("ip route replace blackhole 10.0.0.2 proto 213"), "{s}");
         assert!(h.contains("ip route flush proto 213"), "{h}");
+    }
+
+    /// A namespace of this test's own, deleted by name even when an assertion fails.
+    struct TestNetns(String);
+    impl Drop for TestNetns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+
+    /// A host with neither nft nor iptables (PATH holds only `sh`, `ip`, `grep`, `sed`): the
+    /// partition is blackhole routes of our protocol, and the heal removes exactly those.
+    /// Needs root (CI runs as root).
+    #[test]
+    fn without_nft_or_iptables_a_partition_is_blackhole_routes() {
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root (CI runs as root)");
+        let ns = TestNetns(format!("timectl-ut-{}", std::process::id()));
+        let ip = |args: &[&str]| std::process::Command::new("ip").args(args).output().unwrap();
+        assert!(ip(&["netns", "add", &ns.0]).status.success());
+        let bin = tempfile::tempdir().unwrap();
+        for tool in ["sh", "ip", "grep", "sed"] {
+            let path = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+                .map(|d| d.join(tool))
+                .find(|p| p.is_file())
+                .unwrap_or_else(|| panic!("{tool} not found"));
+            std::os::unix::fs::symlink(path, bin.path().join(tool)).unwrap();
+        }
+        let run = |script: &str| {
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", &ns.0, "sh", "-ec", script])
+                .env("PATH", bin.path())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        // A route of someone else's that the heal must leave alone.
+        run("ip link set lo up; ip route add blackhole 10.77.0.9");
+        let tool = run(&partition_script(&["10.77.0.2", "10.77.0.3"]));
+        assert_eq!(tool.trim(), "blackhole routes");
+        let ours = run("ip route show proto 213");
+        assert!(ours.contains("blackhole 10.77.0.2") && ours.contains("blackhole 10.77.0.3"), "{ours}");
+        let route = run("ip route get 10.77.0.2 2>&1 || true");
+        assert!(!route.contains("dev"), "10.77.0.2 is still reachable: {route}");
+        run(&heal_partition_script());
+        assert_eq!(run("ip route show proto 213").trim(), "");
+        assert!(run("ip route show").contains("blackhole 10.77.0.9"), "the heal removed a route not ours");
     }
 
     #[test]

@@ -13,8 +13,8 @@ mod load;
 mod materials;
 mod measure;
 mod monitor;
+mod netem;
 mod output;
-mod payments;
 mod process;
 mod prom;
 // Parts of the trait's request (firewall port, allowed CIDR) are read by the cloud providers only.

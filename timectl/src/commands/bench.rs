@@ -23,8 +23,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use timed::api::{BlockRef, BlockResult, TimeRpcClient, TxFinality};
-use timed::chain::tx::{OutPoint, Txid};
-use timed::chain::Hash256;
+use timed::chain::tx::Txid;
 use timed::metrics_names as m;
 use tokio::sync::Semaphore;
 
@@ -382,7 +381,7 @@ pub async fn run(mut a: BenchArgs, ctx: &Ctx) -> anyhow::Result<u8> {
     let total: usize = a.rates.iter().map(|r| (*r as f64 * a.step_secs).ceil() as usize).sum();
     let keys = Arc::new(Keys::generate(a.keys));
     let t_fund = Instant::now();
-    let coins = fund(&nodes, &clients, &info.chain_id, &keys, total, timeout).await?;
+    let coins = load::fund_from_devnet(&nodes, &clients, &info.chain_id, &keys, total, timeout).await?;
     let funding_txs = total.div_ceil(load::outputs_per_funding_tx());
     let funding_secs = round2(t_fund.elapsed().as_secs_f64());
 
@@ -448,93 +447,6 @@ pub async fn run(mut a: BenchArgs, ctx: &Ctx) -> anyhow::Result<u8> {
         return Err(Reported("smoke run: no payment became final".into()).into());
     }
     Ok(EXIT_OK)
-}
-
-/// Spends the validator wallets' coins into `total` coins for the bench keys, and waits until
-/// every funding transaction is final on a node other than the one it was sent to.
-async fn fund(
-    nodes: &[Node],
-    clients: &[HttpClient],
-    chain_id: &str,
-    keys: &Keys,
-    total: usize,
-    timeout: Duration,
-) -> anyhow::Result<Vec<Coin>> {
-    let per_tx = load::outputs_per_funding_tx();
-    let mut txs = Vec::new();
-    let mut coins = Vec::with_capacity(total);
-    // Each node's own wallet, so `spendable` already excludes what its pool spends.
-    'nodes: for (i, n) in nodes.iter().enumerate() {
-        let funder = load::devnet_funder(chain_id, &n.validator_id)
-            .map_err(|e| hinted(e.to_string(), "start a devnet with `timectl local up`, or point --network at one"))?;
-        let utxos = clients[i]
-            .list_unspent(Some(1), None, None)
-            .await
-            .map_err(|e| anyhow::anyhow!("{}: listunspent: {}", n.name, client::compact_error(&e)))?;
-        let mine = funder.addr.to_string();
-        for u in utxos.into_iter().filter(|u| u.spendable && u.address == mine) {
-            if coins.len() >= total {
-                break 'nodes;
-            }
-            let Some(txid) = Hash256::from_hex(&u.txid) else { continue };
-            let count = per_tx.min(total - coins.len());
-            let op = OutPoint { txid, vout: u.vout };
-            if let Some((tx, c)) = load::funding_tx(&funder, op, u.amount_units, keys, coins.len(), count, chain_id) {
-                txs.push((i, tx));
-                coins.extend(c);
-            }
-        }
-    }
-    if coins.len() < total {
-        return Err(load::LoadError::NotEnoughFunds { have: txs.len(), need: total.div_ceil(per_tx) }.into());
-    }
-    let mut ids = Vec::new();
-    for (i, tx) in &txs {
-        let id = clients[*i].send_raw_transaction(tx.to_hex()).await.map_err(|e| {
-            anyhow::anyhow!("{}: funding transaction refused: {}", nodes[*i].name, client::compact_error(&e))
-        })?;
-        ids.push((*i, id));
-    }
-    let deadline = Instant::now() + Duration::from_secs(90);
-    for (i, id) in &ids {
-        let (i, id) = (*i, id.clone());
-        let observer = (i + 1) % nodes.len();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let wait = left.min(Duration::from_secs(20)).as_secs_f64();
-            let c = client::rpc_client(&nodes[observer], timeout + Duration::from_secs_f64(wait))
-                .map_err(anyhow::Error::msg)?;
-            match c.wait_transaction_finality(id.clone(), Some(wait)).await {
-                Ok(f) if f.finalized => break,
-                Ok(f) if f.status == "rejected" => anyhow::bail!("funding transaction {id} was rejected"),
-                Ok(_) | Err(_) if left.is_zero() => {
-                    return Err(hinted(
-                        format!("funding transaction {id} was not final on {} within 90 s", nodes[observer].name),
-                        "check `timectl status`: are all nodes up and connected?",
-                    ))
-                }
-                _ => {}
-            }
-        }
-    }
-    // Then wait for them to be in blocks on every node: committing tens of thousands of new
-    // outputs is work the first step should not be charged with.
-    let confirm_deadline = Instant::now() + Duration::from_secs(60);
-    for (i, c) in clients.iter().enumerate() {
-        for (_, id) in &ids {
-            loop {
-                match c.get_transaction_finality(id.clone()).await {
-                    Ok(f) if f.status == "confirmed" => break,
-                    _ if Instant::now() > confirm_deadline => {
-                        tracing::warn!(node = %nodes[i].name, %id, "funding transaction not in a block after 60 s; starting anyway");
-                        break;
-                    }
-                    _ => tokio::time::sleep(Duration::from_millis(200)).await,
-                }
-            }
-        }
-    }
-    Ok(coins)
 }
 
 /// One offered rate: sign, send open loop, watch finality, summarize.
@@ -829,7 +741,7 @@ mod tests {
     use super::*;
 
     fn pay(offset_ms: f64, fate: Fate) -> Payment {
-        Payment { txid: Hash256::digest(b"t"), hex: String::new(), offset_ms, sender: 0, fate }
+        Payment { txid: timed::chain::Hash256::digest(b"t"), hex: String::new(), offset_ms, sender: 0, fate }
     }
 
     #[test]

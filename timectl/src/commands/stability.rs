@@ -99,8 +99,9 @@ pub struct StabilityArgs {
     /// Seconds every node has after a heal to be on one tip again [default: 30].
     #[arg(long, value_name = "SECS", conflicts_with = "resume")]
     pub reconverge: Option<f64>,
-    /// Keep this many real payments per second going during the run (round-robin between the
-    /// nodes' wallets), so the mempool is exercised, not just empty blocks.
+    /// Keep this many real payments per second going during the run (signed payments between
+    /// fresh keys, sent round-robin to the nodes; the nodes' wallets fund them once), so the
+    /// mempool is exercised, not just empty blocks.
     #[arg(long, value_name = "TPS", conflicts_with = "resume")]
     pub load: Option<f64>,
     /// Run in the background as a transient systemd unit (survives closing the terminal).
@@ -196,7 +197,7 @@ struct Monitor {
     /// Nodes down, cut off or not yet caught up: what the chaos scheduler must leave alone.
     lagging_tx: watch::Sender<usize>,
     /// `--load` counters, read into every sample.
-    load: Option<Arc<crate::payments::Counters>>,
+    load: Option<Arc<crate::load::Counters>>,
 }
 
 fn log_err(path: &Path) -> impl FnOnce(std::io::Error) -> anyhow::Error + '_ {
@@ -943,9 +944,9 @@ pub async fn run(a: StabilityArgs, ctx: &Ctx) -> anyhow::Result<u8> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     if let Some(tps) = cfg.load_tps.filter(|t| *t > 0.0) {
-        let counters = Arc::new(crate::payments::Counters::default());
+        let counters = Arc::new(crate::load::Counters::default());
         m.load = Some(counters.clone());
-        tokio::spawn(crate::payments::run(m.nodes.clone(), tps, timeout, counters, stop_rx.clone()));
+        tokio::spawn(crate::load::steady(m.nodes.clone(), tps, timeout, counters, stop_rx.clone()));
     }
     // The chaos task applies and heals perturbations on its own clock; its records come back
     // here, so the log has one writer.

@@ -21,11 +21,12 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const NAME: &str = "rehearsal";
-/// Where the cached rootfs lives unless `TIMECTL_REHEARSAL_ROOTFS` says otherwise.
-pub const DEFAULT_ROOTFS: &str = "/var/cache/timectl/rehearsal-bookworm";
-/// Packages of the host image: systemd as init, sshd, and what installing and checking use
-/// (`sudo`, `ss` from iproute2, `ps` from procps).
-const PACKAGES: &str = "systemd,systemd-sysv,openssh-server,dbus,iproute2,sudo,procps";
+/// Where cached rootfs images live unless `TIMECTL_REHEARSAL_ROOTFS` names one.
+pub const ROOTFS_DIR: &str = "/var/cache/timectl";
+/// Packages of the host image: systemd as init, sshd, what installing and checking use
+/// (`sudo`, `ss` from iproute2, `ps` from procps), and the firewalls chaos uses as on a
+/// server (`nft` for partitions, `iptables` for the NFQUEUE rule of latency).
+const PACKAGES: &str = "systemd,systemd-sysv,openssh-server,dbus,iproute2,sudo,procps,nftables,iptables";
 /// Bumped when the image preparation changes, so an old cache is rebuilt rather than trusted.
 const ROOTFS_VERSION: &str = "1";
 const ROOTFS_MARKER: &str = "etc/timectl-rehearsal";
@@ -75,8 +76,7 @@ impl Rehearsal {
     /// The rootfs cache is `TIMECTL_REHEARSAL_ROOTFS` or [`DEFAULT_ROOTFS`]; the Debian mirror
     /// `TIMECTL_REHEARSAL_MIRROR` or debootstrap's default.
     pub fn new(state_root: PathBuf) -> Self {
-        let rootfs =
-            std::env::var_os("TIMECTL_REHEARSAL_ROOTFS").map(PathBuf::from).unwrap_or_else(|| DEFAULT_ROOTFS.into());
+        let rootfs = std::env::var_os("TIMECTL_REHEARSAL_ROOTFS").map(PathBuf::from).unwrap_or_else(default_rootfs);
         let mirror = std::env::var("TIMECTL_REHEARSAL_MIRROR").ok().filter(|m| !m.is_empty());
         Rehearsal { state_root, rootfs, mirror }
     }
@@ -234,8 +234,26 @@ async fn lock_async(path: PathBuf) -> Result<FileLock, ProviderError> {
 
 // ---------- rootfs ----------
 
+/// What the image is made of: the preparation's version and the package list. It names the
+/// default cache directory and is written into the image, so a changed list gets a new build
+/// (beside the old one, which hosts still running from it keep using) instead of a stale one.
+pub fn rootfs_key() -> String {
+    rootfs_key_of(ROOTFS_VERSION, PACKAGES)
+}
+
+fn rootfs_key_of(version: &str, packages: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{version}\n{packages}").as_bytes());
+    hex::encode(&digest[..4])
+}
+
+/// `ROOTFS_DIR/rehearsal-bookworm-KEY`.
+pub fn default_rootfs() -> PathBuf {
+    Path::new(ROOTFS_DIR).join(format!("rehearsal-bookworm-{}", rootfs_key()))
+}
+
 fn rootfs_ready(rootfs: &Path) -> bool {
-    std::fs::read_to_string(rootfs.join(ROOTFS_MARKER)).is_ok_and(|v| v.trim() == ROOTFS_VERSION)
+    std::fs::read_to_string(rootfs.join(ROOTFS_MARKER)).is_ok_and(|v| v.trim() == rootfs_key())
 }
 
 fn build_rootfs(rootfs: &Path, mirror: Option<&str>) -> Result<(), ProviderError> {
@@ -319,7 +337,7 @@ fn prepare_rootfs(root: &Path) -> Result<(), ProviderError> {
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink("/dev/null", &link).map_err(io_err(format!("cannot mask {unit}")))?;
     }
-    w(ROOTFS_MARKER, &format!("{ROOTFS_VERSION}\n"))
+    w(ROOTFS_MARKER, &format!("{}\n", rootfs_key()))
 }
 
 fn tail(stdout: &[u8], stderr: &[u8], lines: usize) -> String {
@@ -967,6 +985,22 @@ mod tests {
     impl Progress for NoProgressTest {
         fn step(&self, host: &str, step: &str) {
             eprintln!("{host}: {step}");
+        }
+    }
+
+    #[test]
+    fn a_changed_package_list_is_a_new_image() {
+        let key = rootfs_key();
+        assert_eq!(key.len(), 8);
+        assert_ne!(rootfs_key_of(ROOTFS_VERSION, "systemd,iproute2"), rootfs_key_of(ROOTFS_VERSION, "systemd"));
+        assert_ne!(rootfs_key_of("2", PACKAGES), key);
+        assert!(default_rootfs().ends_with(format!("rehearsal-bookworm-{key}")));
+        // An image made before the key (its marker says "1") or with another list is not used.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        for (marker, ready) in [("1\n", false), ("0badc0de\n", false), (&*format!("{key}\n"), true)] {
+            std::fs::write(dir.path().join(ROOTFS_MARKER), marker).unwrap();
+            assert_eq!(rootfs_ready(dir.path()), ready, "marker {marker:?}");
         }
     }
 
