@@ -3,7 +3,6 @@
 #[path = "../../../tests/common/moto.rs"]
 mod moto;
 
-
 use aws_sdk_ec2::config::Credentials;
 use moto::Moto;
 
