@@ -24,12 +24,17 @@ pub fn cmdline(pid: u32) -> Option<Vec<String>> {
     (!args.is_empty()).then_some(args)
 }
 
-/// Whether `argv` is a timed binary's and, when `data_dir` is known, names that `--data-dir`.
+/// Whether `argv` is the node's: when its data dir is known, a process naming exactly that
+/// `--data-dir` (whatever the binary is called: copies such as `timed-before` are common in
+/// benchmarks); else a binary whose file name starts with `timed`.
 pub fn is_timed_argv(argv: &[String], data_dir: Option<&Path>) -> bool {
-    let exe_ok =
-        argv.first().and_then(|a| Path::new(a).file_name()).is_some_and(|n| n.to_string_lossy().starts_with("timed"));
-    let dir_ok = data_dir.is_none_or(|d| argv.windows(2).any(|w| w[0] == "--data-dir" && Path::new(&w[1]) == d));
-    exe_ok && dir_ok
+    match data_dir {
+        Some(d) => argv.windows(2).any(|w| w[0] == "--data-dir" && Path::new(&w[1]) == d),
+        None => argv
+            .first()
+            .and_then(|a| Path::new(a).file_name())
+            .is_some_and(|n| n.to_string_lossy().starts_with("timed")),
+    }
 }
 
 /// Whether PID still is the timed an inventory names: a live process whose argv[0] is a timed
@@ -62,5 +67,11 @@ mod tests {
         let argv: Vec<String> = ["/usr/bin/timed", "--data-dir", "/d"].map(String::from).to_vec();
         assert!(is_timed_argv(&argv, Some(Path::new("/d"))));
         assert!(!is_timed_argv(&argv, Some(Path::new("/e"))));
+        assert!(is_timed_argv(&argv, None));
+        // A renamed copy of the binary is still the node when it names the node's data dir.
+        let copy: Vec<String> = ["/tmp/node-before", "--data-dir", "/d"].map(String::from).to_vec();
+        assert!(is_timed_argv(&copy, Some(Path::new("/d"))));
+        assert!(!is_timed_argv(&copy, None));
+        assert!(!is_timed_argv(&["/bin/sleep".to_string(), "60".to_string()], Some(Path::new("/d"))));
     }
 }

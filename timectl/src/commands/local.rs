@@ -466,6 +466,8 @@ async fn down(a: DownArgs, ctx: &Ctx, ui: Ui) -> anyhow::Result<u8> {
     for n in &inv.nodes {
         let ours = n.pid.filter(|&p| is_our_timed(p, n.data_dir.as_deref()));
         let result = match ours {
+            // A reused PID belongs to someone else now: never signal it, and say so.
+            None if n.pid.is_some_and(alive) => "not running (its pid is another process now)",
             None => "not running",
             Some(pid) => match signal(pid, libc::SIGTERM) {
                 Ok(()) => {
