@@ -15,6 +15,7 @@ mod rehearsal;
 use rehearsal::Rehearsal;
 use serde_json::Value;
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -166,45 +167,15 @@ fn partition_and_latency_on_rehearsal_hosts_end_clean() {
     // Ctrl-C while a delay is in force (held by the hidden --chaos-no-heal): the run heals on
     // its way out, so no NFQUEUE rule is left behind.
     let log2 = net.env.path().join("interrupted.jsonl");
-    let child = net
-        .cmd(&[
-            "stability",
-            "--hours",
-            "0.05",
-            "--interval",
-            "1",
-            "--chaos",
-            "latency",
-            "--chaos-every",
-            "5s",
-            "--chaos-no-heal",
-            "--report",
-            log2.to_str().unwrap(),
-            "--json",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let child = Child(Some(child));
-    let read = || -> Vec<Value> {
-        std::fs::read_to_string(&log2)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    };
-    let slowed = common::wait_for(Duration::from_secs(60), || {
-        read().into_iter().find(|r| r["kind"] == "chaos" && r["error"].is_null())
-    })
-    .unwrap_or_else(|| panic!("no latency applied: {:?}", read()));
+    let child = held_latency(&net, &log2, true);
+    let slowed = first_applied(&log2);
     let name = slowed["nodes"][0].as_str().unwrap().to_string();
     let index: usize = name.rsplit('-').next().unwrap().parse().unwrap();
     let rules = net.sh(&net.host(index), "iptables -w -S OUTPUT");
     assert!(rules.contains("--comment timectl-netem") && rules.contains("--queue-bypass"), "{rules}");
     common::kill(child.0.as_ref().unwrap().id(), libc::SIGINT);
     let out = child.wait();
-    let records = read();
+    let records = read_log(&log2);
     assert!(
         records.iter().any(|r| r["kind"] == "chaos_end" && r["error"].is_null()),
         "no heal after ctrl-c: {records:#?}\n{}",
@@ -220,34 +191,8 @@ fn partition_and_latency_on_rehearsal_hosts_end_clean() {
     // Killed outright (no heal can run): the rule stays, but with no reader the kernel lets
     // the packets through (--queue-bypass) instead of blackholing the host.
     let log3 = net.env.path().join("killed.jsonl");
-    let child = net
-        .cmd(&[
-            "stability",
-            "--hours",
-            "0.05",
-            "--interval",
-            "1",
-            "--chaos",
-            "latency",
-            "--chaos-every",
-            "5s",
-            "--chaos-no-heal",
-            "--report",
-            log3.to_str().unwrap(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let child = Child(Some(child));
-    let slowed = common::wait_for(Duration::from_secs(60), || {
-        std::fs::read_to_string(&log3)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|r| r["kind"] == "chaos" && r["error"].is_null())
-    })
-    .expect("no latency applied");
+    let child = held_latency(&net, &log3, false);
+    let slowed = first_applied(&log3);
     let name = slowed["nodes"][0].as_str().unwrap().to_string();
     let index: usize = name.rsplit('-').next().unwrap().parse().unwrap();
     let host = net.host(index);
@@ -276,6 +221,36 @@ fn partition_and_latency_on_rehearsal_hosts_end_clean() {
     net.sh(&host, "iptables -w -S OUTPUT | grep -- '--comment timectl-netem ' | sed 's/^-A/-D/' | while read -r r; do eval iptables -w $r; done");
     let left = net.sh(&host, "iptables -w -S | grep -e timectl -e NFQUEUE || true");
     assert!(left.trim().is_empty(), "{left}");
+}
+
+/// The records of a run log so far (a line being written is skipped).
+fn read_log(log: &Path) -> Vec<Value> {
+    std::fs::read_to_string(log).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// `stability --chaos latency` that holds its first delay until the run ends
+/// (`--chaos-no-heal`), started in the background. Its output is captured only for a run that
+/// will end by itself: the SSH masters of a killed one would keep the pipes open.
+fn held_latency(net: &Rehearsal, log: &Path, capture: bool) -> Child {
+    let args = ["stability", "--hours", "0.05", "--interval", "1", "--chaos", "latency", "--chaos-every", "5s"];
+    let out = || if capture { std::process::Stdio::piped() } else { std::process::Stdio::null() };
+    let child = net
+        .cmd(&args)
+        .args(["--chaos-no-heal", "--json", "--report"])
+        .arg(log)
+        .stdout(out())
+        .stderr(out())
+        .spawn()
+        .unwrap();
+    Child(Some(child))
+}
+
+/// The first perturbation of a run that was applied, waited for.
+fn first_applied(log: &Path) -> Value {
+    common::wait_for(Duration::from_secs(60), || {
+        read_log(log).into_iter().find(|r| r["kind"] == "chaos" && r["error"].is_null())
+    })
+    .unwrap_or_else(|| panic!("no latency applied: {:?}", read_log(log)))
 }
 
 /// A `timectl` this test started, killed by its PID if the test fails before waiting for it.
