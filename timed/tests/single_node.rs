@@ -418,3 +418,28 @@ async fn a_genesis_file_from_keygen_runs_a_real_network() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("is not the key the genesis lists"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_wallet_sends_each_take_their_own_coins() {
+    // The devnet wallet holds 20 coins: ten payments at once all fit, so every one must be
+    // accepted. Without the wallet's spend lock they chose the same coins and most were
+    // refused as double spends.
+    let node = single(&[]);
+    wait_height(&node, 2, 30).await;
+    let c = std::sync::Arc::new(node.client());
+    let other =
+        timed::chain::Address::from_pubkey(timed::chain::Network::Testnet, &timed::chain::Keypair::generate().public())
+            .to_string();
+    let sends = (0..10).map(|_| {
+        let (c, to) = (c.clone(), other.clone());
+        tokio::spawn(async move { c.send_to_address(to, 1.0, None).await })
+    });
+    let results: Vec<_> = futures::future::join_all(sends).await.into_iter().map(|r| r.unwrap()).collect();
+    let txids: std::collections::HashSet<String> =
+        results.iter().map(|r| r.as_ref().unwrap_or_else(|e| panic!("{e}; all: {results:?}")).clone()).collect();
+    assert_eq!(txids.len(), 10);
+    for txid in txids {
+        assert!(c.wait_transaction_finality(txid, Some(30.0)).await.unwrap().finalized);
+    }
+    assert_eq!(c.get_balance(Some(other), Some(0)).await.unwrap(), 10.0);
+}

@@ -16,6 +16,10 @@ use std::time::Duration;
 
 pub struct RpcImpl {
     pub s: Arc<Shared>,
+    /// Held from coin selection until the engine has answered for the spend: two concurrent
+    /// wallet calls would otherwise pick the same coins and one would be refused as a double
+    /// spend though the wallet had others.
+    pub wallet_spend: tokio::sync::Mutex<()>,
 }
 
 fn err(code: i32, msg: impl Into<String>) -> ErrorObjectOwned {
@@ -373,6 +377,7 @@ impl TimeRpcServer for RpcImpl {
     async fn send_to_address(&self, address: String, amount: f64, memo: Option<String>) -> RpcResult<String> {
         let to = parse_address(&address, &self.s)?;
         let units = amount_units(amount)?;
+        let _spending = self.wallet_spend.lock().await;
         let coins = self.wallet_coins()?;
         let tx = self.s.wallet.pay(&coins, to, units, memo.map(String::into_bytes), self.s.chain_id()).map_err(
             |e| match e {
@@ -390,6 +395,7 @@ impl TimeRpcServer for RpcImpl {
         let limit = crate::chain::validate::MAX_TX_INPUTS;
         let min = min_count.unwrap_or(2).clamp(2, limit);
         let max = max_count.unwrap_or(500).clamp(min, limit);
+        let _spending = self.wallet_spend.lock().await;
         let mut coins = self.wallet_coins()?;
         // Smallest first: merging is for dust-like change.
         coins.sort_by_key(|(_, o)| o.value);

@@ -108,7 +108,8 @@ pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) -> an
         .set_http_middleware(tower::ServiceBuilder::new().layer(door))
         .set_rpc_middleware(rpc_mw)
         .to_service_builder();
-    let methods: jsonrpsee::Methods = methods::RpcImpl { s: shared.clone() }.into_rpc().into();
+    let methods: jsonrpsee::Methods =
+        methods::RpcImpl { s: shared.clone(), wallet_spend: Default::default() }.into_rpc().into();
     let (stop, handle) = jsonrpsee::server::stop_channel();
     let stop_for_services = stop.clone();
     listener::spawn(
