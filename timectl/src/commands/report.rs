@@ -182,6 +182,7 @@ fn charts_without_bands(records: &[Record], a: &Analysis) -> Vec<Chart> {
     if !sent.is_empty() {
         let mut final_pts = Vec::new();
         let mut lost_pts = Vec::new();
+        let mut cut_off_pts = Vec::new();
         let timeout_s = records
             .iter()
             .find_map(|r| match r {
@@ -194,12 +195,23 @@ fn charts_without_bands(records: &[Record], a: &Analysis) -> Vec<Chart> {
                 let Some(p) = sent.get(&res.id) else { continue };
                 match (res.finalized, res.latency_ms) {
                     (true, Some(l)) => final_pts.push((axis.x(p.t_ms), Some(l as f64 / 1000.0))),
+                    // Sent on the cut-off side of a partition: not final there is the
+                    // expected outcome, not a loss (the summary counts it apart too).
+                    _ if p.minority_of.is_some() => cut_off_pts.push((axis.x(p.t_ms), Some(timeout_s))),
                     _ => lost_pts.push((axis.x(p.t_ms), Some(timeout_s))),
                 }
             }
         }
         let mut series =
             vec![Series { name: "finalized".into(), points: final_pts, style: Style::Points, color: Some("#2ca02c") }];
+        if !cut_off_pts.is_empty() {
+            series.push(Series {
+                name: "cut off, not final (expected)".into(),
+                points: cut_off_pts,
+                style: Style::Points,
+                color: Some("#7f7f7f"),
+            });
+        }
         if !lost_pts.is_empty() {
             series.push(Series {
                 name: "lost (at timeout)".into(),
@@ -394,5 +406,39 @@ mod tests {
         assert!(html.contains("badge fail"));
         assert!(html.contains("stroke-dasharray"));
         assert!(html.contains("f&amp;.jsonl"));
+    }
+
+    #[test]
+    fn a_probe_cut_off_by_a_partition_is_not_drawn_as_lost() {
+        use crate::monitor::{ProbeResult, ProbeSent};
+        let mut r = clean_run();
+        let sent = |id: u64, minority_of: Option<u64>| {
+            Record::ProbeSent(ProbeSent {
+                id,
+                t_ms: 2_000,
+                from: "n1".into(),
+                to: "n2".into(),
+                checker: "n1".into(),
+                txid: Some(format!("{id:064x}")),
+                error: None,
+                minority_of,
+            })
+        };
+        let pending = |id: u64| {
+            Record::ProbeResult(ProbeResult {
+                id,
+                t_ms: 9_000,
+                finalized: false,
+                status: "pending".into(),
+                latency_ms: None,
+                node_finality_ms: None,
+            })
+        };
+        r.extend([sent(901, Some(0)), pending(901)]);
+        let html = render_html(&r, "run.jsonl");
+        assert!(html.contains("cut off, not final (expected)"));
+        assert!(!html.contains("lost (at timeout)"));
+        r.extend([sent(902, None), pending(902)]);
+        assert!(render_html(&r, "run.jsonl").contains("lost (at timeout)"));
     }
 }
