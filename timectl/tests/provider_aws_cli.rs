@@ -34,17 +34,6 @@ fn text(o: &Output) -> String {
     format!("exit {:?}\n{}{}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-async fn live(client: &aws_sdk_ec2::Client) -> usize {
-    let out = client
-        .describe_instances()
-        .filters(Filter::builder().name("tag:timectl-network").values("tn").build())
-        .filters(Filter::builder().name("instance-state-name").values("pending").values("running").build())
-        .send()
-        .await
-        .unwrap();
-    out.reservations().iter().map(|r| r.instances().len()).sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provision_rerun_dry_run_and_destroy_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
@@ -80,11 +69,11 @@ async fn provision_rerun_dry_run_and_destroy_through_the_cli() {
     assert_eq!(out.matches("create  instance tn-node-").count(), 5, "{out}");
     assert!(out.contains(moto::NEWEST_JAMMY), "{out}");
     assert!(out.contains("price: $0.1040/hour for the network (5 hosts)"), "{out}");
-    assert_eq!(live(&client).await, 0);
+    assert_eq!(moto::live_instance_ids(&client, "tn").await.len(), 0);
 
     let first = timectl(d, &moto, &args("provision", &["--region", "us-east-1", "--nodes", "5"])).await;
     assert!(first.status.success(), "{}", text(&first));
-    assert_eq!(live(&client).await, 5);
+    assert_eq!(moto::live_instance_ids(&client, "tn").await.len(), 5);
     let inv_path = d.join("inventories/tn.toml");
     let inv = std::fs::read_to_string(&inv_path).unwrap();
     assert_eq!(inv.matches("[[nodes]]").count(), 5, "{inv}");
@@ -94,7 +83,7 @@ async fn provision_rerun_dry_run_and_destroy_through_the_cli() {
     // Without --region: the region recorded at creation is used.
     let again = timectl(d, &moto, &args("provision", &["--nodes", "5"])).await;
     assert!(again.status.success(), "{}", text(&again));
-    assert_eq!(live(&client).await, 5, "a re-run launched something");
+    assert_eq!(moto::live_instance_ids(&client, "tn").await.len(), 5, "a re-run launched something");
     let plan = timectl(d, &moto, &args("deploy", &["--nodes", "5", "--dry-run"])).await;
     assert!(plan.status.success(), "{}", text(&plan));
     let out = String::from_utf8_lossy(&plan.stdout).into_owned();
@@ -112,7 +101,7 @@ async fn provision_rerun_dry_run_and_destroy_through_the_cli() {
     let out = String::from_utf8_lossy(&gone.stdout).into_owned();
     assert_eq!(out.matches("instance tn-node-").count(), 5, "{out}");
     assert!(out.contains("security group timectl-tn") && out.contains("key pair timectl-tn"), "{out}");
-    assert_eq!(live(&client).await, 0);
+    assert_eq!(moto::live_instance_ids(&client, "tn").await.len(), 0);
     let groups = client
         .describe_security_groups()
         .filters(Filter::builder().name("group-name").values("timectl-tn").build())

@@ -98,3 +98,24 @@ impl Moto {
         moto
     }
 }
+
+/// Instance ids (sorted) of a network's instances in pending or running state, read with the
+/// SDK directly rather than through the provider under test.
+pub async fn live_instance_ids(client: &aws_sdk_ec2::Client, network: &str) -> Vec<String> {
+    use aws_sdk_ec2::types::Filter;
+    let out = client
+        .describe_instances()
+        .filters(Filter::builder().name("tag:timectl-network").values(network).build())
+        .filters(Filter::builder().name("instance-state-name").values("pending").values("running").build())
+        .send()
+        .await
+        .unwrap();
+    let mut ids: Vec<String> = out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter_map(|i| i.instance_id().map(String::from))
+        .collect();
+    ids.sort();
+    ids
+}

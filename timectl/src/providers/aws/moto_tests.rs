@@ -46,25 +46,6 @@ fn request(nodes: usize) -> ProvisionRequest {
     }
 }
 
-/// Instance ids of the network in pending or running state, read with the SDK directly.
-async fn live_ids(client: &Client) -> Vec<String> {
-    let out = client
-        .describe_instances()
-        .filters(Filter::builder().name("tag:timectl-network").values("tn").build())
-        .filters(Filter::builder().name("instance-state-name").values("pending").values("running").build())
-        .send()
-        .await
-        .unwrap();
-    let mut ids: Vec<String> = out
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .filter_map(|i| i.instance_id().map(String::from))
-        .collect();
-    ids.sort();
-    ids
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provision_five_then_rerun_is_a_noop_then_destroy_leaves_nothing() {
     let moto = Moto::start(false);
@@ -79,7 +60,7 @@ async fn provision_five_then_rerun_is_a_noop_then_destroy_leaves_nothing() {
     assert!(plan.create.iter().any(|l| l.starts_with("key pair timectl-tn")));
     assert!(plan.create.iter().any(|l| l.starts_with("security group timectl-tn")));
     assert!((plan.hourly_usd.unwrap() - 5.0 * 0.0208).abs() < 1e-9);
-    assert!(live_ids(&client).await.is_empty(), "plan launched something");
+    assert!(moto::live_instance_ids(&client, "tn").await.is_empty(), "plan launched something");
 
     let hosts = p.create(&req, &NoProgress).await.unwrap();
     assert_eq!(hosts.iter().map(|h| h.index).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
@@ -88,7 +69,7 @@ async fn provision_five_then_rerun_is_a_noop_then_destroy_leaves_nothing() {
         assert!(h.ssh_host.parse::<std::net::Ipv4Addr>().is_ok(), "{h:?}");
         assert!(h.p2p_host.parse::<std::net::Ipv4Addr>().is_ok(), "{h:?}");
     }
-    let ids = live_ids(&client).await;
+    let ids = moto::live_instance_ids(&client, "tn").await;
     assert_eq!(ids.len(), 5);
 
     let out = client.describe_instances().set_instance_ids(Some(ids.clone())).send().await.unwrap();
@@ -145,7 +126,7 @@ async fn provision_five_then_rerun_is_a_noop_then_destroy_leaves_nothing() {
     // Re-run: the same hosts, nothing launched, no rule added.
     let again = p.create(&req, &NoProgress).await.unwrap();
     assert_eq!(again, hosts);
-    assert_eq!(live_ids(&client).await, ids);
+    assert_eq!(moto::live_instance_ids(&client, "tn").await, ids);
     assert_eq!(p.find_group("tn").await.unwrap().unwrap().ip_permissions().len(), 2);
     assert!(p.plan(&req).await.unwrap().create.is_empty());
     assert_eq!(p.list("tn").await.unwrap(), hosts);
@@ -154,7 +135,7 @@ async fn provision_five_then_rerun_is_a_noop_then_destroy_leaves_nothing() {
     assert_eq!(deleted.iter().filter(|l| l.starts_with("instance tn-node-")).count(), 5, "{deleted:?}");
     assert!(deleted.iter().any(|l| l.starts_with("security group timectl-tn")), "{deleted:?}");
     assert!(deleted.contains(&"key pair timectl-tn".to_string()), "{deleted:?}");
-    assert!(live_ids(&client).await.is_empty(), "instances left pending or running");
+    assert!(moto::live_instance_ids(&client, "tn").await.is_empty(), "instances left pending or running");
     let groups = client
         .describe_security_groups()
         .filters(Filter::builder().name("group-name").values("timectl-tn").build())
