@@ -136,6 +136,21 @@ impl Shared {
         self.ledger.chain_id()
     }
 
+    /// Adds `tx` to `pool` against this node's chain (its store, chain id and network), for
+    /// a block at `next_height`. The one place that fills in what every pool admission shares.
+    pub(crate) fn pool_add(
+        &self,
+        pool: &mut Mempool,
+        tx: crate::chain::Transaction,
+        sigs: crate::chain::validate::Signatures,
+        in_chain: bool,
+        next_height: u64,
+        at_ms: u64,
+    ) -> Result<(Txid, Added), TxError> {
+        let network = self.ledger.genesis.network_byte();
+        pool.add_with(tx, sigs, self.ledger.store.as_ref(), in_chain, self.chain_id(), network, next_height, at_ms)
+    }
+
     /// Hands a transaction from a client (RPC: `sendrawtransaction`, wallet sends) to the
     /// engine and waits for its verdict. The cheap refusals (known, refused before, pool full)
     /// and the signature check happen here, in the RPC task, so overload costs the engine

@@ -111,15 +111,7 @@ pub fn restore_finalized(s: &Shared) -> anyhow::Result<()> {
     let mut st = s.state();
     for (tx, at_ms) in pending {
         let txid = tx.txid();
-        match st.mempool.add(
-            tx,
-            s.ledger.store.as_ref(),
-            false,
-            s.chain_id(),
-            s.ledger.genesis.network_byte(),
-            tip + 1,
-            at_ms,
-        ) {
+        match s.pool_add(&mut st.mempool, tx, crate::chain::validate::Signatures::Verify, false, tip + 1, at_ms) {
             Ok(_) => {
                 st.mempool.mark_finalized(&txid, at_ms);
             }

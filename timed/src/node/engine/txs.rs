@@ -40,16 +40,7 @@ impl Engine {
         let (tip, _) = s.ledger.store.tip().map_err(|_| TxError::MissingInputs)?;
         let inputs: Vec<_> = tx.inputs.iter().map(|i| i.prevout).collect();
         let mut st = s.state();
-        let (txid, added) = st.mempool.add_with(
-            tx,
-            sigs,
-            s.ledger.store.as_ref(),
-            in_chain,
-            s.chain_id(),
-            s.ledger.genesis.network_byte(),
-            tip + 1,
-            now_ms(),
-        )?;
+        let (txid, added) = s.pool_add(&mut st.mempool, tx, sigs, in_chain, tip + 1, now_ms())?;
         if added != Added::Known
             && st.snowball.insert(txid, &inputs, Instant::now()) == crate::consensus::snowball::InsertOutcome::Rejected
         {
