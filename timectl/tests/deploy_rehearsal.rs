@@ -250,6 +250,13 @@ fn deploy_three_rehearsal_hosts_operate_and_destroy() {
         pay(&net, &names[1], &names[0])
     });
 
+    // The operator's machine of a 72-hour run must be one with systemd; this machine's PID 1 may
+    // not be. Host 3 is one: a copy of the operator's timectl, inventory, state and key goes
+    // there, and the monitor is started detached against the whole network.
+    steps.run("stability --detach runs as a transient unit, --status follows it, --resume continues it", || {
+        detached_monitor(&net, &hosts[2])
+    });
+
     steps.run("a host whose key changed is refused", || {
         net.change_host_key(&hosts[0]);
         let r = net.timectl(&["rpc", "getblockcount", "--node", &names[0]]);
@@ -272,6 +279,163 @@ fn deploy_three_rehearsal_hosts_operate_and_destroy() {
     });
 
     steps.finish();
+}
+
+/// Where the operator's copy lives on the host acting as the operator's machine.
+const OP: &str = "/root/op";
+
+/// `timectl ARGS` on `host` as the operator would run it there: a clean environment, the copied
+/// inventory, state and key, `--json` output.
+fn op_timectl(net: &Rehearsal, host: &HostState, args: &str) -> Result<(i32, String), String> {
+    let script = format!(
+        "cd {OP} && env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root NO_COLOR=1 \
+         TIMECTL_STATE_DIR={OP}/state TIMECTL_INVENTORY_DIR={OP}/inventories \
+         {OP}/timectl --json --network {} --ssh-identity {OP}/id_ed25519 {args}",
+        net.network
+    );
+    let out = net.exec(host, &script);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let code = out.status.code().unwrap_or(-1);
+    if code != 0 && code != 5 {
+        // 5 is a stall verdict, which the caller judges from the JSON.
+        return Err(format!(
+            "`timectl {args}` on {} exited {code}:\n{stdout}{}",
+            host.name,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok((code, stdout))
+}
+
+fn log_records(net: &Rehearsal, host: &HostState) -> Vec<Value> {
+    let out = net.exec(host, &format!("cat {OP}/run.jsonl 2>/dev/null || true"));
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+fn wait_records(
+    net: &Rehearsal,
+    host: &HostState,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&[Value]) -> bool,
+) -> Result<Vec<Value>, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let records = log_records(net, host);
+        if done(&records) {
+            return Ok(records);
+        }
+        if Instant::now() > deadline {
+            let tail: Vec<String> = records.iter().rev().take(5).map(|r| r.to_string()).collect();
+            return Err(format!("{what}: not within {}s; last records: {tail:?}", timeout.as_secs()));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+fn record_kind(r: &Value) -> &str {
+    r.get("kind").or_else(|| r.get("type")).and_then(|k| k.as_str()).unwrap_or_default()
+}
+
+fn unit_props(net: &Rehearsal, host: &HostState, unit: &str) -> String {
+    String::from_utf8_lossy(
+        &net.exec(host, &format!("systemctl show {unit} -p ActiveState,SubState,MainPID,ControlGroup")).stdout,
+    )
+    .into_owned()
+}
+
+fn start_detached(net: &Rehearsal, host: &HostState, args: &str) -> Result<String, String> {
+    let (_, out) = op_timectl(net, host, &format!("stability {args} --detach"))?;
+    let v: Value = serde_json::from_str(&out).map_err(|e| format!("--detach --json is not JSON ({e}): {out}"))?;
+    let unit = v["unit"].as_str().ok_or_else(|| format!("no unit in {v}"))?.to_string();
+    ensure(v["log"].as_str() == Some(&format!("{OP}/run.jsonl")), || format!("log path: {v}"))?;
+    // The command has returned; the monitor must now be systemd's, in the unit's own cgroup.
+    let props = unit_props(net, host, &unit);
+    ensure(props.contains("ActiveState=active") || props.contains("ActiveState=activating"), || {
+        format!("{unit} is not running once --detach returned:\n{props}")
+    })?;
+    ensure(props.contains(&format!("ControlGroup=/system.slice/{unit}.service")), || {
+        format!("{unit} does not run in its own cgroup:\n{props}")
+    })?;
+    let pid = props
+        .lines()
+        .find_map(|l| l.strip_prefix("MainPID="))
+        .ok_or_else(|| format!("no MainPID:\n{props}"))?
+        .trim()
+        .to_string();
+    let cmdline = net.sh(host, &format!("tr '\\0' ' ' < /proc/{pid}/cmdline"));
+    ensure(cmdline.contains(" stability ") && !cmdline.contains("--detach"), || format!("the unit runs `{cmdline}`"))?;
+    Ok(unit)
+}
+
+/// `stability --detach` on a machine whose PID 1 is systemd: the run outlives the command that
+/// started it, `--status` reads its unit and log, a stopped unit ends the log as interrupted,
+/// and `--detach --resume` finishes the same run in a new unit.
+fn detached_monitor(net: &Rehearsal, op: &HostState) -> Result<(), String> {
+    let exe = std::fs::read(env!("CARGO_BIN_EXE_timectl")).map_err(|e| e.to_string())?;
+    let out = net.exec_with_input(op, &format!("mkdir -p {OP} && cat > {OP}/timectl && chmod 755 {OP}/timectl"), exe);
+    ensure(out.status.success(), || format!("copy timectl: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let key = std::fs::read(&net.key).map_err(|e| e.to_string())?;
+    let out = net.exec_with_input(op, &format!("umask 077 && cat > {OP}/id_ed25519"), key);
+    ensure(out.status.success(), || format!("copy key: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let tar = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(net.env.path())
+        .args(["-cf", "-", "inventories", "state"])
+        .output()
+        .map_err(|e| format!("tar: {e}"))?;
+    ensure(tar.status.success(), || format!("tar: {}", String::from_utf8_lossy(&tar.stderr)))?;
+    let out = net.exec_with_input(op, &format!("tar -C {OP} -xf -"), tar.stdout);
+    ensure(out.status.success(), || format!("untar: {}", String::from_utf8_lossy(&out.stderr)))?;
+
+    // 72 s in all, samples every 2 s, a probe every 3 samples.
+    let unit = start_detached(
+        net,
+        op,
+        &format!("--hours 0.02 --interval 2 --probe-every 3 --probe-timeout 30 --report {OP}/run.jsonl"),
+    )?;
+    let records = wait_records(net, op, "three samples", Duration::from_secs(60), |r| {
+        r.iter().filter(|x| record_kind(x) == "tick").count() >= 3
+    })?;
+    ensure(records.first().and_then(|r| r["unit"].as_str()) == Some(unit.as_str()), || {
+        format!("the start record does not name {unit}: {:?}", records.first())
+    })?;
+
+    let (_, status) = op_timectl(net, op, &format!("stability --status {OP}/run.jsonl"))?;
+    let v: Value = serde_json::from_str(&status).map_err(|e| format!("--status --json ({e}): {status}"))?;
+    ensure(v["unit"].as_str() == Some(unit.as_str()), || format!("--status names another unit: {v}"))?;
+    ensure(v["unit_state"]["ActiveState"] == "active" && v["state"] == "active (running)", || {
+        format!("--status does not see the unit running: {}", v["state"])
+    })?;
+
+    // A stop (as at a reboot or by the operator) ends the log cleanly; --resume continues it.
+    net.sh(op, &format!("systemctl stop {unit}"));
+    let records = wait_records(net, op, "an end record after systemctl stop", Duration::from_secs(60), |r| {
+        r.last().is_some_and(|x| record_kind(x) == "end")
+    })?;
+    ensure(records.last().and_then(|r| r["reason"].as_str()) == Some("interrupted"), || {
+        format!("stopped run ended as {:?}", records.last())
+    })?;
+    let ticks_before = records.iter().filter(|x| record_kind(x) == "tick").count();
+
+    let resumed = start_detached(net, op, &format!("--resume {OP}/run.jsonl"))?;
+    ensure(resumed != unit, || "--resume reused the stopped unit's name".into())?;
+    let records = wait_records(net, op, "the resumed run to complete", Duration::from_secs(180), |r| {
+        r.last().is_some_and(|x| record_kind(x) == "end" && x["reason"] == "completed")
+    })?;
+    ensure(records.iter().any(|x| record_kind(x) == "resume"), || "no resume record".into())?;
+    let ticks_after = records.iter().filter(|x| record_kind(x) == "tick").count();
+    ensure(ticks_after > ticks_before, || format!("no samples after the resume ({ticks_before} before)"))?;
+
+    let (code, status) = op_timectl(net, op, &format!("stability --status {OP}/run.jsonl"))?;
+    let v: Value = serde_json::from_str(&status).map_err(|e| format!("--status --json ({e}): {status}"))?;
+    ensure(v["state"] == "ended (completed)", || format!("final state: {}", v["state"]))?;
+    ensure(code == 0 && v["passed_so_far"] == true, || {
+        format!("the detached run did not pass (exit {code}): {}", v["analysis"]["findings"])
+    })?;
+    let probes = records.iter().filter(|x| record_kind(x) == "probe_result").count();
+    ensure(probes >= 3, || format!("only {probes} probe results in the run"))?;
+    Ok(())
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

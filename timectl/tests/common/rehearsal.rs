@@ -112,6 +112,30 @@ impl Rehearsal {
             .expect("nsenter (util-linux)")
     }
 
+    /// Runs `script` on a host like [`exec`](Self::exec), with `input` on its stdin (written from
+    /// a thread, so a large input cannot deadlock against the script's output).
+    pub fn exec_with_input(&self, host: &HostState, script: &str, input: Vec<u8>) -> Output {
+        use std::io::Write;
+        let leader = container_leader(host).unwrap_or_else(|| panic!("{} is not running", host.name));
+        let mut child = Command::new("nsenter")
+            .args(["-t", &leader.to_string(), "-m", "-u", "-i", "-n", "-p", "--", "sh", "-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nsenter (util-linux)");
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let writer = std::thread::spawn(move || stdin.write_all(&input));
+        let out = child.wait_with_output().expect("wait for nsenter");
+        let written = writer.join().expect("stdin writer");
+        assert!(
+            written.is_ok() || !out.status.success(),
+            "on {}: `{script}` succeeded without reading its input: {written:?}",
+            host.name
+        );
+        out
+    }
+
     /// [`exec`](Self::exec), asserting success; returns stdout.
     pub fn sh(&self, host: &HostState, script: &str) -> String {
         let out = self.exec(host, script);
