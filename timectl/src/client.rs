@@ -65,6 +65,20 @@ pub fn compact_error(e: &ClientError) -> String {
     }
 }
 
+/// The HTTP status a node refused a call with, if that is what failed (401: our credentials
+/// are stale, as after a restart wrote a new cookie).
+pub fn rejected_status(e: &ClientError) -> Option<u16> {
+    let ClientError::Transport(t) = e else { return None };
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(t.as_ref());
+    while let Some(err) = cur {
+        if let Some(jsonrpsee::http_client::transport::Error::Rejected { status_code }) = err.downcast_ref() {
+            return Some(*status_code);
+        }
+        cur = err.source();
+    }
+    None
+}
+
 /// Runs `f` against every node concurrently, each bounded by `timeout`, keeping inventory
 /// order. Latency is measured per node.
 pub async fn fan_out<T, F, Fut>(nodes: &[Node], timeout: Duration, f: F) -> Vec<(Result<T, String>, Duration)>
@@ -150,6 +164,42 @@ mod tests {
         assert_eq!(parse_http_response(chunked).unwrap(), "a 1\nb 2");
         let missing = b"HTTP/1.1 404 Not Found\r\n\r\n";
         assert!(parse_http_response(missing).unwrap_err().contains("404"));
+    }
+
+    #[tokio::test]
+    async fn a_refused_call_carries_its_status() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            for status in ["401 Unauthorized", "503 Service Unavailable"] {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await.unwrap();
+                let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                s.write_all(reply.as_bytes()).await.unwrap();
+            }
+        });
+        let node = Node {
+            name: "n".into(),
+            host: "127.0.0.1".into(),
+            ssh_user: None,
+            ssh_port: None,
+            p2p: "127.0.0.1:1".into(),
+            rpc: addr,
+            validator_id: String::new(),
+            provider_id: None,
+            pid: None,
+            data_dir: None,
+            log: None,
+            rpc_auth: None,
+        };
+        let c = rpc_client(&node, Duration::from_secs(5)).unwrap();
+        use jsonrpsee::core::client::ClientT;
+        for want in [401, 503] {
+            let e = c.request::<u64, _>("getblockcount", jsonrpsee::rpc_params![]).await.unwrap_err();
+            assert_eq!(rejected_status(&e), Some(want), "{e:?}");
+        }
+        assert_eq!(rejected_status(&ClientError::RequestTimeout), None);
     }
 
     #[tokio::test]

@@ -7,8 +7,9 @@
 //! - `stability --load` ([`steady`]) runs for hours on any network with wallets: each node's
 //!   wallet funds a pool of coins once (`sendtoaddress`), then every payment spends a pool coin
 //!   to the next key and its output goes back into the pool, to be spent again once it has had
-//!   time to become final. Open loop, round-robin over the nodes; a node's client is built
-//!   anew after failures (a restarted node has a new cookie).
+//!   time to become final. Open loop, round-robin over the nodes. The monitor hands over each
+//!   node's address and credentials as it renews them (a restarted node has a new cookie, a
+//!   re-opened SSH tunnel a new local port); a node's client is also built anew after failures.
 
 use crate::client;
 use crate::inventory::Node;
@@ -310,12 +311,13 @@ async fn fund_pool(clients: &[HttpClient], keys: &Keys, first: usize, count: usi
 /// tick with no coin ready or too many in flight counts as refused). Finality is the
 /// monitor's probes' business.
 pub async fn steady(
-    nodes: Vec<Node>,
+    mut nodes_rx: tokio::sync::watch::Receiver<Vec<Node>>,
     tps: f64,
     timeout: Duration,
     counters: Arc<Counters>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let mut nodes = nodes_rx.borrow_and_update().clone();
     let n = nodes.len();
     if n == 0 || tps <= 0.0 {
         return;
@@ -399,6 +401,19 @@ pub async fn steady(
                 continue;
             }
             _ = stop.wait_for(|s| *s) => return,
+        }
+        // The monitor renewed a node's tunnel or cookie: its old client can only fail.
+        if nodes_rx.has_changed().unwrap_or(false) {
+            let fresh = nodes_rx.borrow_and_update().clone();
+            for (i, node) in fresh.iter().enumerate().take(n) {
+                if node.rpc != nodes[i].rpc || node.rpc_auth != nodes[i].rpc_auth {
+                    if let Ok(c) = client::rpc_client(node, timeout) {
+                        clients[i] = c;
+                        fails[i] = 0;
+                    }
+                }
+            }
+            nodes = fresh;
         }
         let from = k % n;
         k += 1;

@@ -144,6 +144,9 @@ pub struct NodeObs {
     pub mempool: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The node refused our credentials (HTTP 401): it restarted and wrote a new cookie.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unauthorized: bool,
     #[serde(default)]
     pub latency_ms: u64,
     /// From `/metrics` when the node serves it.
@@ -1253,6 +1256,7 @@ pub mod tests {
                 height: *h,
                 mempool: h.map(|_| seq % 4),
                 error: h.is_none().then(|| "unreachable: Connection refused".into()),
+                unauthorized: false,
                 latency_ms: 2,
                 rss_bytes: h.map(|_| 50_000_000 + seq * 1000),
                 cpu_seconds: h.map(|_| seq as f64 * 0.1),

@@ -198,6 +198,8 @@ struct Monitor {
     lagging_tx: watch::Sender<usize>,
     /// `--load` counters, read into every sample.
     load: Option<Arc<crate::load::Counters>>,
+    /// The nodes as last reached (tunnel port, cookie), for `--load`'s clients.
+    nodes_tx: Option<watch::Sender<Vec<Node>>>,
 }
 
 fn log_err(path: &Path) -> impl FnOnce(std::io::Error) -> anyhow::Error + '_ {
@@ -215,10 +217,11 @@ impl Monitor {
         let calls = self.nodes.iter().zip(&self.clients).map(|(n, c)| async move {
             let t0 = std::time::Instant::now();
             let rpc = async {
-                tokio::try_join!(c.get_block_count(), c.get_mempool_info()).map_err(|e| client::compact_error(&e))
+                tokio::try_join!(c.get_block_count(), c.get_mempool_info())
+                    .map_err(|e| (client::compact_error(&e), client::rejected_status(&e) == Some(401)))
             };
             let (r, metrics) = tokio::join!(tokio::time::timeout(self.timeout, rpc), self.scrape.snapshot(n));
-            let r = r.unwrap_or_else(|_| Err("timeout".into()));
+            let r = r.unwrap_or_else(|_| Err(("timeout".into(), false)));
             let latency_ms = t0.elapsed().as_millis() as u64;
             let metrics = metrics.ok();
             match r {
@@ -228,13 +231,19 @@ impl Monitor {
                     height: Some(height),
                     mempool: Some(mempool.size as u64),
                     error: None,
+                    unauthorized: false,
                     latency_ms,
                     rss_bytes: metrics.as_ref().and_then(|m| m.rss_bytes).map(|v| v as u64),
                     cpu_seconds: metrics.as_ref().and_then(|m| m.cpu_seconds),
                 },
-                Err(e) => {
-                    NodeObs { name: n.name.clone(), reachable: false, error: Some(e), latency_ms, ..Default::default() }
-                }
+                Err((e, unauthorized)) => NodeObs {
+                    name: n.name.clone(),
+                    reachable: false,
+                    error: Some(e),
+                    unauthorized,
+                    latency_ms,
+                    ..Default::default()
+                },
             }
         });
         futures::future::join_all(calls).await
@@ -432,11 +441,8 @@ impl Monitor {
             self.nodes.iter().map(|n| t.nodes.iter().any(|o| o.name == n.name && !o.reachable)).collect();
         // A node that answers 401 has a new cookie (it restarted): the client we hold can never
         // succeed again, so it is renewed at once instead of after the back-off.
-        let refused: Vec<bool> = self
-            .nodes
-            .iter()
-            .map(|n| t.nodes.iter().any(|o| o.name == n.name && o.error.as_deref().is_some_and(|e| e.contains("401"))))
-            .collect();
+        let refused: Vec<bool> =
+            self.nodes.iter().map(|n| t.nodes.iter().any(|o| o.name == n.name && o.unauthorized)).collect();
         // Down on purpose now: nothing to re-open until the heal.
         let perturbed: BTreeSet<String> = monitor::perturbations(&self.records)
             .into_iter()
@@ -481,6 +487,9 @@ impl Monitor {
                         );
                         self.clients[i] = c;
                         self.nodes[i] = fresh.remove(0);
+                        if let Some(tx) = &self.nodes_tx {
+                            tx.send_replace(self.nodes.clone());
+                        }
                     }
                     Err(e) => tracing::warn!("{}: {e}", inv.nodes[i].name),
                 },
@@ -616,6 +625,15 @@ impl ChaosRun {
             }));
             id += 1;
             if !ok {
+                // A step can fail part-way (a partition cut on its first node, refused on the
+                // second): every target is healed at once, so nothing stays broken for the rest
+                // of the run. Heals are no-ops where nothing was applied.
+                let healed = self.backend.heal(&step).await;
+                let _ = out.send(Record::ChaosEnd(ChaosEnd {
+                    id: step.id,
+                    t_ms: now_ms(),
+                    error: healed.err().map(|e| e.to_string()),
+                }));
                 continue;
             }
             let stopped = if self.no_heal {
@@ -905,6 +923,7 @@ pub async fn run(a: StabilityArgs, ctx: &Ctx) -> anyhow::Result<u8> {
         reconverged_logged: BTreeSet::new(),
         lagging_tx,
         load: None,
+        nodes_tx: None,
     };
     if resuming {
         m.write(Record::Resume { t_ms: now_ms() }).map_err(log_err(&log_path))?;
@@ -946,7 +965,9 @@ pub async fn run(a: StabilityArgs, ctx: &Ctx) -> anyhow::Result<u8> {
     if let Some(tps) = cfg.load_tps.filter(|t| *t > 0.0) {
         let counters = Arc::new(crate::load::Counters::default());
         m.load = Some(counters.clone());
-        tokio::spawn(crate::load::steady(m.nodes.clone(), tps, timeout, counters, stop_rx.clone()));
+        let (tx, rx) = watch::channel(m.nodes.clone());
+        m.nodes_tx = Some(tx);
+        tokio::spawn(crate::load::steady(rx, tps, timeout, counters, stop_rx.clone()));
     }
     // The chaos task applies and heals perturbations on its own clock; its records come back
     // here, so the log has one writer.
