@@ -15,6 +15,7 @@
 use crate::inventory::{self, Inventory, Node, ProviderKind};
 use crate::netem::{self, Shaper};
 use crate::process::{alive, cmdline, is_timed_argv, signal};
+use crate::providers::rehearsal::container_leader;
 use crate::ssh;
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
@@ -426,23 +427,6 @@ pub struct HostBackend {
     applied: Mutex<HashMap<(u64, usize), String>>,
     /// Userspace netem readers of rehearsal hosts, per perturbation and node.
     shapers: Mutex<HashMap<(u64, usize), Shaper>>,
-}
-
-/// The init process of the container that runs in network namespace `netns`: the process
-/// in that namespace that is PID 1 of a PID namespace of its own.
-fn container_leader(netns: &str) -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    let ns = std::fs::metadata(Path::new(NETNS_DIR).join(netns)).ok()?;
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let net = std::fs::metadata(format!("/proc/{pid}/ns/net")).ok()?;
-        if (net.dev(), net.ino()) != (ns.dev(), ns.ino()) {
-            return None;
-        }
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let nspid: Vec<&str> = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?.split_whitespace().collect();
-        (nspid.len() > 1 && nspid.last() == Some(&"1")).then_some(pid)
-    })
 }
 
 /// Runs `sh -ec script` inside the container of network namespace `netns`: its mount

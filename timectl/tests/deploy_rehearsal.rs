@@ -269,10 +269,21 @@ fn deploy_three_rehearsal_hosts_operate_and_destroy() {
         ensure(text.contains("key"), || format!("the error does not say the key changed:\n{}", r.screen()))
     });
 
-    steps.run("destroy leaves no container, namespace or veth", || {
+    steps.run("destroy leaves no container, namespace or veth, also where nspawn was killed", || {
         let state = net.state().ok_or("no state before destroy")?;
+        // Host 3's nspawn dies -9: its container's init lives on, reparented, and destroy must
+        // still end it (found by the network namespace destroy made it in).
+        let h3 = &hosts[2];
+        let orphan = rehearsal::container_leader(h3).ok_or("host 3 has no container init")?;
+        common::kill(h3.pid.ok_or("host 3 has no nspawn pid")?, libc::SIGKILL);
+        std::thread::sleep(Duration::from_secs(1));
+        ensure(common::alive(orphan), || format!("the container init {orphan} died with nspawn"))?;
         let r = net.timectl(&["destroy", "--yes"]);
         ok_run(&r, "destroy")?;
+        ensure(r.stdout.contains(&format!("pid {orphan}, without systemd-nspawn")), || {
+            format!("destroy does not report the orphaned init:\n{}", r.screen())
+        })?;
+        ensure(!common::alive(orphan), || format!("the orphaned container init {orphan} still runs"))?;
         let left = net.leftovers(&state);
         ensure(left.is_empty(), || format!("left behind: {left:?}"))?;
         ensure(net.state_file().is_none(), || "the state file is still there".into())

@@ -370,6 +370,38 @@ fn netns_exists(name: &str) -> bool {
     Path::new("/run/netns").join(name).exists()
 }
 
+/// The init process of the container that runs in network namespace `netns` (named by us):
+/// the process in that namespace that is PID 1 of a PID namespace of its own. It is found this
+/// way, not as nspawn's child, so that it is found also after nspawn itself died.
+pub fn container_leader(netns: &str) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let ns = std::fs::metadata(Path::new("/run/netns").join(netns)).ok()?;
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let net = std::fs::metadata(format!("/proc/{pid}/ns/net")).ok()?;
+        if (net.dev(), net.ino()) != (ns.dev(), ns.ino()) {
+            return None;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let nspid: Vec<&str> = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?.split_whitespace().collect();
+        (nspid.len() > 1 && nspid.last() == Some(&"1")).then_some(pid)
+    })
+}
+
+/// Kills the init of a container whose nspawn is gone (killed -9, say): it lives on, reparented,
+/// in the host's namespace. Killing a PID namespace's init ends every process in it.
+async fn kill_orphaned_container(netns: &str) -> Option<u32> {
+    let pid = container_leader(netns)?;
+    tracing::warn!("{netns}: the container's init {pid} outlived its systemd-nspawn; killing it");
+    // SAFETY: plain kill(2) on the PID-namespace init found in our own network namespace.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Some(pid)
+}
+
 fn link_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
 }
@@ -783,13 +815,17 @@ impl Provider for Rehearsal {
                 }
                 None => false,
             };
-            (h, stopped, copy)
+            let orphan = kill_orphaned_container(&h.name).await;
+            (h, stopped, orphan, copy)
         });
         let stopped = futures::future::join_all(stops).await;
         let mut failures = Vec::new();
-        for (h, was_running, copy) in stopped {
+        for (h, was_running, orphan, copy) in stopped {
             if was_running {
                 done.push(format!("container {} (systemd-nspawn pid {})", h.name, h.pid.unwrap_or_default()));
+            }
+            if let Some(pid) = orphan {
+                done.push(format!("container {} (its init, pid {pid}, without systemd-nspawn)", h.name));
             }
             if let Some(copy) = copy {
                 match remove_ephemeral_copy(&copy, rootfs) {

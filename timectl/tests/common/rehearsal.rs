@@ -191,6 +191,13 @@ impl Drop for Rehearsal {
                 crate::common::kill(pid, libc::SIGKILL);
                 crate::common::wait_for(Duration::from_secs(10), || (!is_nspawn_of(pid, &h.name)).then_some(()));
             }
+            // Whatever still runs in the namespace this network made (a container whose nspawn
+            // died lives on there).
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", &h.name]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse().ok()) {
+                    crate::common::kill(pid, libc::SIGKILL);
+                }
+            }
             if Path::new("/sys/class/net").join(&h.veth).exists() {
                 let _ = Command::new("ip").args(["link", "del", &h.veth]).status();
             }
