@@ -196,6 +196,10 @@ struct Monitor {
     reconverged_logged: BTreeSet<u64>,
     /// Nodes down, cut off or not yet caught up: what the chaos scheduler must leave alone.
     lagging_tx: watch::Sender<usize>,
+    /// Nodes the chaos task is cutting off right now, set before the partition is applied: its
+    /// record reaches the log only once applied, and a probe sent from such a node in between
+    /// could not finalize until the heal.
+    cutting: watch::Receiver<BTreeSet<String>>,
     /// `--load` counters, read into every sample.
     load: Option<Arc<crate::load::Counters>>,
     /// The nodes as last reached (tunnel port, cookie), for `--load`'s clients.
@@ -315,6 +319,7 @@ impl Monitor {
             .into_iter()
             .filter(|p| p.action == "partition" && p.error.is_none() && p.end_ms.is_none())
             .flat_map(|p| p.nodes)
+            .chain(self.cutting.borrow().iter().cloned())
             .collect();
         let usable: Vec<usize> =
             reachable.iter().copied().filter(|&i| !cut_off.contains(&self.nodes[i].name)).collect();
@@ -582,6 +587,7 @@ struct ChaosRun {
     started_ms: u64,
     end_ms: u64,
     margin_ms: u64,
+    cutting: watch::Sender<BTreeSet<String>>,
 }
 
 impl ChaosRun {
@@ -610,6 +616,10 @@ impl ChaosRun {
                 tracing::warn!("chaos: skipping {} #{id}: nodes are still down or catching up", step.action.name());
                 continue;
             }
+            let targets: BTreeSet<String> = step.targets.iter().map(|&i| self.names[i].clone()).collect();
+            if step.action == Action::Partition {
+                self.cutting.send_replace(targets);
+            }
             let t_ms = now_ms();
             let applied = self.backend.apply(&step).await;
             let ok = applied.is_ok();
@@ -634,6 +644,7 @@ impl ChaosRun {
                     t_ms: now_ms(),
                     error: healed.err().map(|e| e.to_string()),
                 }));
+                self.cutting.send_replace(BTreeSet::new());
                 continue;
             }
             let stopped = if self.no_heal {
@@ -651,6 +662,7 @@ impl ChaosRun {
                 t_ms: now_ms(),
                 error: healed.err().map(|e| e.to_string()),
             }));
+            self.cutting.send_replace(BTreeSet::new());
             if stopped {
                 return;
             }
@@ -905,6 +917,7 @@ pub async fn run(a: StabilityArgs, ctx: &Ctx) -> anyhow::Result<u8> {
 
     let (results_tx, mut results_rx) = mpsc::unbounded_channel();
     let (lagging_tx, lagging_rx) = watch::channel(0usize);
+    let (cutting_tx, cutting_rx) = watch::channel(BTreeSet::new());
     let (seq, next_probe) = monitor::next_counters(&records);
     let mut m = Monitor {
         wallets: vec![None; inv.nodes.len()],
@@ -922,6 +935,7 @@ pub async fn run(a: StabilityArgs, ctx: &Ctx) -> anyhow::Result<u8> {
         scrape: MetricsScrape { timeout },
         reconverged_logged: BTreeSet::new(),
         lagging_tx,
+        cutting: cutting_rx,
         load: None,
         nodes_tx: None,
     };
@@ -985,6 +999,7 @@ pub async fn run(a: StabilityArgs, ctx: &Ctx) -> anyhow::Result<u8> {
             end_ms,
             // Room after the last heal to judge its reconvergence before the run ends.
             margin_ms: ((cfg.reconverge_secs + 2.0 * cfg.interval_secs) * 1000.0) as u64,
+            cutting: cutting_tx,
         };
         tokio::spawn(plan.run(chaos_tx, stop_rx, lagging_rx))
     });
