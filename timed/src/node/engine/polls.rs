@@ -34,14 +34,13 @@ impl Engine {
         if pool.is_empty() {
             return;
         }
+        // What other polls in flight ask about is skipped before the cap, so with more than
+        // `batch_max` undecided the concurrent polls cover different transactions (before, every
+        // poll took the oldest `batch_max` and found them all in flight: one poll at a time).
         let batch: Vec<Txid> = {
             let st = self.s.state();
-            st.snowball
-                .batch(params.batch_max.min(MAX_POLL_TXIDS) + self.in_flight.len())
-                .into_iter()
-                .filter(|t| !self.in_flight.contains(t))
-                .take(params.batch_max.min(MAX_POLL_TXIDS))
-                .collect()
+            let in_flight = &self.in_flight;
+            st.snowball.batch_where(params.batch_max.min(MAX_POLL_TXIDS), |t| !in_flight.contains(t))
         };
         if batch.is_empty() {
             return;
@@ -67,6 +66,7 @@ impl Engine {
             self.s.state().counters.polls_failed += 1;
             return;
         }
+        self.s.metrics.poll_txids.inc_by(batch.len() as u64);
         self.in_flight.extend(batch.iter().copied());
         self.polls.insert(
             id,
@@ -75,6 +75,7 @@ impl Engine {
                 asked,
                 replies: HashMap::new(),
                 deadline: now + Duration::from_millis(params.poll_timeout_ms),
+                sent_at: now,
                 k,
             },
         );
@@ -100,6 +101,8 @@ impl Engine {
         }
         if poll.replies.len() < poll.asked.len() {
             self.s.state().counters.polls_failed += 1;
+        } else {
+            self.s.metrics.poll_round_trip.observe(poll.sent_at.elapsed().as_secs_f64());
         }
         let results: Vec<(Txid, usize)> = poll
             .txids
