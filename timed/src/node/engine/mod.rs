@@ -14,6 +14,8 @@ mod polls;
 mod sync;
 mod txs;
 
+pub use polls::Answerer;
+
 use super::{now_ms, Shared, Submission};
 use crate::chain::block::verify_cert;
 use crate::chain::validate::{Signatures, TxError};

@@ -132,27 +132,57 @@ impl Engine {
         if txids.len() > MAX_POLL_TXIDS {
             return;
         }
-        let prefs: Vec<Preference> = {
-            let mut st = self.s.state();
-            st.counters.queries_answered += 1;
-            txids
-                .iter()
-                .map(|t| {
-                    if let Some(e) = st.mempool.get(t) {
-                        if matches!(e.status, TxStatus::Finalized { .. }) {
-                            return Preference::Yes;
-                        }
-                    }
-                    match st.snowball.preference(t) {
-                        Preference::Unknown if st.mempool.rejection(t).is_some() => Preference::No,
-                        Preference::Unknown if self.s.ledger.store.tx_location(t).ok().flatten().is_some() => {
-                            Preference::Yes
-                        }
-                        p => p,
-                    }
-                })
-                .collect()
-        };
+        let prefs = answer(&self.s, &txids);
         self.s.p2p.send(from, Message::PollReply { id, prefs });
+    }
+}
+
+/// This node's answer to a poll: read-only, so P2P runs it in the connection's reader task
+/// (see [`Answerer`]) instead of queueing it behind the engine.
+pub fn answer(s: &Shared, txids: &[Txid]) -> Vec<Preference> {
+    let mut unknown = Vec::new();
+    let mut prefs: Vec<Preference> = {
+        let mut st = s.state();
+        st.counters.queries_answered += 1;
+        txids
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                if let Some(e) = st.mempool.get(t) {
+                    if matches!(e.status, TxStatus::Finalized { .. }) {
+                        return Preference::Yes;
+                    }
+                }
+                match st.snowball.preference(t) {
+                    Preference::Unknown if st.mempool.rejection(t).is_some() => Preference::No,
+                    Preference::Unknown => {
+                        unknown.push(i);
+                        Preference::Unknown
+                    }
+                    p => p,
+                }
+            })
+            .collect()
+    };
+    // Mined transactions are answered from the store after the lock is released: a store read
+    // must not hold up the engine. Mined is final, so the answer cannot go stale.
+    for i in unknown {
+        if s.ledger.store.tx_location(&txids[i]).ok().flatten().is_some() {
+            prefs[i] = Preference::Yes;
+        }
+    }
+    prefs
+}
+
+/// Answers polls for the P2P reader tasks. Holds the node weakly: the node owns the transport.
+pub struct Answerer(pub std::sync::Weak<Shared>);
+
+impl crate::p2p::PollAnswerer for Answerer {
+    fn answer(&self, _from: ValidatorIndex, txids: &[Txid]) -> Vec<Preference> {
+        match self.0.upgrade() {
+            Some(s) => answer(&s, txids),
+            // Shutting down: nothing is known any more.
+            None => vec![Preference::Unknown; txids.len()],
+        }
     }
 }
