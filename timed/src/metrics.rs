@@ -10,10 +10,17 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::fmt::Write;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabel {
     pub method: String,
+}
+
+/// What the engine task was doing (see `node::engine::Stage`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    pub stage: &'static str,
 }
 
 pub struct Metrics {
@@ -23,6 +30,14 @@ pub struct Metrics {
     pub rpc_duration: Family<MethodLabel, Histogram>,
     pub tx_finalized: Counter,
     pub tx_rejected: Counter,
+    /// Seconds the engine task spent per kind of work, and how many times: the engine is one
+    /// serial loop, so the sum of the rates says how close it is to saturation.
+    pub engine_busy: Family<StageLabel, Counter<f64, AtomicU64>>,
+    pub engine_events: Family<StageLabel, Counter>,
+    /// Seconds from sending a poll to its last answer (polls that timed out are not counted).
+    pub poll_round_trip: Histogram,
+    /// Txids asked about in the polls this node sent.
+    pub poll_txids: Counter,
 }
 
 /// Values the node owns, read when scraped.
@@ -50,6 +65,10 @@ impl Metrics {
         });
         let tx_finalized = Counter::default();
         let tx_rejected = Counter::default();
+        let engine_busy = Family::<StageLabel, Counter<f64, AtomicU64>>::default();
+        let engine_events = Family::<StageLabel, Counter>::default();
+        let poll_round_trip = Histogram::new([0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0]);
+        let poll_txids = Counter::default();
         registry.register(
             names::BLOCK_INTERVAL,
             "Seconds between consecutive committed blocks",
@@ -67,7 +86,34 @@ impl Metrics {
             "Transactions rejected (lost a conflict or expired)",
             tx_rejected.clone(),
         );
-        Metrics { registry, block_interval, tx_finality, rpc_duration, tx_finalized, tx_rejected }
+        registry.register(
+            strip(names::ENGINE_BUSY),
+            "Seconds the consensus engine task spent, by kind of work",
+            engine_busy.clone(),
+        );
+        registry.register(
+            strip(names::ENGINE_EVENTS),
+            "Events the consensus engine task handled, by kind of work",
+            engine_events.clone(),
+        );
+        registry.register(
+            names::POLL_ROUND_TRIP,
+            "Seconds from sending a Snowball poll to its last answer",
+            poll_round_trip.clone(),
+        );
+        registry.register(strip(names::POLL_TXIDS), "Txids asked about in Snowball polls sent", poll_txids.clone());
+        Metrics {
+            registry,
+            block_interval,
+            tx_finality,
+            rpc_duration,
+            tx_finalized,
+            tx_rejected,
+            engine_busy,
+            engine_events,
+            poll_round_trip,
+            poll_txids,
+        }
     }
 
     pub fn observe_rpc(&self, method: &str, seconds: f64) {
@@ -154,6 +200,10 @@ mod tests {
         m.tx_finality.observe(0.3);
         m.observe_rpc("getblockcount", 0.001);
         m.tx_finalized.inc();
+        m.engine_busy.get_or_create(&StageLabel { stage: "poll_reply" }).inc_by(0.25);
+        m.engine_events.get_or_create(&StageLabel { stage: "poll_reply" }).inc();
+        m.poll_round_trip.observe(0.01);
+        m.poll_txids.inc_by(3);
         let text = m.render(Snapshot { height: 7, peers: 2, mempool: 1, p2p_sent: 10, p2p_received: 20 });
         for name in [
             names::BLOCK_INTERVAL,
@@ -165,10 +215,16 @@ mod tests {
             names::P2P_BYTES_SENT,
             names::PROCESS_RSS_BYTES,
             names::PROCESS_CPU_SECONDS,
+            names::ENGINE_BUSY,
+            names::ENGINE_EVENTS,
+            names::POLL_ROUND_TRIP,
+            names::POLL_TXIDS,
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
         assert!(text.contains("timed_block_height 7"));
+        assert!(text.contains("timed_engine_busy_seconds_total{stage=\"poll_reply\"} 0.25"), "{text}");
+        assert!(text.contains("timed_poll_txids_total 3"), "{text}");
         assert!(text.ends_with("# EOF\n"));
         assert!(process_stats().unwrap().rss_bytes > 1024 * 1024);
     }

@@ -19,3 +19,11 @@ pub const RPC_DURATION: &str = "timed_rpc_request_duration_seconds";
 pub const MEMPOOL_SIZE: &str = "timed_mempool_size";
 pub const TX_FINALIZED: &str = "timed_tx_finalized_total";
 pub const TX_REJECTED: &str = "timed_tx_rejected_total";
+/// Seconds the consensus engine task spent, labelled by `stage` (the kind of work).
+pub const ENGINE_BUSY: &str = "timed_engine_busy_seconds_total";
+/// Events the consensus engine task handled, labelled by `stage`.
+pub const ENGINE_EVENTS: &str = "timed_engine_events_total";
+/// Histogram of seconds from sending a Snowball poll to its last answer.
+pub const POLL_ROUND_TRIP: &str = "timed_poll_round_trip_seconds";
+/// Txids asked about in the Snowball polls a node sent.
+pub const POLL_TXIDS: &str = "timed_poll_txids_total";

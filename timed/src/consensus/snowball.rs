@@ -394,7 +394,14 @@ impl Snowball {
 
     /// Up to `max` (and `batch_max`) undecided txids, oldest first.
     pub fn batch(&self, max: usize) -> Vec<Txid> {
-        self.undecided.values().take(max.min(self.params.batch_max)).copied().collect()
+        self.batch_where(max, |_| true)
+    }
+
+    /// Up to `max` (and `batch_max`) undecided txids for which `wanted` holds, oldest first.
+    /// The filter runs before the cap: a poll skips what other polls in flight already ask
+    /// about and still fills up with younger transactions.
+    pub fn batch_where(&self, max: usize, mut wanted: impl FnMut(&Txid) -> bool) -> Vec<Txid> {
+        self.undecided.values().filter(|t| wanted(t)).take(max.min(self.params.batch_max)).copied().collect()
     }
 
     /// Feeds one poll's yes counts (out of a sample of `k`) with the thresholds from
@@ -871,6 +878,21 @@ mod tests {
         assert!(s.is_accepted(&tx(4)), "accepted transactions never expire");
         assert_eq!(s.stats().expired_total, 2);
         assert_eq!(s.preference(&tx(1)), Preference::Unknown);
+    }
+
+    #[test]
+    fn batch_where_fills_up_past_the_filtered_oldest() {
+        let mut s = Snowball::new(SnowballParams { batch_max: 3, ..Default::default() });
+        let now = Instant::now();
+        for i in 0..8 {
+            s.insert(tx(i), &[op(i, 0)], now);
+        }
+        // The three oldest are in flight elsewhere: the next batch is the three after them,
+        // not an empty one.
+        let busy = [tx(0), tx(1), tx(2)];
+        assert_eq!(s.batch_where(10, |t| !busy.contains(t)), vec![tx(3), tx(4), tx(5)]);
+        assert_eq!(s.batch_where(2, |t| !busy.contains(t)), vec![tx(3), tx(4)]);
+        assert!(s.batch_where(10, |_| false).is_empty());
     }
 
     #[test]

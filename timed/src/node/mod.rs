@@ -304,6 +304,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
         tip: tip_tx,
         submit: submit_send,
     });
+    p2p.set_poll_answerer(Arc::new(engine::Answerer(Arc::downgrade(&shared))));
     engine::restore_finalized(&shared)?;
     let rpc = crate::rpc::serve(shared.clone(), rpc_listener).await?;
     write_node_file(&shared)?;

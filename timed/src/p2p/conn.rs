@@ -600,6 +600,15 @@ async fn session(
                 send(&Message::Peers(addrs));
             }
             Message::Peers(addrs) => learn(inner, &addrs),
+            Message::PollQuery { id, txids } if inner.poll_answerer.get().is_some() => {
+                // Oversized queries get no answer, as from the engine.
+                if let (Some(answerer), true) =
+                    (inner.poll_answerer.get(), txids.len() <= crate::consensus::messages::MAX_POLL_TXIDS)
+                {
+                    let prefs = answerer.answer(peer, &txids);
+                    send(&Message::PollReply { id, prefs });
+                }
+            }
             m @ (Message::Hello(_) | Message::HelloAck(_)) => {
                 return End::Refused(Refusal::Unexpected { expected: "no handshake message", got: m.kind() });
             }

@@ -143,6 +143,16 @@ const MAX_PEERS_PER_MESSAGE: usize = 1000;
 /// How often the dialer looks for due addresses (it is also woken on news).
 const DIAL_TICK: Duration = Duration::from_millis(100);
 
+/// Answers Snowball polls where they arrive, in the connection's reader task. An answer only
+/// reads the node's state, so it need not wait in line behind the engine's other work (block
+/// checks, fsyncs, gossip): the poll's round trip, and so finality, no longer depends on how
+/// busy the answering engine is. Without one, queries go to the application like any message.
+pub trait PollAnswerer: Send + Sync {
+    /// One preference per txid, in order.
+    fn answer(&self, from: ValidatorIndex, txids: &[crate::chain::Txid])
+        -> Vec<crate::consensus::messages::Preference>;
+}
+
 /// A cheap handle to the running transport. Dropping the last handle shuts it down.
 #[derive(Clone)]
 pub struct P2p {
@@ -173,6 +183,9 @@ struct Inner {
     /// Rate limits for lines that a flood would repeat.
     log_admission: RateLimited,
     log_refused: RateLimited,
+    /// Set once by the node after start-up (the node holds the transport, so it cannot exist
+    /// before it).
+    poll_answerer: std::sync::OnceLock<Arc<dyn PollAnswerer>>,
 }
 
 struct State {
@@ -233,6 +246,7 @@ impl P2p {
             admission: Arc::new(admission::Admission::new(tuning.max_pending, tuning.max_pending_per_ip)),
             log_admission: RateLimited::new(LOG_EVERY),
             log_refused: RateLimited::new(LOG_EVERY),
+            poll_answerer: std::sync::OnceLock::new(),
         });
         info!(%local_addr, validator = me, id = %cfg.validator_id, seeds = cfg.seeds.len(), "p2p listening");
         tokio::spawn(accept_loop(inner.clone(), listener));
@@ -242,6 +256,12 @@ impl P2p {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.local_addr
+    }
+
+    /// From now on, polls are answered by `answerer` in the reader tasks. Only the first call
+    /// counts.
+    pub fn set_poll_answerer(&self, answerer: Arc<dyn PollAnswerer>) {
+        let _ = self.inner.poll_answerer.set(answerer);
     }
 
     /// Sends to every connected validator.

@@ -597,3 +597,57 @@ fn start_checks_identity() {
     let err = rt.block_on(P2p::start(cfg, watch::channel(0).1)).err().unwrap();
     assert!(matches!(err, P2pError::UnknownIndex { index: 9, count: 4 }));
 }
+
+/// Answers Yes to txids whose first byte is even, No otherwise, and counts its calls.
+struct EvenAnswerer(std::sync::atomic::AtomicUsize);
+
+impl PollAnswerer for EvenAnswerer {
+    fn answer(
+        &self,
+        _from: ValidatorIndex,
+        txids: &[crate::chain::Txid],
+    ) -> Vec<crate::consensus::messages::Preference> {
+        use crate::consensus::messages::Preference;
+        self.0.fetch_add(1, Ordering::SeqCst);
+        txids.iter().map(|t| if t.0[0] % 2 == 0 { Preference::Yes } else { Preference::No }).collect()
+    }
+}
+
+#[tokio::test]
+async fn polls_are_answered_in_the_reader_when_an_answerer_is_set() {
+    use crate::consensus::messages::Preference;
+    bounded(async {
+        let net = Net::new("answerer");
+        let mut a = Node::start(net.config(0, &[]), fast(), 0).await;
+        let mut b = Node::start(net.config(1, &[a.addr()]), fast(), 0).await;
+        b.connected_to(0).await;
+        a.connected_to(1).await;
+        let txid = |n: u8| Hash256([n; 32]);
+        let query = Message::PollQuery { id: 1, txids: vec![txid(2), txid(3)] };
+
+        // Without an answerer the query goes to the application, as before.
+        assert!(a.p2p.send(1, query.clone()));
+        assert_eq!(b.message_from(0).await, query);
+
+        // With one, the reader answers and the application never sees the query.
+        let answerer = Arc::new(EvenAnswerer(Default::default()));
+        b.p2p.set_poll_answerer(answerer.clone());
+        assert!(a.p2p.send(1, Message::PollQuery { id: 2, txids: vec![txid(2), txid(3)] }));
+        assert_eq!(a.message_from(1).await, Message::PollReply { id: 2, prefs: vec![Preference::Yes, Preference::No] });
+        assert_eq!(answerer.0.load(Ordering::SeqCst), 1);
+        // An oversized query gets no answer at all, as from the engine.
+        let too_many = vec![txid(2); crate::consensus::messages::MAX_POLL_TXIDS + 1];
+        assert!(a.p2p.send(1, Message::PollQuery { id: 3, txids: too_many }));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(answerer.0.load(Ordering::SeqCst), 1);
+        let seen: Vec<Inbound> = a.drain().into_iter().chain(b.drain()).collect();
+        assert!(
+            !seen.iter().any(|e| matches!(
+                e,
+                Inbound::Message { msg: Message::PollQuery { .. } | Message::PollReply { .. }, .. }
+            )),
+            "unexpected events {seen:?}"
+        );
+    })
+    .await;
+}

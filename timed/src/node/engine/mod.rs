@@ -14,6 +14,8 @@ mod polls;
 mod sync;
 mod txs;
 
+pub use polls::Answerer;
+
 use super::{now_ms, Shared, Submission};
 use crate::chain::block::verify_cert;
 use crate::chain::validate::{Signatures, TxError};
@@ -41,6 +43,109 @@ const MAX_REGOSSIP: usize = 256;
 /// Finality latencies kept for p50/p99.
 const LATENCY_WINDOW: usize = 1000;
 
+/// The kinds of work the engine task does, for `timed_engine_busy_seconds_total`: the task is
+/// one serial loop, so where its time goes is where the node's consensus ceiling comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Submission,
+    PeerTxs,
+    VerifiedTxs,
+    PollQuery,
+    PollReply,
+    Consensus,
+    Blocks,
+    Heartbeat,
+    OtherMessage,
+    Connection,
+    Timers,
+    PollRound,
+    HeartbeatTick,
+    StatusTick,
+    Relay,
+    /// Part of `PollReply` and `PollRound` (and `Timers`, `Blocks`): the durable write of what
+    /// a poll finalized.
+    FinalityWrite,
+}
+
+impl Stage {
+    const ALL: [Stage; 16] = [
+        Stage::Submission,
+        Stage::PeerTxs,
+        Stage::VerifiedTxs,
+        Stage::PollQuery,
+        Stage::PollReply,
+        Stage::Consensus,
+        Stage::Blocks,
+        Stage::Heartbeat,
+        Stage::OtherMessage,
+        Stage::Connection,
+        Stage::Timers,
+        Stage::PollRound,
+        Stage::HeartbeatTick,
+        Stage::StatusTick,
+        Stage::Relay,
+        Stage::FinalityWrite,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Stage::Submission => "submission",
+            Stage::PeerTxs => "peer_txs",
+            Stage::VerifiedTxs => "verified_txs",
+            Stage::PollQuery => "poll_query",
+            Stage::PollReply => "poll_reply",
+            Stage::Consensus => "consensus",
+            Stage::Blocks => "blocks",
+            Stage::Heartbeat => "heartbeat",
+            Stage::OtherMessage => "other_message",
+            Stage::Connection => "connection",
+            Stage::Timers => "timers",
+            Stage::PollRound => "poll_round",
+            Stage::HeartbeatTick => "heartbeat_tick",
+            Stage::StatusTick => "status_tick",
+            Stage::Relay => "relay",
+            Stage::FinalityWrite => "finality_write",
+        }
+    }
+
+    fn of(ev: &Inbound) -> Stage {
+        match ev {
+            Inbound::Connected { .. } | Inbound::Disconnected { .. } => Stage::Connection,
+            Inbound::Message { msg, .. } => match msg {
+                Message::Tx(_) | Message::Txs(_) => Stage::PeerTxs,
+                Message::Proposal(_) | Message::Vote(_) => Stage::Consensus,
+                Message::GetBlocks { .. } | Message::Blocks(_) => Stage::Blocks,
+                Message::PollQuery { .. } => Stage::PollQuery,
+                Message::PollReply { .. } => Stage::PollReply,
+                Message::Heartbeat(_) | Message::Attestation(_) => Stage::Heartbeat,
+                _ => Stage::OtherMessage,
+            },
+        }
+    }
+}
+
+/// The engine's handles on its stage counters, looked up once.
+struct StageClock {
+    busy: Vec<prometheus_client::metrics::counter::Counter<f64, std::sync::atomic::AtomicU64>>,
+    events: Vec<prometheus_client::metrics::counter::Counter>,
+}
+
+impl StageClock {
+    fn new(m: &crate::metrics::Metrics) -> Self {
+        let label = |s: Stage| crate::metrics::StageLabel { stage: s.name() };
+        StageClock {
+            busy: Stage::ALL.iter().map(|s| m.engine_busy.get_or_create(&label(*s)).clone()).collect(),
+            events: Stage::ALL.iter().map(|s| m.engine_events.get_or_create(&label(*s)).clone()).collect(),
+        }
+    }
+
+    fn record(&self, stage: Stage, since: Instant) {
+        let i = stage as usize;
+        self.busy[i].inc_by(since.elapsed().as_secs_f64());
+        self.events[i].inc();
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
     Bft(TimeoutKind, u64, u32),
@@ -52,6 +157,7 @@ struct Poll {
     asked: Vec<ValidatorIndex>,
     replies: HashMap<ValidatorIndex, Vec<Preference>>,
     deadline: Instant,
+    sent_at: Instant,
     k: usize,
 }
 
@@ -103,6 +209,7 @@ struct Engine {
     /// is verified once, not once per copy. With the time each went in: a job that never came
     /// back (a panic) must not bar its transactions for good.
     verifying: HashMap<Txid, Instant>,
+    clock: StageClock,
 }
 
 pub fn restore_finalized(s: &Shared) -> anyhow::Result<()> {
@@ -167,6 +274,7 @@ pub async fn run(
         verify_gate: Arc::new(tokio::sync::Semaphore::new(
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
         )),
+        clock: StageClock::new(&s.metrics),
         s,
     };
     if e.parent.height() > 0 {
@@ -186,24 +294,56 @@ pub async fn run(
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
+        // The clock starts once an event is in hand: waiting is not work.
+        let stage = tokio::select! {
             _ = stop.changed() => break,
             ev = inbound.recv() => match ev {
-                Some(ev) => e.on_inbound(ev)?,
+                Some(ev) => {
+                    let (stage, t) = (Stage::of(&ev), Instant::now());
+                    e.on_inbound(ev)?;
+                    (stage, t)
+                }
                 None => break,
             },
-            Some(sub) = submissions.recv() => e.on_submission(sub),
-            Some((from, txs)) = verified_rx.recv() => e.on_verified_txs(from, txs),
-            _ = sleep => e.fire_timers()?,
-            _ = poll_tick.tick() => e.poll_round(),
-            _ = hb_tick.tick() => e.send_heartbeat(),
-            _ = status_tick.tick() => e.status_round(),
-        }
+            Some(sub) = submissions.recv() => {
+                let t = Instant::now();
+                e.on_submission(sub);
+                (Stage::Submission, t)
+            }
+            Some((from, txs)) = verified_rx.recv() => {
+                let t = Instant::now();
+                e.on_verified_txs(from, txs);
+                (Stage::VerifiedTxs, t)
+            }
+            _ = sleep => {
+                let t = Instant::now();
+                e.fire_timers()?;
+                (Stage::Timers, t)
+            }
+            _ = poll_tick.tick() => {
+                let t = Instant::now();
+                e.poll_round();
+                (Stage::PollRound, t)
+            }
+            _ = hb_tick.tick() => {
+                let t = Instant::now();
+                e.send_heartbeat();
+                (Stage::HeartbeatTick, t)
+            }
+            _ = status_tick.tick() => {
+                let t = Instant::now();
+                e.status_round();
+                (Stage::StatusTick, t)
+            }
+        };
+        e.clock.record(stage.0, stage.1);
         // Relay once the queues run dry (or a batch is full): one message per peer carries
         // everything that arrived meanwhile, without holding anything back on a quiet node.
         let idle = inbound.is_empty() && submissions.is_empty() && verified_rx.is_empty();
         if !e.relay.is_empty() && (idle || e.relay.len() >= MAX_TXS_PER_MESSAGE) {
+            let t = Instant::now();
             e.flush_relay();
+            e.clock.record(Stage::Relay, t);
         }
     }
     Ok(())

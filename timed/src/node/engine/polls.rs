@@ -34,14 +34,13 @@ impl Engine {
         if pool.is_empty() {
             return;
         }
+        // What other polls in flight ask about is skipped before the cap, so with more than
+        // `batch_max` undecided the concurrent polls cover different transactions (before, every
+        // poll took the oldest `batch_max` and found them all in flight: one poll at a time).
         let batch: Vec<Txid> = {
             let st = self.s.state();
-            st.snowball
-                .batch(params.batch_max.min(MAX_POLL_TXIDS) + self.in_flight.len())
-                .into_iter()
-                .filter(|t| !self.in_flight.contains(t))
-                .take(params.batch_max.min(MAX_POLL_TXIDS))
-                .collect()
+            let in_flight = &self.in_flight;
+            st.snowball.batch_where(params.batch_max.min(MAX_POLL_TXIDS), |t| !in_flight.contains(t))
         };
         if batch.is_empty() {
             return;
@@ -67,6 +66,7 @@ impl Engine {
             self.s.state().counters.polls_failed += 1;
             return;
         }
+        self.s.metrics.poll_txids.inc_by(batch.len() as u64);
         self.in_flight.extend(batch.iter().copied());
         self.polls.insert(
             id,
@@ -75,6 +75,7 @@ impl Engine {
                 asked,
                 replies: HashMap::new(),
                 deadline: now + Duration::from_millis(params.poll_timeout_ms),
+                sent_at: now,
                 k,
             },
         );
@@ -100,6 +101,8 @@ impl Engine {
         }
         if poll.replies.len() < poll.asked.len() {
             self.s.state().counters.polls_failed += 1;
+        } else {
+            self.s.metrics.poll_round_trip.observe(poll.sent_at.elapsed().as_secs_f64());
         }
         let results: Vec<(Txid, usize)> = poll
             .txids
@@ -129,27 +132,57 @@ impl Engine {
         if txids.len() > MAX_POLL_TXIDS {
             return;
         }
-        let prefs: Vec<Preference> = {
-            let mut st = self.s.state();
-            st.counters.queries_answered += 1;
-            txids
-                .iter()
-                .map(|t| {
-                    if let Some(e) = st.mempool.get(t) {
-                        if matches!(e.status, TxStatus::Finalized { .. }) {
-                            return Preference::Yes;
-                        }
-                    }
-                    match st.snowball.preference(t) {
-                        Preference::Unknown if st.mempool.rejection(t).is_some() => Preference::No,
-                        Preference::Unknown if self.s.ledger.store.tx_location(t).ok().flatten().is_some() => {
-                            Preference::Yes
-                        }
-                        p => p,
-                    }
-                })
-                .collect()
-        };
+        let prefs = answer(&self.s, &txids);
         self.s.p2p.send(from, Message::PollReply { id, prefs });
+    }
+}
+
+/// This node's answer to a poll: read-only, so P2P runs it in the connection's reader task
+/// (see [`Answerer`]) instead of queueing it behind the engine.
+pub fn answer(s: &Shared, txids: &[Txid]) -> Vec<Preference> {
+    let mut unknown = Vec::new();
+    let mut prefs: Vec<Preference> = {
+        let mut st = s.state();
+        st.counters.queries_answered += 1;
+        txids
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                if let Some(e) = st.mempool.get(t) {
+                    if matches!(e.status, TxStatus::Finalized { .. }) {
+                        return Preference::Yes;
+                    }
+                }
+                match st.snowball.preference(t) {
+                    Preference::Unknown if st.mempool.rejection(t).is_some() => Preference::No,
+                    Preference::Unknown => {
+                        unknown.push(i);
+                        Preference::Unknown
+                    }
+                    p => p,
+                }
+            })
+            .collect()
+    };
+    // Mined transactions are answered from the store after the lock is released: a store read
+    // must not hold up the engine. Mined is final, so the answer cannot go stale.
+    for i in unknown {
+        if s.ledger.store.tx_location(&txids[i]).ok().flatten().is_some() {
+            prefs[i] = Preference::Yes;
+        }
+    }
+    prefs
+}
+
+/// Answers polls for the P2P reader tasks. Holds the node weakly: the node owns the transport.
+pub struct Answerer(pub std::sync::Weak<Shared>);
+
+impl crate::p2p::PollAnswerer for Answerer {
+    fn answer(&self, _from: ValidatorIndex, txids: &[Txid]) -> Vec<Preference> {
+        match self.0.upgrade() {
+            Some(s) => answer(&s, txids),
+            // Shutting down: nothing is known any more.
+            None => vec![Preference::Unknown; txids.len()],
+        }
     }
 }

@@ -187,7 +187,10 @@ impl Engine {
             txids.iter().filter_map(|t| st.mempool.get(t).cloned()).collect()
         };
         let txs: Vec<Transaction> = entries.iter().map(|e| e.tx.clone()).collect();
-        if let Err(e) = self.s.ledger.store.put_finalized_many(&txs, now) {
+        let written = Instant::now();
+        let stored = self.s.ledger.store.put_finalized_many(&txs, now);
+        self.clock.record(Stage::FinalityWrite, written);
+        if let Err(e) = stored {
             tracing::error!(count = txs.len(), "cannot persist finalized transactions, not reporting them final: {e}");
             return;
         }
