@@ -638,13 +638,7 @@ impl ChaosRun {
                 // A step can fail part-way (a partition cut on its first node, refused on the
                 // second): every target is healed at once, so nothing stays broken for the rest
                 // of the run. Heals are no-ops where nothing was applied.
-                let healed = self.backend.heal(&step).await;
-                let _ = out.send(Record::ChaosEnd(ChaosEnd {
-                    id: step.id,
-                    t_ms: now_ms(),
-                    error: healed.err().map(|e| e.to_string()),
-                }));
-                self.cutting.send_replace(BTreeSet::new());
+                self.heal(&step, &out).await;
                 continue;
             }
             let stopped = if self.no_heal {
@@ -656,17 +650,22 @@ impl ChaosRun {
             } else {
                 !sleep_or_stop(step.hold_ms, &mut stop).await
             };
-            let healed = self.backend.heal(&step).await;
-            let _ = out.send(Record::ChaosEnd(ChaosEnd {
-                id: step.id,
-                t_ms: now_ms(),
-                error: healed.err().map(|e| e.to_string()),
-            }));
-            self.cutting.send_replace(BTreeSet::new());
+            self.heal(&step, &out).await;
             if stopped {
                 return;
             }
         }
+    }
+
+    /// Heals a step, logs its end, and lets probes use the nodes it cut off again.
+    async fn heal(&self, step: &chaos::Step, out: &mpsc::UnboundedSender<Record>) {
+        let healed = self.backend.heal(step).await;
+        let _ = out.send(Record::ChaosEnd(ChaosEnd {
+            id: step.id,
+            t_ms: now_ms(),
+            error: healed.err().map(|e| e.to_string()),
+        }));
+        self.cutting.send_replace(BTreeSet::new());
     }
 }
 
