@@ -345,7 +345,7 @@ fn wait_records(
 }
 
 fn record_kind(r: &Value) -> &str {
-    r.get("kind").or_else(|| r.get("type")).and_then(|k| k.as_str()).unwrap_or_default()
+    r["kind"].as_str().unwrap_or_default()
 }
 
 fn unit_props(net: &Rehearsal, host: &HostState, unit: &str) -> String {
