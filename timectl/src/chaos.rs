@@ -14,7 +14,7 @@
 
 use crate::inventory::{self, Inventory, Node, ProviderKind};
 use crate::netem::{self, Shaper};
-use crate::process::{alive, cmdline, is_timed_argv, signal};
+use crate::process::{alive, cmdline, is_our_timed, is_timed_argv, signal};
 use crate::providers::rehearsal::container_leader;
 use crate::ssh;
 use std::collections::HashMap;
@@ -328,11 +328,15 @@ impl LocalBackend {
         };
         let mut done = Vec::new();
         for &i in &step.targets {
-            let (name, pid) = {
+            let (name, pid, data_dir) = {
                 let nodes = self.nodes.lock().expect("chaos state");
-                (nodes[i].node.name.clone(), nodes[i].pid)
+                (nodes[i].node.name.clone(), nodes[i].pid, nodes[i].node.data_dir.clone())
             };
-            let pid = pid.filter(|&p| alive(p)).ok_or(ChaosError::NotRunning { node: name.clone(), pid })?;
+            // Checked again at each signal, not only at the start: a node that died on its own
+            // may have left its PID to another process by now.
+            let pid = pid
+                .filter(|&p| is_our_timed(p, data_dir.as_deref()))
+                .ok_or(ChaosError::NotRunning { node: name.clone(), pid })?;
             signal(pid, sig).map_err(|e| ChaosError::Local { node: name.clone(), message: format!("{what}: {e}") })?;
             // A clean stop may take a while; a node that ignores it is killed.
             let deadline = Instant::now() + Duration::from_secs(if sig == libc::SIGKILL { 5 } else { 20 });
@@ -355,7 +359,7 @@ impl LocalBackend {
             let (node, exe, args) = {
                 let nodes = self.nodes.lock().expect("chaos state");
                 let n = &nodes[i];
-                if n.pid.is_some_and(alive) {
+                if n.pid.is_some_and(|p| is_our_timed(p, n.node.data_dir.as_deref())) {
                     continue;
                 }
                 (n.node.clone(), n.exe.clone(), n.args.clone())

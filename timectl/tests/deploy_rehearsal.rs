@@ -12,6 +12,7 @@ mod rehearsal;
 
 use rehearsal::{HostState, Rehearsal};
 use serde_json::Value;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Named checks; a failure is recorded (with its message) and the run goes on.
@@ -275,6 +276,13 @@ fn deploy_three_rehearsal_hosts_operate_and_destroy() {
         // still end it (found by the network namespace destroy made it in).
         let h3 = &hosts[2];
         let orphan = rehearsal::container_leader(h3).ok_or("host 3 has no container init")?;
+        // The mount point of its tmpfs overlay, which a killed nspawn cannot remove.
+        let mounts = std::fs::read_to_string(format!("/proc/{orphan}/mounts")).unwrap_or_default();
+        let overlay = mounts
+            .split([' ', ',', '\n'])
+            .find_map(|o| o.strip_prefix("upperdir="))
+            .and_then(|upper| Path::new(upper).parent().map(Path::to_path_buf))
+            .ok_or_else(|| format!("host 3 does not run on a volatile overlay:\n{mounts}"))?;
         common::kill(h3.pid.ok_or("host 3 has no nspawn pid")?, libc::SIGKILL);
         std::thread::sleep(Duration::from_secs(1));
         ensure(common::alive(orphan), || format!("the container init {orphan} died with nspawn"))?;
@@ -286,6 +294,7 @@ fn deploy_three_rehearsal_hosts_operate_and_destroy() {
         ensure(!common::alive(orphan), || format!("the orphaned container init {orphan} still runs"))?;
         let left = net.leftovers(&state);
         ensure(left.is_empty(), || format!("left behind: {left:?}"))?;
+        ensure(!overlay.exists(), || format!("{} left behind", overlay.display()))?;
         ensure(net.state_file().is_none(), || "the state file is still there".into())
     });
 

@@ -59,8 +59,8 @@ pub struct HostState {
     pub host_addr: Ipv4Addr,
     /// PID of the `systemd-nspawn` that runs the container, once started.
     pub pid: Option<u32>,
-    /// The container's `--ephemeral` copy of the rootfs (`.#machine.*` beside it). nspawn
-    /// deletes it on a clean exit; after a SIGKILL, `destroy` does.
+    /// The `--ephemeral` copy of the rootfs (`.#machine.*` beside it) of a container started by
+    /// a timectl from before containers ran on a volatile overlay; `destroy` still removes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ephemeral: Option<PathBuf>,
 }
@@ -393,13 +393,29 @@ pub fn container_leader(netns: &str) -> Option<u32> {
 async fn kill_orphaned_container(netns: &str) -> Option<u32> {
     let pid = container_leader(netns)?;
     tracing::warn!("{netns}: the container's init {pid} outlived its systemd-nspawn; killing it");
+    let overlay = volatile_dir(pid);
     // SAFETY: plain kill(2) on the PID-namespace init found in our own network namespace.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     let deadline = Instant::now() + Duration::from_secs(10);
     while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The tmpfs went with the container's mount namespace; the empty mount point nspawn made is
+    // what a killed nspawn could not remove. remove_dir removes only an empty directory.
+    if let Some(dir) = overlay {
+        let _ = std::fs::remove_dir(dir);
+    }
     Some(pid)
+}
+
+/// The `/tmp/nspawn-volatile-*` directory the overlay of container init `pid` lives under.
+fn volatile_dir(pid: u32) -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mounts")).ok()?;
+    let root = mounts.lines().find(|l| l.split_whitespace().nth(1) == Some("/"))?;
+    let upper = root.split([' ', ',']).find_map(|o| o.strip_prefix("upperdir="))?;
+    let dir = Path::new(upper).parent()?;
+    let name = dir.file_name()?.to_str()?;
+    (dir.parent() == Some(Path::new("/tmp")) && name.starts_with("nspawn-volatile-")).then(|| dir.to_path_buf())
 }
 
 fn link_exists(name: &str) -> bool {
@@ -553,6 +569,11 @@ async fn ensure_host_keys(dir: &Path, name: &str, public_key: &str) -> Result<()
 
 /// Starts the container detached: its own process group, no terminal, output to a log in the
 /// host's state dir, so it outlives the `timectl` that started it.
+///
+/// `--volatile=overlay`: the rootfs is the read-only lower layer and the host's writes go to a
+/// tmpfs that dies with the container. Nothing is copied (an `--ephemeral` copy is 280 MB of
+/// disk per host and seconds of boot), nothing is left on disk after a SIGKILL, and a nearly
+/// full disk cannot fail a boot half-way.
 fn start_container(rootfs: &Path, h: &HostState, host_dir: &Path) -> Result<u32, ProviderError> {
     let nspawn = need_tool("systemd-nspawn", "systemd-container")?;
     let log_path = host_dir.join("console.log");
@@ -561,7 +582,7 @@ fn start_container(rootfs: &Path, h: &HostState, host_dir: &Path) -> Result<u32,
     let mut cmd = std::process::Command::new(nspawn);
     cmd.arg("-D")
         .arg(rootfs)
-        .args(["-M", &h.name, "--boot", "--register=no", "--keep-unit", "--ephemeral", "--console=read-only"])
+        .args(["-M", &h.name, "--boot", "--register=no", "--keep-unit", "--volatile=overlay", "--console=read-only"])
         .arg(format!("--network-namespace-path=/run/netns/{}", h.name))
         .arg(format!("--bind-ro={}:/etc/ssh/rehearsal", host_dir.display()))
         .stdin(Stdio::null())
@@ -573,6 +594,22 @@ fn start_container(rootfs: &Path, h: &HostState, host_dir: &Path) -> Result<u32,
     // Not waited for: the container must outlive this process. If timectl lives on (tests),
     // the zombie is harmless; once timectl exits, init reaps it.
     Ok(child.id())
+}
+
+/// How `systemd-nspawn` `pid` ended, when this process started it (and so can reap it): the
+/// console log alone can be empty, say after a signal.
+fn exit_status(pid: u32) -> String {
+    let mut status = 0;
+    // SAFETY: waitpid(2) with a valid out-pointer; WNOHANG never blocks, and a PID that is not
+    // our child gives ECHILD.
+    let reaped = unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
+    if reaped != pid as i32 {
+        format!("systemd-nspawn {pid} is gone")
+    } else if libc::WIFSIGNALED(status) {
+        format!("systemd-nspawn {pid} was killed by signal {}", libc::WTERMSIG(status))
+    } else {
+        format!("systemd-nspawn {pid} exited with status {}", libc::WEXITSTATUS(status))
+    }
 }
 
 /// Waits until the host's sshd sends its banner.
@@ -596,10 +633,12 @@ async fn wait_ssh(h: &HostState, host_dir: &Path, timeout: Duration) -> Result<(
         if let Some(pid) = h.pid {
             if !is_our_nspawn(pid, &h.name) {
                 let log = std::fs::read(host_dir.join("console.log")).unwrap_or_default();
+                let log = tail(&log, &[], 8);
                 return Err(err(format!(
-                    "host {}: the container exited while booting: {}",
+                    "host {}: the container exited while booting ({}){}{log}",
                     h.name,
-                    tail(&log, &[], 8)
+                    exit_status(pid),
+                    if log.is_empty() { ", its console log is empty" } else { ": " },
                 ))
                 .with_hint(format!("its console log is {}", host_dir.join("console.log").display())));
             }
@@ -612,8 +651,8 @@ async fn wait_ssh(h: &HostState, host_dir: &Path, timeout: Duration) -> Result<(
     }
 }
 
-/// SIGTERM (systemd in the container shuts down cleanly and nspawn removes the ephemeral
-/// copy), then SIGKILL after `grace`; returns once the process is gone.
+/// SIGTERM (systemd in the container shuts down cleanly and nspawn removes its overlay), then
+/// SIGKILL after `grace`; returns once the process is gone.
 async fn stop_container(pid: u32, name: &str, grace: Duration) -> bool {
     if !is_our_nspawn(pid, name) {
         return false;
@@ -750,16 +789,6 @@ impl Provider for Rehearsal {
             let pid = start_container(&self.rootfs, &h, &dir)?;
             state.hosts[i].pid = Some(pid);
             self.save(&state)?;
-            // Record the copy so a destroy after a SIGKILL can remove it. nspawn locks it early,
-            // but on a busy machine maybe not yet: looked for again once sshd answers.
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while state.hosts[i].ephemeral.is_none() && is_our_nspawn(pid, &h.name) && Instant::now() < deadline {
-                state.hosts[i].ephemeral = ephemeral_copy(pid, &self.rootfs);
-                if state.hosts[i].ephemeral.is_none() {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-            self.save(&state)?;
         }
         drop(_global);
         let waits = state.hosts.iter().map(|h| {
@@ -772,16 +801,6 @@ impl Provider for Rehearsal {
         });
         for r in futures::future::join_all(waits).await {
             r?;
-        }
-        // Booted, so nspawn holds its copy's lock now.
-        let mut found = false;
-        for h in state.hosts.iter_mut().filter(|h| h.ephemeral.is_none()) {
-            h.ephemeral = h.pid.and_then(|p| ephemeral_copy(p, &self.rootfs));
-            found |= h.ephemeral.is_some();
-        }
-        if found {
-            let _global = lock_async(PathBuf::from(GLOBAL_LOCK)).await?;
-            self.save(&state)?;
         }
         Ok(state.hosts.iter().map(|h| self.to_host(h)).collect())
     }
@@ -996,6 +1015,10 @@ mod tests {
         let probe = format!("exec 3<>/dev/tcp/{}/22 && head -c 4 <&3", hosts[1].p2p_host);
         let out = ssh(&hosts[0].ssh_host, &format!("bash -c '{probe}'"));
         assert_eq!(String::from_utf8_lossy(&out.stdout), "SSH-", "{}", String::from_utf8_lossy(&out.stderr));
+        // A host's writes stay in its own overlay: the shared rootfs is not touched.
+        let out = ssh(&hosts[0].ssh_host, "touch /usr/local/bin/overlay-probe");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!p.rootfs.join("usr/local/bin/overlay-probe").exists(), "a write reached the rootfs");
 
         // A second create changes nothing.
         let again = p.create(&req, &NoProgressTest).await.unwrap();
@@ -1007,8 +1030,7 @@ mod tests {
             for what in [format!("veth {}", h.veth), format!("netns {}", h.name)] {
                 assert!(removed.contains(&what), "{what} not in {removed:?}");
             }
-            let copy = h.ephemeral.as_ref().expect("the ephemeral copy is recorded");
-            assert!(!copy.exists(), "{} left behind", copy.display());
+            assert_eq!(h.ephemeral, None, "no copy of the rootfs is made");
             assert!(!netns_exists(&h.name) && !link_exists(&h.veth), "{} left behind", h.name);
             assert!(!is_our_nspawn(h.pid.unwrap(), &h.name), "{} still runs", h.name);
         }
