@@ -400,9 +400,11 @@ async fn kill_orphaned_container(netns: &str) -> Option<u32> {
     while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The tmpfs went with the container's mount namespace; the empty mount point nspawn made is
-    // what a killed nspawn could not remove. remove_dir removes only an empty directory.
-    if let Some(dir) = overlay {
+    // The tmpfs went with the container's mount namespace. What a killed nspawn could not remove
+    // is two empty directories: its overlay's mount point and its mount-propagation directory
+    // (named after the machine). remove_dir removes only an empty directory.
+    let propagate = Path::new("/run/systemd/nspawn/propagate").join(netns);
+    for dir in overlay.into_iter().chain([propagate]) {
         let _ = std::fs::remove_dir(dir);
     }
     Some(pid)
