@@ -25,8 +25,12 @@ const NAME: &str = "rehearsal";
 pub const ROOTFS_DIR: &str = "/var/cache/timectl";
 /// Packages of the host image: systemd as init, sshd, what installing and checking use
 /// (`sudo`, `ss` from iproute2, `ps` from procps), and the firewalls chaos uses as on a
-/// server (`nft` for partitions, `iptables` for the NFQUEUE rule of latency).
-const PACKAGES: &str = "systemd,systemd-sysv,openssh-server,dbus,iproute2,sudo,procps,nftables,iptables";
+/// server (`nft` for partitions, `iptables` for the NFQUEUE rule of latency). A host resolves
+/// its own name without DNS (`libnss-myhostname`), as a server with its name in /etc/hosts does:
+/// the hosts have no reachable nameserver, and `sudo` looks its host up on every command (20 s
+/// of DNS timeouts each without it).
+const PACKAGES: &str =
+    "systemd,systemd-sysv,openssh-server,dbus,iproute2,sudo,procps,nftables,iptables,libnss-myhostname";
 /// Bumped when the image preparation changes, so an old cache is rebuilt rather than trusted.
 const ROOTFS_VERSION: &str = "1";
 const ROOTFS_MARKER: &str = "etc/timectl-rehearsal";
