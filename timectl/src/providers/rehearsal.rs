@@ -397,21 +397,25 @@ pub fn container_leader(netns: &str) -> Option<u32> {
 async fn kill_orphaned_container(netns: &str) -> Option<u32> {
     let pid = container_leader(netns)?;
     tracing::warn!("{netns}: the container's init {pid} outlived its systemd-nspawn; killing it");
-    let overlay = volatile_dir(pid);
     // SAFETY: plain kill(2) on the PID-namespace init found in our own network namespace.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     let deadline = Instant::now() + Duration::from_secs(10);
     while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The tmpfs went with the container's mount namespace. What a killed nspawn could not remove
-    // is two empty directories: its overlay's mount point and its mount-propagation directory
-    // (named after the machine). remove_dir removes only an empty directory.
-    let propagate = Path::new("/run/systemd/nspawn/propagate").join(netns);
+    Some(pid)
+}
+
+/// Once a container is gone, the two empty directories an nspawn that was killed (by us after
+/// the grace period, or by anyone) could not remove: its overlay's mount point (read from the
+/// container before it was stopped) and its mount-propagation directory, named after the
+/// machine. The tmpfs itself went with the container's mount namespace. remove_dir removes
+/// only an empty directory, so a live container's are never touched.
+fn remove_nspawn_leftovers(name: &str, overlay: Option<PathBuf>) {
+    let propagate = Path::new("/run/systemd/nspawn/propagate").join(name);
     for dir in overlay.into_iter().chain([propagate]) {
         let _ = std::fs::remove_dir(dir);
     }
-    Some(pid)
 }
 
 /// The `/tmp/nspawn-volatile-*` directory the overlay of container init `pid` lives under.
@@ -833,6 +837,7 @@ impl Provider for Rehearsal {
         let rootfs = &self.rootfs;
         let stops = state.hosts.iter().map(|h| async move {
             let copy = h.ephemeral.clone().or_else(|| h.pid.and_then(|p| ephemeral_copy(p, rootfs)));
+            let overlay = container_leader(&h.name).and_then(volatile_dir);
             let stopped = match h.pid {
                 Some(pid) => {
                     progress.step(&h.name, "stopping the container");
@@ -841,6 +846,7 @@ impl Provider for Rehearsal {
                 None => false,
             };
             let orphan = kill_orphaned_container(&h.name).await;
+            remove_nspawn_leftovers(&h.name, overlay);
             (h, stopped, orphan, copy)
         });
         let stopped = futures::future::join_all(stops).await;
