@@ -582,8 +582,7 @@ async fn ensure_host_keys(dir: &Path, name: &str, public_key: &str) -> Result<()
 ///
 /// `--volatile=overlay`: the rootfs is the read-only lower layer and the host's writes go to a
 /// tmpfs that dies with the container. Nothing is copied (an `--ephemeral` copy is 280 MB of
-/// disk per host and seconds of boot), nothing is left on disk after a SIGKILL, and a nearly
-/// full disk cannot fail a boot half-way.
+/// disk per host and seconds of boot), and nothing is left on disk after a SIGKILL.
 fn start_container(rootfs: &Path, h: &HostState, host_dir: &Path) -> Result<u32, ProviderError> {
     let nspawn = need_tool("systemd-nspawn", "systemd-container")?;
     let log_path = host_dir.join("console.log");
@@ -683,18 +682,6 @@ async fn stop_container(pid: u32, name: &str, grace: Duration) -> bool {
         }
     }
     true
-}
-
-/// The `--ephemeral` copy container `pid` runs from: nspawn keeps `.#.#machine.X.lck` open
-/// beside its copy `.#machine.X` from start to exit. Only a copy beside `rootfs` counts.
-fn ephemeral_copy(pid: u32, rootfs: &Path) -> Option<PathBuf> {
-    let parent = rootfs.parent()?;
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
-    fds.flatten().filter_map(|fd| std::fs::read_link(fd.path()).ok()).find_map(|target| {
-        let name = target.file_name()?.to_str()?;
-        let id = name.strip_prefix(".#.#machine.")?.strip_suffix(".lck")?;
-        (target.parent() == Some(parent)).then(|| parent.join(format!(".#machine.{id}")))
-    })
 }
 
 /// Removes a copy (and its lock file) that a killed nspawn left behind.
@@ -836,7 +823,7 @@ impl Provider for Rehearsal {
         let mut done = Vec::new();
         let rootfs = &self.rootfs;
         let stops = state.hosts.iter().map(|h| async move {
-            let copy = h.ephemeral.clone().or_else(|| h.pid.and_then(|p| ephemeral_copy(p, rootfs)));
+            let copy = h.ephemeral.clone();
             let overlay = container_leader(&h.name).and_then(volatile_dir);
             let stopped = match h.pid {
                 Some(pid) => {
@@ -1027,6 +1014,14 @@ mod tests {
         let probe = format!("exec 3<>/dev/tcp/{}/22 && head -c 4 <&3", hosts[1].p2p_host);
         let out = ssh(&hosts[0].ssh_host, &format!("bash -c '{probe}'"));
         assert_eq!(String::from_utf8_lossy(&out.stdout), "SSH-", "{}", String::from_utf8_lossy(&out.stderr));
+        // No copy of the rootfs beside it (an `--ephemeral` container makes `.#machine.*`).
+        let copies: Vec<_> = std::fs::read_dir(p.rootfs.parent().unwrap())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".#machine."))
+            .map(|e| e.path())
+            .collect();
+        assert!(copies.is_empty(), "copies of the rootfs: {copies:?}");
         // A host's writes stay in its own overlay: the shared rootfs is not touched.
         let out = ssh(&hosts[0].ssh_host, "touch /usr/local/bin/overlay-probe");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -1042,7 +1037,6 @@ mod tests {
             for what in [format!("veth {}", h.veth), format!("netns {}", h.name)] {
                 assert!(removed.contains(&what), "{what} not in {removed:?}");
             }
-            assert_eq!(h.ephemeral, None, "no copy of the rootfs is made");
             assert!(!netns_exists(&h.name) && !link_exists(&h.veth), "{} left behind", h.name);
             assert!(!is_our_nspawn(h.pid.unwrap(), &h.name), "{} still runs", h.name);
         }

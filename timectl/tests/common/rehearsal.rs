@@ -34,9 +34,6 @@ pub struct HostState {
     pub machine_addr: String,
     pub host_addr: String,
     pub pid: Option<u32>,
-    /// nspawn's `--ephemeral` copy of the rootfs for this container.
-    #[serde(default)]
-    pub ephemeral: Option<PathBuf>,
 }
 
 pub fn require_root() {
@@ -173,8 +170,10 @@ impl Rehearsal {
             if h.pid.is_some_and(|p| is_nspawn_of(p, &h.name)) {
                 left.push(format!("container {}", h.name));
             }
-            if let Some(copy) = h.ephemeral.as_ref().filter(|c| c.exists()) {
-                left.push(format!("ephemeral copy {}", copy.display()));
+            // What a killed nspawn cannot remove; destroy must.
+            let propagate = Path::new("/run/systemd/nspawn/propagate").join(&h.name);
+            if propagate.exists() {
+                left.push(format!("nspawn directory {}", propagate.display()));
             }
         }
         left
@@ -204,14 +203,8 @@ impl Drop for Rehearsal {
             if Path::new("/run/netns").join(&h.name).exists() {
                 let _ = Command::new("ip").args(["netns", "del", &h.name]).status();
             }
-            // Only nspawn's own copy, by the path the provider recorded.
-            if let Some(copy) = &h.ephemeral {
-                let name = copy.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                if name.starts_with(".#machine.") && copy.exists() {
-                    let _ = std::fs::remove_dir_all(copy);
-                    let _ = std::fs::remove_file(copy.with_file_name(format!(".#{name}.lck")));
-                }
-            }
+            // An nspawn killed above cannot remove its (empty) propagation directory.
+            let _ = std::fs::remove_dir(Path::new("/run/systemd/nspawn/propagate").join(&h.name));
         }
     }
 }
