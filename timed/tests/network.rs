@@ -115,7 +115,11 @@ async fn five_validators_agree_finalize_and_survive_faults() {
     let mut block = None;
     for n in &nodes {
         let f = wait_confirmed(n, &txid, 60).await;
+        // Every node knows when the payment became final there, by its own polls or by the
+        // block; and the block named is the one at that height.
+        assert!(f.finalized_at_ms.is_some(), "{f:?}");
         let b = (f.blockheight.unwrap(), f.blockhash.unwrap());
+        assert_eq!(n.client().get_block_hash(b.0).await.unwrap(), b.1);
         assert!(block.as_ref().is_none_or(|x| *x == b), "different blocks: {block:?} vs {b:?}");
         block = Some(b);
     }

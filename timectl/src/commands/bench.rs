@@ -576,30 +576,36 @@ async fn watch(nodes: Vec<Node>, pays: Arc<Mutex<Vec<Payment>>>, timeout: Durati
             .filter(|(_, p)| p.fate == Fate::Accepted)
             .map(|(i, p)| (i, (p.sender + 1) % n, p.txid.to_hex()))
             .collect();
-        for (observer, c) in clients.iter().enumerate() {
-            let Some(c) = c else { continue };
-            let mine: Vec<&(usize, usize, String)> = open.iter().filter(|x| x.1 == observer).collect();
-            for chunk in mine.chunks(BATCH) {
-                let mut b = BatchRequestBuilder::new();
-                for (_, _, txid) in chunk {
-                    let _ = b.insert("gettransactionfinality", rpc_params![txid]);
-                }
-                let Ok(resp) = c.batch_request::<TxFinality>(b).await else { continue };
-                let seen = now_ms();
-                let mut p = pays.lock().expect("lock");
-                for ((i, _, _), r) in chunk.iter().zip(resp) {
-                    let Ok(f) = r else { continue };
-                    if f.finalized {
-                        p[*i].fate = match f.finalized_at_ms {
-                            Some(at_ms) => Fate::Final { at_ms, exact: true },
-                            None => Fate::Final { at_ms: seen, exact: false },
-                        };
-                    } else if f.status == "rejected" {
-                        p[*i].fate = Fate::Rejected;
+        // The observers are asked side by side: one at a time, a backlog of open payments
+        // made each round take seconds, and inexact finality times piled up.
+        let rounds = clients.iter().enumerate().map(|(observer, c)| {
+            let (open, pays) = (&open, &pays);
+            async move {
+                let Some(c) = c else { return };
+                let mine: Vec<&(usize, usize, String)> = open.iter().filter(|x| x.1 == observer).collect();
+                for chunk in mine.chunks(BATCH) {
+                    let mut b = BatchRequestBuilder::new();
+                    for (_, _, txid) in chunk {
+                        let _ = b.insert("gettransactionfinality", rpc_params![txid]);
+                    }
+                    let Ok(resp) = c.batch_request::<TxFinality>(b).await else { continue };
+                    let seen = now_ms();
+                    let mut p = pays.lock().expect("lock");
+                    for ((i, _, _), r) in chunk.iter().zip(resp) {
+                        let Ok(f) = r else { continue };
+                        if f.finalized {
+                            p[*i].fate = match f.finalized_at_ms {
+                                Some(at_ms) => Fate::Final { at_ms, exact: true },
+                                None => Fate::Final { at_ms: seen, exact: false },
+                            };
+                        } else if f.status == "rejected" {
+                            p[*i].fate = Fate::Rejected;
+                        }
                     }
                 }
             }
-        }
+        });
+        futures::future::join_all(rounds).await;
         if stopping {
             return;
         }

@@ -257,6 +257,11 @@ impl Snowball {
         self.params.effective(available)
     }
 
+    /// Transactions not yet accepted or rejected.
+    pub fn undecided_len(&self) -> usize {
+        self.undecided.len()
+    }
+
     pub fn stats(&self) -> SnowballStats {
         SnowballStats {
             undecided: self.undecided.len(),

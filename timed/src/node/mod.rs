@@ -91,6 +91,25 @@ pub struct State {
     pub heartbeat_seq: u64,
 }
 
+impl State {
+    /// Records when `txid` became final here (by a poll or by a committed block), unless that
+    /// is known already. Oldest first past `FINALITY_MEMORY`, so a client asking soon after
+    /// finality still gets its answer under sustained load.
+    pub fn remember_finality(&mut self, txid: Txid, time: FinalityTime) -> bool {
+        if self.finality_ms.contains_key(&txid) {
+            return false;
+        }
+        while self.finality_order.len() >= FINALITY_MEMORY {
+            if let Some(old) = self.finality_order.pop_front() {
+                self.finality_ms.remove(&old);
+            }
+        }
+        self.finality_ms.insert(txid, time);
+        self.finality_order.push_back(txid);
+        true
+    }
+}
+
 pub struct Shared {
     pub cfg: NodeConfig,
     pub ledger: Ledger,

@@ -376,6 +376,11 @@ impl Store {
 
     /// A transaction in the chain with the height of its block.
     pub fn get_tx(&self, txid: &Txid) -> Result<Option<(Transaction, u64)>, StoreError> {
+        Ok(self.get_tx_in_block(txid)?.map(|(tx, block)| (tx, block.height())))
+    }
+
+    /// A transaction in the chain with its whole block, decoded once.
+    pub fn get_tx_in_block(&self, txid: &Txid) -> Result<Option<(Transaction, Block)>, StoreError> {
         let rtx = self.begin_read()?;
         let Some((height, pos)) = rtx.open_table(TX_INDEX)?.get(&txid.0)?.map(|v| v.value()) else {
             return Ok(None);
@@ -387,11 +392,11 @@ impl Store {
         let block: Block = decode("block", raw.value())?;
         let tx = block
             .txs
-            .into_iter()
-            .nth(pos as usize)
+            .get(pos as usize)
             .filter(|tx| tx.txid() == *txid)
+            .cloned()
             .ok_or_else(|| StoreError::Corrupt(format!("tx {txid} not at position {pos} of block {height}")))?;
-        Ok(Some((tx, height)))
+        Ok(Some((tx, block)))
     }
 
     /// Count, total value and a SHA-256d over all (outpoint, output) pairs in key order, so two

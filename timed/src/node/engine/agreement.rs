@@ -257,12 +257,22 @@ impl Engine {
         {
             let mut st = self.s.state();
             let txs = &block.txs[1..];
+            // A transaction a block settles before this node's own polls did becomes final
+            // here now: clients (and `timectl bench`) get this node's time, not none.
+            let now = now_ms();
+            let txids: Vec<Txid> = txs.iter().map(|t| t.txid()).collect();
+            for txid in &txids {
+                let pending = st.mempool.get(txid).filter(|e| e.status == TxStatus::Pending);
+                if let Some(seen) = pending.map(|e| e.first_seen_ms) {
+                    let time = crate::node::FinalityTime { latency_ms: now.saturating_sub(seen), at_ms: now };
+                    st.remember_finality(*txid, time);
+                }
+            }
             let conflicted = st.mempool.remove_for_block(txs);
-            for tx in txs {
+            for txid in &txids {
                 // A block settles it: Snowball can forget the transaction.
-                let txid = tx.txid();
-                st.snowball.accept_external(&txid);
-                st.snowball.remove(&txid);
+                st.snowball.accept_external(txid);
+                st.snowball.remove(txid);
             }
             for t in &conflicted {
                 st.snowball.remove(t);

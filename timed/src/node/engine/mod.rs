@@ -42,6 +42,10 @@ const MAX_ORPHANS: usize = 10_000;
 const MAX_REGOSSIP: usize = 256;
 /// Finality latencies kept for p50/p99.
 const LATENCY_WINDOW: usize = 1000;
+/// Accepted transactions that make a finality write due even while events keep coming.
+const FINALITY_BATCH: usize = 4096;
+/// Longest an accepted transaction waits for its finality write while events keep coming.
+const FINALITY_LINGER: Duration = Duration::from_millis(10);
 
 /// The kinds of work the engine task does, for `timed_engine_busy_seconds_total`: the task is
 /// one serial loop, so where its time goes is where the node's consensus ceiling comes from.
@@ -62,8 +66,7 @@ enum Stage {
     HeartbeatTick,
     StatusTick,
     Relay,
-    /// Part of `PollReply` and `PollRound` (and `Timers`, `Blocks`): the durable write of what
-    /// a poll finalized.
+    /// The durable write of what polls accepted, one per batch (group commit).
     FinalityWrite,
 }
 
@@ -209,6 +212,10 @@ struct Engine {
     /// is verified once, not once per copy. With the time each went in: a job that never came
     /// back (a panic) must not bar its transactions for good.
     verifying: HashMap<Txid, Instant>,
+    /// Accepted by Snowball, waiting for the finality write: every poll reply that arrives
+    /// while the engine is busy shares one fsync instead of paying its own.
+    finalizing: Vec<Txid>,
+    finalizing_since: Instant,
     clock: StageClock,
 }
 
@@ -271,6 +278,8 @@ pub async fn run(
         relay: Vec::new(),
         verified: verified_tx,
         verifying: HashMap::new(),
+        finalizing: Vec::new(),
+        finalizing_since: Instant::now(),
         verify_gate: Arc::new(tokio::sync::Semaphore::new(
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
         )),
@@ -340,12 +349,17 @@ pub async fn run(
         // Relay once the queues run dry (or a batch is full): one message per peer carries
         // everything that arrived meanwhile, without holding anything back on a quiet node.
         let idle = inbound.is_empty() && submissions.is_empty() && verified_rx.is_empty();
+        if e.finality_due(idle) {
+            e.flush_finality();
+        }
         if !e.relay.is_empty() && (idle || e.relay.len() >= MAX_TXS_PER_MESSAGE) {
             let t = Instant::now();
             e.flush_relay();
             e.clock.record(Stage::Relay, t);
         }
     }
+    // Accepted but not yet written: write them, so they are not polled again after a restart.
+    e.flush_finality();
     Ok(())
 }
 

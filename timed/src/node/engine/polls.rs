@@ -17,15 +17,23 @@ impl Engine {
         pool
     }
 
+    /// The poll tick: finishes polls past their deadline, then starts one if there is room.
     pub(super) fn poll_round(&mut self) {
         let now = Instant::now();
         let expired: Vec<u64> = self.polls.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| *id).collect();
         for id in expired {
             self.finish_poll(id);
         }
+        self.start_poll();
+    }
+
+    /// Sends a poll about undecided transactions no poll in flight asks about, if fewer than
+    /// `max_concurrent_polls` are in flight.
+    pub(super) fn start_poll(&mut self) {
         if self.n() == 1 {
             return;
         }
+        let now = Instant::now();
         let params = self.s.cfg.avalanche.clone();
         if self.polls.len() >= params.max_concurrent_polls {
             return;
@@ -91,6 +99,15 @@ impl Engine {
         };
         if done {
             self.finish_poll(id);
+            // While what is undecided fits in one poll, the next poll goes out now, not at the
+            // next tick: a transaction's `beta` polls then take `beta` round trips, not `beta`
+            // intervals (docs/consensus.md). Past that the tick paces polls, which measured
+            // better under overload. Only a poll every validator answered gets here, so
+            // unanswered polls cannot spin.
+            let batch_max = self.s.cfg.avalanche.batch_max.min(MAX_POLL_TXIDS);
+            if self.s.state().snowball.undecided_len() <= batch_max {
+                self.start_poll();
+            }
         }
     }
 

@@ -176,8 +176,29 @@ impl Engine {
         }
     }
 
-    /// Makes accepted transactions final: durable first, then visible.
+    /// Queues transactions Snowball accepted for the next finality write. Peers already hear
+    /// "yes" for them (Snowball's preference); clients see them final only after the write.
     pub(super) fn accept(&mut self, txids: &[Txid]) {
+        if txids.is_empty() {
+            return;
+        }
+        if self.finalizing.is_empty() {
+            self.finalizing_since = Instant::now();
+        }
+        self.finalizing.extend_from_slice(txids);
+    }
+
+    /// Whether the queued finality write is due: the engine's queues ran dry (what arrived
+    /// meanwhile shares the write), the batch is large, or it has waited long enough.
+    pub(super) fn finality_due(&self, idle: bool) -> bool {
+        !self.finalizing.is_empty()
+            && (idle || self.finalizing.len() >= FINALITY_BATCH || self.finalizing_since.elapsed() >= FINALITY_LINGER)
+    }
+
+    /// Makes the queued accepted transactions final: durable first (one fsync'd write for the
+    /// whole batch), then visible.
+    pub(super) fn flush_finality(&mut self) {
+        let txids = std::mem::take(&mut self.finalizing);
         if txids.is_empty() {
             return;
         }
@@ -206,16 +227,7 @@ impl Engine {
             if st.recent_finality_ms.len() > LATENCY_WINDOW {
                 st.recent_finality_ms.pop_front();
             }
-            // Oldest first, so a client asking soon after finality still gets its answer even
-            // under sustained load (a wholesale clear lost recent ones).
-            while st.finality_order.len() >= crate::node::FINALITY_MEMORY {
-                if let Some(old) = st.finality_order.pop_front() {
-                    st.finality_ms.remove(&old);
-                }
-            }
-            if st.finality_ms.insert(*txid, crate::node::FinalityTime { latency_ms: latency, at_ms: now }).is_none() {
-                st.finality_order.push_back(*txid);
-            }
+            st.remember_finality(*txid, crate::node::FinalityTime { latency_ms: latency, at_ms: now });
             drop(st);
             self.s.metrics.tx_finality.observe(latency as f64 / 1000.0);
             self.s.metrics.tx_finalized.inc();
