@@ -95,9 +95,9 @@ impl State {
     /// Records when `txid` became final here (by a poll or by a committed block), unless that
     /// is known already. Oldest first past `FINALITY_MEMORY`, so a client asking soon after
     /// finality still gets its answer under sustained load.
-    pub fn remember_finality(&mut self, txid: Txid, time: FinalityTime) -> bool {
+    pub fn remember_finality(&mut self, txid: Txid, time: FinalityTime) {
         if self.finality_ms.contains_key(&txid) {
-            return false;
+            return;
         }
         while self.finality_order.len() >= FINALITY_MEMORY {
             if let Some(old) = self.finality_order.pop_front() {
@@ -106,7 +106,6 @@ impl State {
         }
         self.finality_ms.insert(txid, time);
         self.finality_order.push_back(txid);
-        true
     }
 }
 
@@ -379,4 +378,41 @@ pub fn keygen(dir: &std::path::Path, validator_id: &str) -> anyhow::Result<()> {
     println!("tier = \"free\"");
     println!("reward_address = {:?}", address.to_string());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::Hash256;
+
+    fn state() -> State {
+        State {
+            mempool: Mempool::new(DEFAULT_MAX_BYTES),
+            snowball: Snowball::new(Default::default()),
+            heartbeats: HeartbeatTracker::new(3, 1000, 2, 100),
+            view: ConsensusView::default(),
+            counters: Counters::default(),
+            recent_finality_ms: VecDeque::new(),
+            finality_ms: Default::default(),
+            finality_order: VecDeque::new(),
+            heartbeat_seq: 0,
+        }
+    }
+
+    #[test]
+    fn the_first_finality_time_stays_and_the_oldest_goes_first() {
+        let mut st = state();
+        let id = |i: u32| Hash256::digest(&i.to_be_bytes());
+        st.remember_finality(id(0), FinalityTime { latency_ms: 5, at_ms: 100 });
+        // A block committing it later does not move the time its polls made it final.
+        st.remember_finality(id(0), FinalityTime { latency_ms: 900, at_ms: 1000 });
+        assert_eq!(st.finality_ms[&id(0)].at_ms, 100);
+        for i in 1..=FINALITY_MEMORY as u32 {
+            st.remember_finality(id(i), FinalityTime { latency_ms: 1, at_ms: 200 + u64::from(i) });
+        }
+        assert_eq!(st.finality_ms.len(), FINALITY_MEMORY);
+        assert_eq!(st.finality_order.len(), FINALITY_MEMORY);
+        assert!(!st.finality_ms.contains_key(&id(0)), "the oldest is forgotten first");
+        assert!(st.finality_ms.contains_key(&id(1)) && st.finality_ms.contains_key(&id(FINALITY_MEMORY as u32)));
+    }
 }
