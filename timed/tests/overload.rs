@@ -221,3 +221,44 @@ async fn expired_transactions_stay_rejected_despite_re_gossip() {
     let again = v1.client().send_raw_transaction(tx.to_hex()).await.unwrap_err().to_string();
     assert!(again.contains("txn-expired"), "{again}");
 }
+
+/// Polls about transactions the peers do not know make no progress; they must wait for the
+/// poll tick instead of following one another at the speed of the round trip (back-to-back
+/// polls are for polls that made progress, docs/consensus.md).
+#[tokio::test(flavor = "multi_thread")]
+async fn polls_that_make_no_progress_wait_for_the_tick() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // The peers take at most 3 pending transactions from gossip, so of 12 sent to validator1
+    // the others learn only the first few until re-gossip brings the rest seconds later.
+    let small = ["--max-pending-txs", "1"];
+    let v1 = validator(dir, 1, "", &[]);
+    let seed = v1.p2p.clone();
+    let nodes = [v1, validator(dir, 2, &seed, &small), validator(dir, 3, &seed, &small)];
+    let refs: Vec<&Node> = nodes.iter().collect();
+    connected(&refs, 2).await;
+    for n in &refs {
+        wait_height(n, 2, 60).await;
+    }
+    let key = Keypair::generate();
+    let coins = fund(&nodes[0], &nodes[1], &key, 12).await;
+    let txs: Vec<Transaction> = coins.iter().map(|c| payment(&key, *c, 0)).collect();
+    let c1 = nodes[0].client();
+    let before = c1.get_avalanche_status().await.unwrap().polls_sent;
+    let t0 = std::time::Instant::now();
+    let answers = send_all(&nodes[0], &txs).await;
+    assert!(answers.iter().all(|a| a.is_ok()), "validator1 admits all 12: {answers:?}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let status = c1.get_avalanche_status().await.unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    assert!(status.undecided > 0, "some must still be unknown to the peers for this to test anything: {status:?}");
+    // At the 20 ms tick, at most 50 polls a second start; back to back they would follow each
+    // other every round trip (a few ms on loopback) for as long as the peers do not know them.
+    let rate = (status.polls_sent - before) as f64 / secs;
+    assert!(rate < 120.0, "{rate:.0} polls/s about transactions the peers do not know");
+    // And they do become final once re-gossip brings them.
+    for tx in &txs {
+        let f = c1.wait_transaction_finality(tx.txid().to_hex(), Some(60.0)).await.unwrap();
+        assert!(f.finalized, "{f:?}");
+    }
+}

@@ -98,21 +98,24 @@ impl Engine {
             _ => false,
         };
         if done {
-            self.finish_poll(id);
+            let progressed = self.finish_poll(id);
             // While what is undecided fits in one poll, the next poll goes out now, not at the
             // next tick: a transaction's `beta` polls then take `beta` round trips, not `beta`
             // intervals (docs/consensus.md). Past that the tick paces polls, which measured
-            // better under overload. Only a poll every validator answered gets here, so
-            // unanswered polls cannot spin.
+            // better under overload. Only a poll that every validator answered and that made
+            // progress gets here: polls about what peers do not know (or refuse) wait for the
+            // tick, so they cannot spin at the speed of the round trip.
             let batch_max = self.s.cfg.avalanche.batch_max.min(MAX_POLL_TXIDS);
-            if self.s.state().snowball.undecided_len() <= batch_max {
+            if progressed && self.s.state().snowball.undecided_len() <= batch_max {
                 self.start_poll();
             }
         }
     }
 
-    pub(super) fn finish_poll(&mut self, id: u64) {
-        let Some(poll) = self.polls.remove(&id) else { return };
+    /// Applies a poll's answers. True when at least one of its transactions had a successful
+    /// poll (`alpha_confidence` Yes votes): the poll made progress.
+    pub(super) fn finish_poll(&mut self, id: u64) -> bool {
+        let Some(poll) = self.polls.remove(&id) else { return false };
         for t in &poll.txids {
             self.in_flight.remove(t);
         }
@@ -129,6 +132,7 @@ impl Engine {
             .collect();
         let params = &self.s.cfg.avalanche;
         let (k, ap, ac) = params.effective(poll.k);
+        let progressed = results.iter().any(|(_, yes)| *yes >= ac);
         let decisions = self.s.state().snowball.record_poll(&results, k, ap, ac);
         if !decisions.rejected.is_empty() {
             let mut st = self.s.state();
@@ -143,6 +147,7 @@ impl Engine {
         if !decisions.rejected.is_empty() {
             self.s.finality_changed.notify_waiters();
         }
+        progressed
     }
 
     pub(super) fn answer_poll(&mut self, from: ValidatorIndex, id: u64, txids: Vec<Txid>) {
