@@ -26,6 +26,19 @@ fn validator(dir: &std::path::Path, i: usize, peers: &str, extra: &[&str]) -> No
     spawn_in(&dir.join(&id), &id, &args)
 }
 
+/// Validator1 with `first`, validators 2 and 3 with `others`, connected and past height 2.
+async fn three_validators(dir: &std::path::Path, first: &[&str], others: &[&str]) -> [Node; 3] {
+    let v1 = validator(dir, 1, "", first);
+    let seed = v1.p2p.clone();
+    let nodes = [v1, validator(dir, 2, &seed, others), validator(dir, 3, &seed, others)];
+    let refs: Vec<&Node> = nodes.iter().collect();
+    connected(&refs, 2).await;
+    for n in &refs {
+        wait_height(n, 2, 60).await;
+    }
+    nodes
+}
+
 async fn connected(nodes: &[&Node], peers: usize) {
     for n in nodes {
         let c = n.client();
@@ -98,14 +111,7 @@ async fn excess_is_refused_and_every_admitted_transaction_settles() {
     let dir = tmp.path();
     // A small limit, so a few hundred transactions are an overload even for a debug build.
     let limit = ["--max-pending-txs", "40"];
-    let v1 = validator(dir, 1, "", &limit);
-    let seed = v1.p2p.clone();
-    let nodes = [v1, validator(dir, 2, &seed, &limit), validator(dir, 3, &seed, &limit)];
-    let refs: Vec<&Node> = nodes.iter().collect();
-    connected(&refs, 2).await;
-    for n in &refs {
-        wait_height(n, 2, 60).await;
-    }
+    let nodes = three_validators(dir, &limit, &limit).await;
 
     let key = Keypair::generate();
     let coins = fund(&nodes[0], &nodes[1], &key, 400).await;
@@ -168,7 +174,7 @@ async fn excess_is_refused_and_every_admitted_transaction_settles() {
     assert!(left.is_empty(), "{} transactions were never admitted", left.len());
 
     // Nobody was disconnected for being slow.
-    for n in &refs {
+    for n in &nodes {
         assert_eq!(n.client().get_peer_info().await.unwrap().len(), 2, "{} lost a peer", n.id);
         assert!(!n.log().contains("too slow"), "{} dropped a peer as too slow", n.id);
     }
@@ -232,14 +238,7 @@ async fn polls_that_make_no_progress_wait_for_the_tick() {
     // The peers take at most 3 pending transactions from gossip, so of 12 sent to validator1
     // the others learn only the first few until re-gossip brings the rest seconds later.
     let small = ["--max-pending-txs", "1"];
-    let v1 = validator(dir, 1, "", &[]);
-    let seed = v1.p2p.clone();
-    let nodes = [v1, validator(dir, 2, &seed, &small), validator(dir, 3, &seed, &small)];
-    let refs: Vec<&Node> = nodes.iter().collect();
-    connected(&refs, 2).await;
-    for n in &refs {
-        wait_height(n, 2, 60).await;
-    }
+    let nodes = three_validators(dir, &[], &small).await;
     let key = Keypair::generate();
     let coins = fund(&nodes[0], &nodes[1], &key, 12).await;
     let txs: Vec<Transaction> = coins.iter().map(|c| payment(&key, *c, 0)).collect();
