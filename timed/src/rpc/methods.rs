@@ -165,22 +165,16 @@ impl RpcImpl {
     fn finality(&self, txid: &Txid) -> RpcResult<TxFinality> {
         // In the chain: its place and its block's hash are all this needs. Decoding the whole
         // block per question cost more than the node's own work under `timectl bench`.
-        let mined = |txid: &Txid| -> RpcResult<Option<(u64, Option<Hash256>)>> {
-            let store = &self.s.ledger.store;
-            Ok(match store.tx_location(txid).map_err(internal)? {
-                Some((height, _)) => Some((height, store.block_hash_at(height).map_err(internal)?)),
-                None => None,
-            })
-        };
-        let pooled =
-            |txid: &Txid| self.s.state().mempool.get(txid).map(|e| matches!(e.status, TxStatus::Finalized { .. }));
-        let mut in_chain = mined(txid)?;
-        let in_pool = if in_chain.is_none() { pooled(txid) } else { None };
+        let store = &self.s.ledger.store;
+        let mut in_chain = store.tx_block(txid).map_err(internal)?;
+        let mut st = self.s.state();
+        let in_pool = st.mempool.get(txid).map(|e| matches!(e.status, TxStatus::Finalized { .. }));
         if in_chain.is_none() && in_pool.is_none() {
             // A block may have taken it out of the pool between the two looks.
-            in_chain = mined(txid)?;
+            drop(st);
+            in_chain = store.tx_block(txid).map_err(internal)?;
+            st = self.s.state();
         }
-        let st = self.s.state();
         let times = st.finality_ms.get(txid).copied();
         let mut f = TxFinality {
             txid: txid.to_hex(),
@@ -198,7 +192,7 @@ impl RpcImpl {
                 f.status = "confirmed".into();
                 f.finalized = true;
                 f.confidence = self.s.cfg.avalanche.beta;
-                f.blockhash = Some(hash.ok_or_else(|| internal("block missing"))?.to_hex());
+                f.blockhash = Some(hash.to_hex());
                 f.blockheight = Some(height);
             }
             (None, Some(true)) => {

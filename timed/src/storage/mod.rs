@@ -374,6 +374,21 @@ impl Store {
         Ok(self.begin_read()?.open_table(TX_INDEX)?.get(&txid.0)?.map(|v| v.value()))
     }
 
+    /// Where a transaction sits in the chain: its block's height and hash, read in one read
+    /// transaction without decoding the block.
+    pub fn tx_block(&self, txid: &Txid) -> Result<Option<(u64, BlockHash)>, StoreError> {
+        let rtx = self.begin_read()?;
+        let Some((height, _)) = rtx.open_table(TX_INDEX)?.get(&txid.0)?.map(|v| v.value()) else {
+            return Ok(None);
+        };
+        let hash = rtx
+            .open_table(BLOCK_HASHES)?
+            .get(&keys::height(height))?
+            .map(|v| Hash256(*v.value()))
+            .ok_or_else(|| StoreError::Corrupt(format!("tx {txid} indexed at missing height {height}")))?;
+        Ok(Some((height, hash)))
+    }
+
     /// A transaction in the chain with the height of its block.
     pub fn get_tx(&self, txid: &Txid) -> Result<Option<(Transaction, u64)>, StoreError> {
         Ok(self.get_tx_in_block(txid)?.map(|(tx, block)| (tx, block.height())))

@@ -155,6 +155,9 @@ fn commit_updates_utxos_and_indexes() {
     assert_eq!(store.tx_location(&respend.txid()).unwrap(), Some((1, 2)));
     assert_eq!(store.get_tx(&respend.txid()).unwrap(), Some((respend.clone(), 1)));
     assert_eq!(store.get_tx(&Hash256::digest(b"nope")).unwrap(), None);
+    let block1 = store.block_hash_at(1).unwrap().expect("block 1");
+    assert_eq!(store.tx_block(&respend.txid()).unwrap(), Some((1, block1)));
+    assert_eq!(store.tx_block(&Hash256::digest(b"nope")).unwrap(), None);
 
     let mine = store.utxos_for_address(&alice).unwrap();
     assert_eq!(mine.len(), 2);
