@@ -36,7 +36,9 @@ pub const PAYMENT_FEE: u64 = 10_000;
 pub enum LoadError {
     #[error("chain {0:?} is not a devnet: bench needs funded keys it can derive")]
     NotDevnet(String),
-    #[error("the validator wallets hold {have} spendable coins large enough to fund {need} more funding transactions")]
+    #[error(
+        "the validator wallets funded {have} of the {need} coins the ladder needs, and have no spendable coin left"
+    )]
     NotEnoughFunds { have: usize, need: usize },
 }
 
@@ -143,7 +145,10 @@ fn hinted(message: String, hint: &str) -> anyhow::Error {
 }
 
 /// Spends the validator wallets' coins into `total` coins for the bench keys, and waits until
-/// every funding transaction is final on a node other than the one it was sent to.
+/// every funding transaction is final on a node other than the one it was sent to and in a block
+/// on every node. A devnet wallet holds a few dozen coins and each funds one transaction of
+/// [`outputs_per_funding_tx`] coins, so a ladder that needs more goes in rounds: each round's
+/// change, once in a block, is the next round's input.
 pub async fn fund_from_devnet(
     nodes: &[Node],
     clients: &[HttpClient],
@@ -152,9 +157,30 @@ pub async fn fund_from_devnet(
     total: usize,
     timeout: Duration,
 ) -> anyhow::Result<Vec<Coin>> {
+    let mut coins = Vec::with_capacity(total);
+    while coins.len() < total {
+        let before = coins.len();
+        let txs = funding_round(nodes, clients, chain_id, keys, total, &mut coins).await?;
+        if txs.is_empty() {
+            return Err(LoadError::NotEnoughFunds { have: before, need: total }.into());
+        }
+        tracing::info!(txs = txs.len(), coins = coins.len() - before, of = total, "funding round");
+        settle_funding(nodes, clients, &txs, timeout).await?;
+    }
+    Ok(coins)
+}
+
+/// One funding transaction per spendable wallet coin, until `coins` holds `total`.
+async fn funding_round(
+    nodes: &[Node],
+    clients: &[HttpClient],
+    chain_id: &str,
+    keys: &Keys,
+    total: usize,
+    coins: &mut Vec<Coin>,
+) -> anyhow::Result<Vec<(usize, Transaction)>> {
     let per_tx = outputs_per_funding_tx();
     let mut txs = Vec::new();
-    let mut coins = Vec::with_capacity(total);
     // Each node's own wallet, so `spendable` already excludes what its pool spends.
     'nodes: for (i, n) in nodes.iter().enumerate() {
         let funder = devnet_funder(chain_id, &n.validator_id)
@@ -177,11 +203,19 @@ pub async fn fund_from_devnet(
             }
         }
     }
-    if coins.len() < total {
-        return Err(LoadError::NotEnoughFunds { have: txs.len(), need: total.div_ceil(per_tx) }.into());
-    }
+    Ok(txs)
+}
+
+/// Sends one round's funding transactions and waits until each is final on a node other than
+/// the one it was sent to, then until it is in a block on every node.
+async fn settle_funding(
+    nodes: &[Node],
+    clients: &[HttpClient],
+    txs: &[(usize, Transaction)],
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let mut ids = Vec::new();
-    for (i, tx) in &txs {
+    for (i, tx) in txs {
         let id = clients[*i].send_raw_transaction(tx.to_hex()).await.map_err(|e| {
             anyhow::anyhow!("{}: funding transaction refused: {}", nodes[*i].name, client::compact_error(&e))
         })?;
@@ -210,7 +244,8 @@ pub async fn fund_from_devnet(
         }
     }
     // Then wait for them to be in blocks on every node: committing tens of thousands of new
-    // outputs is work the first step should not be charged with.
+    // outputs is work the first step should not be charged with, and the next round spends
+    // their change.
     let confirm_deadline = Instant::now() + Duration::from_secs(60);
     for (i, c) in clients.iter().enumerate() {
         for (_, id) in &ids {
@@ -226,7 +261,7 @@ pub async fn fund_from_devnet(
             }
         }
     }
-    Ok(coins)
+    Ok(())
 }
 
 // ---------- the steady stream of `stability --load` ----------

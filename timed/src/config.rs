@@ -14,6 +14,8 @@ pub const DEFAULT_BLOCK_TIME: u64 = 10;
 /// this over the finalized rate: 2,000 is under 2 s at the 1,000+ tx/s measured on a quiet
 /// machine (docs/benchmarks.md) and still lets 5,000 tx/s through at a 0.4 s finality.
 pub const DEFAULT_MAX_PENDING_TXS: usize = 2_000;
+/// Upper bound of `--threads`: a typo such as 80000 should fail at start, not exhaust the machine.
+pub const MAX_THREADS: usize = 1024;
 
 #[derive(Parser, Debug, Clone, Default)]
 #[command(
@@ -122,6 +124,10 @@ pub struct Cli {
     /// Seconds an undecided transaction waits before it is rejected as expired.
     #[arg(long)]
     pub tx_expiry_secs: Option<u64>,
+    /// Threads for the node's work: runtime workers, and signature checks at once
+    /// [default: the machine's cores]. Lower it when several nodes share one machine.
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 #[derive(clap::Subcommand, Debug, Clone)]
@@ -167,6 +173,7 @@ pub struct FileConfig {
     pub avalanche_beta: Option<u32>,
     pub max_pending_txs: Option<usize>,
     pub tx_expiry_secs: Option<u64>,
+    pub threads: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -260,6 +267,8 @@ pub struct NodeConfig {
     pub avalanche: crate::consensus::snowball::SnowballParams,
     /// See `--max-pending-txs`.
     pub max_pending_txs: usize,
+    /// See `--threads`.
+    pub threads: usize,
 }
 
 impl NodeConfig {
@@ -384,6 +393,13 @@ impl Cli {
             return Err(ConfigError::Invalid("--max-pending-txs must be at least 1".into()));
         }
         avalanche.validate().map_err(|e| ConfigError::Invalid(format!("avalanche parameters: {e}")))?;
+        let threads = match self.threads.or(file.threads) {
+            Some(n) if n == 0 || n > MAX_THREADS => {
+                return Err(ConfigError::Invalid(format!("--threads must be between 1 and {MAX_THREADS}, not {n}")))
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        };
         let d = RpcLimits::default();
         let positive = |name: &str, v: u64| {
             if v == 0 {
@@ -451,6 +467,7 @@ impl Cli {
             propose_timeout_ms,
             avalanche,
             max_pending_txs,
+            threads,
         })
     }
 }
@@ -549,5 +566,20 @@ mod tests {
             cli(&["--validator-id", "validator1", "--rpc-user", "u"]).resolve(),
             Err(ConfigError::PartialCredentials)
         ));
+    }
+
+    #[test]
+    fn threads_default_to_the_cores_and_are_bounded() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(cli(&["--validator-id", "validator1"]).resolve().unwrap().threads, cores);
+        assert_eq!(cli(&["--validator-id", "validator1", "--threads", "1"]).resolve().unwrap().threads, 1);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("t.toml");
+        std::fs::write(&f, "validator_id = \"validator1\"\nthreads = 3\n").unwrap();
+        assert_eq!(cli(&["--config", f.to_str().unwrap()]).resolve().unwrap().threads, 3);
+        for bad in ["0", "1025"] {
+            let err = cli(&["--validator-id", "validator1", "--threads", bad]).resolve().unwrap_err();
+            assert_eq!(err.to_string(), format!("--threads must be between 1 and 1024, not {bad}"));
+        }
     }
 }

@@ -67,7 +67,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         None => {}
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(cfg.threads).enable_all().build()?;
     rt.block_on(timed::node::run(cfg, shutdown_signal()))
 }
 

@@ -443,3 +443,28 @@ async fn concurrent_wallet_sends_each_take_their_own_coins() {
     }
     assert_eq!(c.get_balance(Some(other), Some(0)).await.unwrap(), 10.0);
 }
+
+/// Threads of a running process whose name starts with `prefix` (Linux: /proc/PID/task/*/comm).
+fn threads_named(pid: u32, prefix: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with(prefix))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn threads_sets_the_runtime_workers() {
+    // tokio's name for its workers. Its blocking pool uses the same name, but an idle
+    // one-validator devnet starts no blocking task, so here they are the workers alone.
+    const WORKER: &str = "tokio-rt-worker";
+    for threads in [1, 3] {
+        let node = single(&["--threads", &threads.to_string()]);
+        wait_height(&node, 2, 30).await;
+        assert_eq!(threads_named(node.child.as_ref().unwrap().id(), WORKER), threads);
+    }
+    let out = Command::new(timed_bin()).args(["--validator-id", "validator1", "--threads", "0"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("error: --threads must be between 1 and 1024, not 0"), "{err}");
+}

@@ -341,6 +341,22 @@ impl Snowball {
     }
 
     fn strongly_preferred(&self, txid: &Txid) -> bool {
+        // Most transactions spend outputs of settled ones: their own sets decide, and every
+        // poll answer asks, so that case allocates nothing.
+        let Some(e) = self.txs.get(txid) else { return true };
+        if e.accepted {
+            return true;
+        }
+        let mut undecided_parent = false;
+        for op in &e.inputs {
+            if self.sets.get(op).is_none_or(|s| s.preference != *txid) {
+                return false;
+            }
+            undecided_parent |= self.txs.get(&op.txid).is_some_and(|p| !p.accepted);
+        }
+        if !undecided_parent {
+            return true;
+        }
         let mut stack = vec![*txid];
         let mut seen = std::collections::HashSet::new();
         while let Some(t) = stack.pop() {
@@ -810,9 +826,15 @@ mod tests {
         for _ in 0..10 {
             assert!(s.record_poll(&[(child, 4)], K, AP, AC).is_empty());
         }
-        // The rival wins: the parent is rejected and so is its child.
+        // The rival wins: the parent is rejected and so is its child. Once the rival is
+        // preferred, the child's own set still prefers it, but its parent is losing: No.
+        let r = s.record_poll(&[(rival, 4), (parent, 0)], K, AP, AC);
+        assert!(r.is_empty());
+        assert_eq!(s.preference(&rival), Preference::Yes);
+        assert_eq!(s.sets[&OutPoint { txid: parent, vout: 0 }].preference, child);
+        assert_eq!(s.preference(&child), Preference::No, "its undecided parent is not preferred");
         let mut d = Decisions::default();
-        for _ in 0..9 {
+        for _ in 0..8 {
             let r = s.record_poll(&[(rival, 4), (parent, 0)], K, AP, AC);
             d.accepted.extend(r.accepted);
             d.rejected.extend(r.rejected);

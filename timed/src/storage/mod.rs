@@ -374,6 +374,16 @@ impl Store {
         Ok(self.begin_read()?.open_table(TX_INDEX)?.get(&txid.0)?.map(|v| v.value()))
     }
 
+    /// Which of `txids` are in the chain, in one read transaction: a poll answer asks about
+    /// many at once, and a read transaction per txid cost more than the lookups themselves.
+    pub fn in_chain(&self, txids: &[Txid]) -> Result<Vec<bool>, StoreError> {
+        if txids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let index = self.begin_read()?.open_table(TX_INDEX)?;
+        txids.iter().map(|t| Ok(index.get(&t.0)?.is_some())).collect()
+    }
+
     /// Where a transaction sits in the chain: its block's height and hash, read in one read
     /// transaction without decoding the block.
     pub fn tx_block(&self, txid: &Txid) -> Result<Option<(u64, BlockHash)>, StoreError> {
@@ -493,6 +503,11 @@ impl Store {
 }
 
 /// Writes everything a block changes inside `txn`. The caller has checked that it extends the tip.
+///
+/// The block's net effect is worked out in memory first, in block order, and then applied to
+/// each table in key order: txids and outpoints are hashes, so in block order every insert and
+/// remove lands on a random page of a large tree, while in key order neighbouring changes share
+/// their pages. An output created and spent within the block never reaches the store.
 fn write_block(txn: &WriteTransaction, block: &Block, cert: Option<&CommitCert>) -> Result<(), StoreError> {
     let height = block.height();
     let hash = block.hash();
@@ -503,37 +518,98 @@ fn write_block(txn: &WriteTransaction, block: &Block, cert: Option<&CommitCert>)
     if let Some(cert) = cert {
         txn.open_table(CERTS)?.insert(&hkey, encode(cert).as_slice())?;
     }
+    let plan = BlockChanges::plan(block)?;
+
     let mut tx_index = txn.open_table(TX_INDEX)?;
+    for (txid, pos) in &plan.txids {
+        // A txid already in the chain would overwrite the index entry and live outputs of the first.
+        if tx_index.insert(&txid.0, (height, *pos))?.is_some() {
+            return Err(StoreError::DuplicateTx { height, txid: *txid });
+        }
+    }
+    drop(tx_index);
+
     let mut utxos = txn.open_table(UTXOS)?;
+    let mut unindex = Vec::with_capacity(plan.spent.len());
+    for op in &plan.spent {
+        let spent: TxOut = match utxos.remove(&keys::outpoint(op))? {
+            Some(v) => decode("output", v.value())?,
+            None => return Err(StoreError::MissingInput { height, outpoint: *op }),
+        };
+        unindex.push(keys::address_outpoint(&spent.address, op));
+    }
+    for (op, out) in &plan.created {
+        if utxos.insert(&keys::outpoint(op), encode(out).as_slice())?.is_some() {
+            return Err(StoreError::DuplicateTx { height, txid: op.txid });
+        }
+    }
+    drop(utxos);
+
     let mut by_address = txn.open_table(ADDRESS_UTXOS)?;
+    unindex.sort_unstable();
+    for key in &unindex {
+        by_address.remove(key)?;
+    }
+    let mut index: Vec<_> = plan.created.iter().map(|(op, out)| keys::address_outpoint(&out.address, op)).collect();
+    index.sort_unstable();
+    for key in &index {
+        by_address.insert(key, height)?;
+    }
+    drop(by_address);
+
     let mut pending = txn.open_table(FINALIZED_PENDING)?;
-    for (pos, tx) in block.txs.iter().enumerate() {
-        let txid = tx.txid();
-        // A repeated txid would overwrite live outputs and the index entry of the first copy.
-        if tx_index.insert(&txid.0, (height, pos as u32))?.is_some() {
-            return Err(StoreError::DuplicateTx { height, txid });
-        }
-        // Inputs before outputs, in block order, so a transaction may spend an earlier one of
-        // the same block but never its own outputs, and a double spend finds the output gone.
-        for input in &tx.inputs {
-            let op = input.prevout;
-            let spent: TxOut = match utxos.remove(&keys::outpoint(&op))? {
-                Some(v) => decode("output", v.value())?,
-                None => return Err(StoreError::MissingInput { height, outpoint: op }),
-            };
-            by_address.remove(&keys::address_outpoint(&spent.address, &op))?;
-        }
-        for (vout, out) in tx.outputs.iter().enumerate() {
-            let op = OutPoint { txid, vout: vout as u32 };
-            if utxos.insert(&keys::outpoint(&op), encode(out).as_slice())?.is_some() {
-                return Err(StoreError::DuplicateTx { height, txid });
-            }
-            by_address.insert(&keys::address_outpoint(&out.address, &op), height)?;
-        }
+    for (txid, _) in &plan.txids {
         pending.remove(&txid.0)?;
     }
+    drop(pending);
     txn.open_table(META)?.insert(META_TIP, keys::tip(height, &hash).as_slice())?;
     Ok(())
+}
+
+/// What a block changes, each list in key order.
+struct BlockChanges<'a> {
+    /// Every transaction with its position in the block.
+    txids: Vec<(Txid, u32)>,
+    /// Outputs of earlier blocks that this block spends.
+    spent: Vec<OutPoint>,
+    /// Outputs this block creates and leaves unspent.
+    created: Vec<(OutPoint, &'a TxOut)>,
+}
+
+impl<'a> BlockChanges<'a> {
+    /// Walks the block in order. Inputs come before outputs, so a transaction may spend an
+    /// earlier one of the same block but never its own outputs, and a second spend of an output
+    /// finds it gone (reported as a missing input, as the store would).
+    fn plan(block: &'a Block) -> Result<BlockChanges<'a>, StoreError> {
+        let height = block.height();
+        let mut txids = Vec::with_capacity(block.txs.len());
+        let mut seen = std::collections::HashSet::with_capacity(block.txs.len());
+        let mut spent = std::collections::HashSet::new();
+        let mut created = std::collections::HashMap::new();
+        for (pos, tx) in block.txs.iter().enumerate() {
+            let txid = tx.txid();
+            // A repeated txid would overwrite the outputs and index entry of the first copy.
+            if !seen.insert(txid) {
+                return Err(StoreError::DuplicateTx { height, txid });
+            }
+            txids.push((txid, pos as u32));
+            for input in &tx.inputs {
+                let op = input.prevout;
+                if created.remove(&op).is_none() && !spent.insert(op) {
+                    return Err(StoreError::MissingInput { height, outpoint: op });
+                }
+            }
+            for (vout, out) in tx.outputs.iter().enumerate() {
+                created.insert(OutPoint { txid, vout: vout as u32 }, out);
+            }
+        }
+        txids.sort_unstable_by_key(|(t, _)| t.0);
+        let mut spent: Vec<OutPoint> = spent.into_iter().collect();
+        spent.sort_unstable_by_key(keys::outpoint);
+        let mut created: Vec<(OutPoint, &TxOut)> = created.into_iter().collect();
+        created.sort_unstable_by_key(|(op, _)| keys::outpoint(op));
+        Ok(BlockChanges { txids, spent, created })
+    }
 }
 
 impl UtxoView for Store {

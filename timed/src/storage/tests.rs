@@ -158,6 +158,9 @@ fn commit_updates_utxos_and_indexes() {
     let block1 = store.block_hash_at(1).unwrap().expect("block 1");
     assert_eq!(store.tx_block(&respend.txid()).unwrap(), Some((1, block1)));
     assert_eq!(store.tx_block(&Hash256::digest(b"nope")).unwrap(), None);
+    let nope = Hash256::digest(b"nope");
+    assert_eq!(store.in_chain(&[pay_id, nope, respend.txid()]).unwrap(), vec![true, false, true]);
+    assert_eq!(store.in_chain(&[]).unwrap(), Vec::<bool>::new());
 
     let mine = store.utxos_for_address(&alice).unwrap();
     assert_eq!(mine.len(), 2);

@@ -280,9 +280,7 @@ pub async fn run(
         verifying: HashMap::new(),
         finalizing: Vec::new(),
         finalizing_since: Instant::now(),
-        verify_gate: Arc::new(tokio::sync::Semaphore::new(
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
-        )),
+        verify_gate: Arc::new(tokio::sync::Semaphore::new(s.cfg.threads)),
         clock: StageClock::new(&s.metrics),
         s,
     };

@@ -188,9 +188,12 @@ pub fn answer(s: &Shared, txids: &[Txid]) -> Vec<Preference> {
     };
     // Mined transactions are answered from the store after the lock is released: a store read
     // must not hold up the engine. Mined is final, so the answer cannot go stale.
-    for i in unknown {
-        if s.ledger.store.tx_location(&txids[i]).ok().flatten().is_some() {
-            prefs[i] = Preference::Yes;
+    let asked: Vec<Txid> = unknown.iter().map(|&i| txids[i]).collect();
+    if let Ok(mined) = s.ledger.store.in_chain(&asked) {
+        for (i, mined) in unknown.into_iter().zip(mined) {
+            if mined {
+                prefs[i] = Preference::Yes;
+            }
         }
     }
     prefs
