@@ -124,8 +124,8 @@ pub struct Cli {
     /// Seconds an undecided transaction waits before it is rejected as expired.
     #[arg(long)]
     pub tx_expiry_secs: Option<u64>,
-    /// Threads for the node's work: runtime workers, and signature checks at once
-    /// [default: the machine's cores]. Lower it when several nodes share one machine.
+    /// Worker threads of the node's async runtime [default: the machine's cores]. Lower it
+    /// when several nodes share one machine. Signature checks run on their own threads.
     #[arg(long)]
     pub threads: Option<usize>,
 }
