@@ -158,7 +158,9 @@ impl Store {
     /// its format version and genesis hash against `genesis`. A store of another genesis or a newer
     /// format is refused.
     pub fn open(path: &Path, genesis: &GenesisConfig) -> Result<Store, StoreError> {
-        const CACHE_BYTES: usize = 16 * 1024 * 1024;
+        // 4 MiB rather than 16: the same throughput under load, and a node's memory comes back
+        // within 2x of idle after it (docs/benchmarks.md, run U).
+        const CACHE_BYTES: usize = 4 * 1024 * 1024;
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|source| StoreError::Io { path: parent.to_path_buf(), source })?;
         }
