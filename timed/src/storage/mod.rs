@@ -373,7 +373,7 @@ impl Store {
 
     /// Height of the block holding `txid` and the transaction's position in it.
     pub fn tx_location(&self, txid: &Txid) -> Result<Option<(u64, u32)>, StoreError> {
-        Ok(self.begin_read()?.open_table(TX_INDEX)?.get(&txid.0)?.map(|v| v.value()))
+        index_entry(&self.begin_read()?, txid)
     }
 
     /// Which of `txids` are in the chain, in one read transaction: a poll answer asks about
@@ -390,14 +390,14 @@ impl Store {
     /// transaction without decoding the block.
     pub fn tx_block(&self, txid: &Txid) -> Result<Option<(u64, BlockHash)>, StoreError> {
         let rtx = self.begin_read()?;
-        let Some((height, _)) = rtx.open_table(TX_INDEX)?.get(&txid.0)?.map(|v| v.value()) else {
+        let Some((height, _)) = index_entry(&rtx, txid)? else {
             return Ok(None);
         };
         let hash = rtx
             .open_table(BLOCK_HASHES)?
             .get(&keys::height(height))?
             .map(|v| Hash256(*v.value()))
-            .ok_or_else(|| StoreError::Corrupt(format!("tx {txid} indexed at missing height {height}")))?;
+            .ok_or_else(|| indexed_at_missing_height(txid, height))?;
         Ok(Some((height, hash)))
     }
 
@@ -409,13 +409,13 @@ impl Store {
     /// A transaction in the chain with its whole block, decoded once.
     pub fn get_tx_in_block(&self, txid: &Txid) -> Result<Option<(Transaction, Block)>, StoreError> {
         let rtx = self.begin_read()?;
-        let Some((height, pos)) = rtx.open_table(TX_INDEX)?.get(&txid.0)?.map(|v| v.value()) else {
+        let Some((height, pos)) = index_entry(&rtx, txid)? else {
             return Ok(None);
         };
         let raw = rtx
             .open_table(BLOCKS)?
             .get(&keys::height(height))?
-            .ok_or_else(|| StoreError::Corrupt(format!("tx {txid} indexed at missing height {height}")))?;
+            .ok_or_else(|| indexed_at_missing_height(txid, height))?;
         let block: Block = decode("block", raw.value())?;
         let tx = block
             .txs
@@ -502,6 +502,15 @@ impl Store {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// The transaction index's entry for `txid`: its block's height and its position there.
+fn index_entry(rtx: &ReadTransaction, txid: &Txid) -> Result<Option<(u64, u32)>, StoreError> {
+    Ok(rtx.open_table(TX_INDEX)?.get(&txid.0)?.map(|v| v.value()))
+}
+
+fn indexed_at_missing_height(txid: &Txid, height: u64) -> StoreError {
+    StoreError::Corrupt(format!("tx {txid} indexed at missing height {height}"))
 }
 
 /// Writes everything a block changes inside `txn`. The caller has checked that it extends the tip.
