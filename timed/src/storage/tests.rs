@@ -233,6 +233,33 @@ fn block_with_missing_input_changes_nothing() {
 }
 
 #[test]
+fn repeated_transaction_is_refused_and_changes_nothing() {
+    let g = devnet();
+    let dir = TempDir::new().unwrap();
+    let store = open_in(&dir, &g);
+    let before = snapshot(&store);
+    let pay = spend(&g, "validator1", vec![genesis_op(&g, 1)], vec![(addr("alice"), COIN)]);
+    // Twice in one block: the second copy would overwrite the first's outputs and index entry.
+    let (block, cert) = next_block(&store, &g, vec![pay.clone(), pay.clone()]);
+    match store.commit_block(&block, &cert) {
+        Err(StoreError::DuplicateTx { height: 1, txid }) => assert_eq!(txid, pay.txid()),
+        other => panic!("expected DuplicateTx, got {other:?}"),
+    }
+    assert_eq!(snapshot(&store), before);
+    // Once in the chain, it cannot come again in a later block.
+    let (block, cert) = next_block(&store, &g, vec![pay.clone()]);
+    store.commit_block(&block, &cert).unwrap();
+    let after_first = snapshot(&store);
+    let (block, cert) = next_block(&store, &g, vec![pay.clone()]);
+    match store.commit_block(&block, &cert) {
+        Err(StoreError::DuplicateTx { height: 2, txid }) => assert_eq!(txid, pay.txid()),
+        other => panic!("expected DuplicateTx, got {other:?}"),
+    }
+    assert_eq!(snapshot(&store), after_first);
+    assert_eq!(store.tx_location(&pay.txid()).unwrap(), Some((1, 1)));
+}
+
+#[test]
 fn wrong_height_parent_or_cert_is_refused() {
     let g = devnet();
     let dir = TempDir::new().unwrap();
