@@ -1,7 +1,8 @@
 //! Overload against real validators on 127.0.0.1: the excess is refused at submission with
 //! `mempool-full` (and nothing else), every transaction given a txid is settled (final, or
 //! rejected with a reason), refused ones can simply be sent again, expired ones stay rejected
-//! even while a peer keeps re-gossiping them, and no peer is dropped on the way.
+//! even while a peer keeps re-gossiping them, and no peer is dropped on the way. And the other
+//! end: an idle network does not poll.
 
 mod common;
 
@@ -260,4 +261,42 @@ async fn polls_that_make_no_progress_wait_for_the_tick() {
         let f = c1.wait_transaction_finality(tx.txid().to_hex(), Some(60.0)).await.unwrap();
         assert!(f.finalized, "{f:?}");
     }
+}
+
+/// The engine's handled events of one `stage`, from the node's `/metrics`.
+fn engine_events(node: &Node, stage: &str) -> f64 {
+    let out = std::process::Command::new("curl")
+        .args(["-s", &format!("http://{}/metrics", node.rpc)])
+        .output()
+        .expect("curl is installed by .ci/setup.sh");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let series = format!("{}{{stage=\"{stage}\"}} ", timed::metrics_names::ENGINE_EVENTS);
+    let line = text.lines().find(|l| l.starts_with(&series)).unwrap_or_else(|| panic!("no {series}in:\n{text}"));
+    line[series.len()..].trim().parse().unwrap_or_else(|e| panic!("{line}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_network_does_not_poll() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = three_validators(tmp.path(), &[], &[]).await;
+    for n in &nodes {
+        wait_height(n, 5, 60).await;
+    }
+    let count = |stage: &'static str| nodes.iter().map(move |n| engine_events(n, stage)).collect::<Vec<_>>();
+    let polls_before = count("poll_round");
+    let h0 = height(&nodes[0]).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let polls_after = count("poll_round");
+    assert!(height(&nodes[0]).await >= h0 + 3, "the chain moved meanwhile");
+    for (i, n) in nodes.iter().enumerate() {
+        // Ticking regardless, the 20 ms poll tick would be 250 events in 5 s.
+        let polls = polls_after[i] - polls_before[i];
+        assert!(polls <= 5.0, "{}: {polls} poll ticks with nothing to poll", n.id);
+    }
+    // A transaction brings the tick back, and it becomes final everywhere.
+    let key = Keypair::generate();
+    let coins = fund(&nodes[0], &nodes[1], &key, 1).await;
+    let f = nodes[2].client().wait_transaction_finality(coins[0].txid.to_hex(), Some(30.0)).await.unwrap();
+    assert!(f.finalized, "{f:?}");
+    assert!(engine_events(&nodes[0], "poll_round") > polls_after[0], "the poll tick ran again");
 }

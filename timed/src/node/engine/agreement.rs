@@ -285,9 +285,9 @@ impl Engine {
         }
         self.s.finality_changed.notify_waiters();
         let _ = self.s.tip.send_replace(height);
-        self.s.broadcast(Message::Status(ChainStatus { height, tip: block.hash() }));
         self.last_commit = Some(cert);
         self.parent = block;
+        self.announce_tip();
         self.buffered.retain(|(_, m)| match m {
             Message::Proposal(p) => p.block.header.height > height,
             Message::Vote(v) => v.height > height,

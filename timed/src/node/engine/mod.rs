@@ -46,6 +46,9 @@ const LATENCY_WINDOW: usize = 1000;
 const FINALITY_BATCH: usize = 4096;
 /// Longest an accepted transaction waits for its finality write while events keep coming.
 const FINALITY_LINGER: Duration = Duration::from_millis(10);
+/// A status tick announces the tip only when nothing did for this long: every commit already
+/// announces it, so on a moving chain the tick's status only repeated what peers knew.
+const STATUS_KEEPALIVE: Duration = Duration::from_millis(2500);
 
 /// The kinds of work the engine task does, for `timed_engine_busy_seconds_total`: the task is
 /// one serial loop, so where its time goes is where the node's consensus ceiling comes from.
@@ -196,6 +199,14 @@ struct Engine {
     /// replaced silently when two nodes dial each other, and a heartbeat sent on the losing one
     /// is lost: without it the peer would not sample us for a whole heartbeat interval.
     heartbeat_resends: u32,
+    /// Whether the poll tick may have work: set when a transaction enters Snowball, cleared by
+    /// a tick that found nothing undecided and no poll in flight. A flag, not a look at
+    /// Snowball, because the task loop asks on every event.
+    poll_work: bool,
+    /// When the tip was last announced (by a commit or a status tick).
+    status_sent: Instant,
+    /// The tip at the last status tick, if a peer was one block ahead of it then.
+    one_behind_at: Option<u64>,
     /// Transactions whose parent is still undecided here, by parent txid, with their signature
     /// verdict: they are submitted again when the parent becomes final instead of being
     /// refused for missing inputs.
@@ -273,6 +284,9 @@ pub async fn run(
         height_started_at: Instant::now(),
         seen: HashSet::new(),
         heartbeat_resends: 3,
+        poll_work: true,
+        status_sent: Instant::now(),
+        one_behind_at: None,
         orphans: HashMap::new(),
         orphan_count: 0,
         relay: Vec::new(),
@@ -295,9 +309,19 @@ pub async fn run(
     let poll_every = Duration::from_millis(e.s.cfg.avalanche.poll_interval_ms.max(5));
     let mut poll_tick = tokio::time::interval(poll_every);
     poll_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let poll_grid = tokio::time::Instant::now();
+    let mut polling = true;
     let mut hb_tick = tokio::time::interval(Duration::from_millis(e.s.cfg.heartbeat_ms));
     let mut status_tick = tokio::time::interval(Duration::from_millis((bt / 2).clamp(500, 3000)));
     loop {
+        if e.poll_work && !polling {
+            // Back on the tick's own grid, as if it had ticked all along: the first transaction
+            // after a quiet spell waits for the tick like the others, and polls batch as before.
+            let period = poll_every.as_nanos().max(1);
+            let next = (poll_grid.elapsed().as_nanos() / period + 1) * period;
+            poll_tick.reset_at(poll_grid + Duration::from_nanos(next as u64));
+        }
+        polling = e.poll_work;
         let next_timer = e.timers.peek().map(|Reverse((at, _))| *at);
         let sleep = async {
             match next_timer {
@@ -331,7 +355,9 @@ pub async fn run(
                 e.fire_timers()?;
                 (Stage::Timers, t)
             }
-            _ = poll_tick.tick() => {
+            // Off while nothing is undecided and no poll waits for answers: an idle node
+            // then wakes for its timers and its peers only, not 50 times a second.
+            _ = poll_tick.tick(), if polling => {
                 let t = Instant::now();
                 e.poll_round();
                 (Stage::PollRound, t)
@@ -399,7 +425,11 @@ impl Engine {
             Inbound::Message { from, msg } => match msg {
                 Message::Status(st) => {
                     self.peer_heights.insert(from, st.height);
-                    if st.height > self.parent.height() {
+                    // One ahead is what every commit looks like from a node whose last
+                    // precommit is still on its way: it fetched a block it then committed
+                    // itself (about one sync in two seconds, idle, at 1 s blocks). A node
+                    // really one behind catches up at the status ticks.
+                    if st.height > self.parent.height() + 1 {
                         self.request_sync();
                     }
                 }
@@ -424,6 +454,11 @@ impl Engine {
         Ok(())
     }
 
+    fn announce_tip(&mut self) {
+        self.s.broadcast(Message::Status(ChainStatus { height: self.parent.height(), tip: self.parent.hash() }));
+        self.status_sent = Instant::now();
+    }
+
     fn status_round(&mut self) {
         if self.started && self.height_started_at.elapsed() > Duration::from_secs(1) {
             for m in self.own_consensus_msgs() {
@@ -443,10 +478,17 @@ impl Engine {
             self.s.p2p.broadcast_gossip(Message::Txs(lingering));
         }
         let tip = self.parent.height();
-        self.s.broadcast(Message::Status(ChainStatus { height: tip, tip: self.parent.hash() }));
-        if self.peer_heights.values().any(|h| *h > tip) {
+        if self.status_sent.elapsed() >= STATUS_KEEPALIVE {
+            self.announce_tip();
+        }
+        // Two ahead is behind; one ahead only when it was so at the last tick as well, with
+        // no commit since: otherwise the commit is most likely a precommit away.
+        let best = self.peer_heights.values().copied().max().unwrap_or(0);
+        let one_behind = (best == tip + 1).then_some(tip);
+        if best > tip + 1 || (one_behind.is_some() && one_behind == self.one_behind_at) {
             self.request_sync();
         }
+        self.one_behind_at = one_behind;
         // Polls past their deadline are finished by `poll_round`; here only transactions expire.
         let expired_txs = self.s.state().snowball.expire(Instant::now());
         if !expired_txs.is_empty() {

@@ -25,6 +25,9 @@ impl Engine {
             self.finish_poll(id);
         }
         self.start_poll();
+        if self.polls.is_empty() && self.s.state().snowball.undecided_len() == 0 {
+            self.poll_work = false;
+        }
     }
 
     /// Sends a poll about undecided transactions no poll in flight asks about, if fewer than

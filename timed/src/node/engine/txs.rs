@@ -41,6 +41,8 @@ impl Engine {
         let inputs: Vec<_> = tx.inputs.iter().map(|i| i.prevout).collect();
         let mut st = s.state();
         let (txid, added) = s.pool_add(&mut st.mempool, tx, sigs, in_chain, tip + 1, now_ms())?;
+        // The one way into Snowball: the poll tick has work again.
+        self.poll_work = true;
         if added != Added::Known
             && st.snowball.insert(txid, &inputs, Instant::now()) == crate::consensus::snowball::InsertOutcome::Rejected
         {
