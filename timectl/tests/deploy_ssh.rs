@@ -210,7 +210,10 @@ fn ssh_provider_installs_onto_listed_hosts() {
     let hosts: Vec<rehearsal::HostState> = (1..=2).map(|i| net.host(i)).collect();
 
     // The second host is reached as an ordinary user with passwordless sudo, as on most
-    // servers; the first as root.
+    // servers; the first as root. Hosts one is given have finished booting: until then
+    // pam_nologin turns away every login but root's (/run/nologin), and on a loaded machine
+    // that outlasted deploy's minute of retries (one CI run beside a release build).
+    net.sh(&hosts[1], "timeout 300 systemctl is-system-running --wait >/dev/null || true; test ! -e /run/nologin");
     net.sh(
         &hosts[1],
         "useradd -m -s /bin/sh deployer && echo 'deployer ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/deployer \
