@@ -100,6 +100,11 @@ impl SshError {
             SshError::Auth { .. } => {
                 "check ssh_user in the inventory and the key (--ssh-identity FILE or TIMECTL_SSH_IDENTITY)".into()
             }
+            // sshd answered, then hung up before the login: most often a host still booting,
+            // whose pam_nologin turns away every user but root until boot ends.
+            SshError::Connect { message, .. } if message.contains("Connection closed") => {
+                "sshd hung up before the login: a host still booting lets in only root until it is up (pam_nologin), so try again once it is; otherwise see sshd's log there (AllowUsers, MaxStartups)".into()
+            }
             SshError::Connect { .. } => {
                 "check the host's address and ssh_port in the inventory, and that sshd runs there".into()
             }
@@ -471,6 +476,14 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hang_up_before_login_gets_its_own_hint() {
+        let connect = |message: &str| SshError::Connect { host: "n".into(), message: message.into() }.hint().unwrap();
+        assert!(connect("Connection closed by 10.0.0.9 port 22").contains("pam_nologin"));
+        let refused = connect("ssh: connect to host 10.0.0.9 port 22: Connection refused");
+        assert!(refused.contains("that sshd runs there") && !refused.contains("pam_nologin"));
+    }
 
     #[test]
     fn known_hosts_names_and_quoting() {
