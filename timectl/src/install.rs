@@ -84,6 +84,10 @@ pub enum StepError {
     Corrupt { got: String, want: String },
     #[error("timed did not start: {detail}")]
     NotStarted { detail: String },
+    #[error("the host's first boot failed (cloud-init: {status})")]
+    FirstBootFailed { status: String },
+    #[error("the host's first boot (cloud-init) was still running after {secs} s")]
+    FirstBootSlow { secs: u64 },
 }
 
 impl InstallError {
@@ -104,6 +108,13 @@ impl InstallError {
                     ),
                     StepError::NotStarted { .. } => Some(format!("read the node's journal: `timectl logs {node}`")),
                     StepError::Corrupt { .. } => Some("run the install again; check the host's disk".into()),
+                    StepError::FirstBootFailed { .. } => Some(
+                        "read /var/log/cloud-init-output.log on the host; fix the cause, or replace the host, and run again"
+                            .into(),
+                    ),
+                    StepError::FirstBootSlow { .. } => {
+                        Some("run again once `cloud-init status` on the host says done (package mirrors can be slow)".into())
+                    }
                 };
                 let cleanup = (!left.is_empty()).then(|| {
                     "run the install again to finish, or `timectl destroy` to remove what is there".to_string()
@@ -365,6 +376,55 @@ const PORT_CHECK: &str = r#"hex=$(printf '%04X' "$1")
 if systemctl is-active --quiet timed 2>/dev/null; then echo ours; exit 0; fi
 if cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk -v p=":$hex" '$4 == "0A" && toupper(substr($2, length($2)-4)) == p {f=1} END {exit !f}'; then echo used; else echo free; fi"#;
 
+/// How long a cloud host's first boot may take: cloud-init updates the package lists and
+/// installs chrony and nftables (templates/cloud-init.yaml) after sshd already lets us in.
+const FIRST_BOOT_WAIT: Duration = Duration::from_secs(900);
+
+/// `cloud-init status`, or `status: absent` on hosts without cloud-init (one's own servers,
+/// rehearsal hosts). Not `--wait`: that can outlast the per-command timeout, and polling shows
+/// the wait in the progress line.
+const FIRST_BOOT_CHECK: &str =
+    "command -v cloud-init >/dev/null 2>&1 || { echo 'status: absent'; exit 0; }; cloud-init status 2>&1 || true";
+
+/// Waits until cloud-init has finished the host's first boot, so the firewall and time sync
+/// it sets up are in place before timed starts. Returns at once where there is no cloud-init
+/// or it finished long ago.
+async fn wait_first_boot(h: &Host, name: &str, progress: &dyn Progress) -> Result<(), StepError> {
+    let started = Instant::now();
+    loop {
+        let out = h.run("check cloud-init", FIRST_BOOT_CHECK).await?;
+        let status = out
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("status:"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|| out.trim().to_string());
+        match status.as_str() {
+            // `disabled`: cloud-init will not run; `done` also covers newer versions' degraded
+            // runs (exit status 2: deprecated keys, warnings), which finished what they do.
+            "absent" | "done" | "disabled" => return Ok(()),
+            "error" => {
+                let detail: Vec<&str> =
+                    out.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("status:")).collect();
+                let status = if detail.is_empty() { "status error".to_string() } else { detail.join("; ") };
+                return Err(StepError::FirstBootFailed { status });
+            }
+            "running" | "not started" | "not run" => {
+                if started.elapsed() >= FIRST_BOOT_WAIT {
+                    return Err(StepError::FirstBootSlow { secs: FIRST_BOOT_WAIT.as_secs() });
+                }
+                progress.step(name, &format!("waiting for first boot (cloud-init: {status})"));
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            // A cloud-init too old for `status`, or an answer this does not know: not a reason
+            // to stop, nor to wait a quarter of an hour.
+            _ => {
+                tracing::warn!("{name}: cannot tell whether cloud-init has finished ({status}); installing anyway");
+                return Ok(());
+            }
+        }
+    }
+}
+
 async fn install_host(
     h: &Host,
     node: &Node,
@@ -400,6 +460,7 @@ async fn install_host(
         let init = init.lines().next().unwrap_or("unknown").trim().to_string();
         return Err(fail("check the host", &left, StepError::NoSystemd { init }));
     }
+    wait_first_boot(h, &name, progress).await.map_err(|e| fail("wait for first boot", &left, e))?;
     progress.step(&name, "creating the service user");
     let user_script = format!(
         "id -u {SERVICE_USER} >/dev/null 2>&1 || useradd --system --home-dir {REMOTE_DATA} --no-create-home --shell /usr/sbin/nologin {SERVICE_USER}\n\

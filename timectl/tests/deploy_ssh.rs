@@ -220,6 +220,16 @@ fn ssh_provider_installs_onto_listed_hosts() {
          && chmod 0440 /etc/sudoers.d/deployer && install -d -o deployer -m 0700 ~deployer/.ssh \
          && install -o deployer -m 0600 /etc/ssh/rehearsal/authorized_keys ~deployer/.ssh/authorized_keys",
     );
+    // box1 stands in for a cloud host still in its first boot: a stand-in `cloud-init` says
+    // "running" twice, then whatever /run/fake-cloud-init holds.
+    net.sh(
+        &hosts[0],
+        "printf '%s\\n' '#!/bin/sh' 'n=$(cat /run/fake-cloud-init-calls 2>/dev/null || echo 0)' \
+         'echo $((n + 1)) > /run/fake-cloud-init-calls' \
+         'if [ \"$n\" -lt 2 ]; then echo \"status: running\"; exit 0; fi' \
+         'cat /run/fake-cloud-init; grep -q error /run/fake-cloud-init && exit 1; exit 0' > /usr/local/bin/cloud-init \
+         && chmod 0755 /usr/local/bin/cloud-init && echo 'status: done' > /run/fake-cloud-init",
+    );
     let network = format!("{}h", net.network);
     let mut text = format!("# hosts we were given\nnetwork = \"{network}\"\nprovider = \"ssh\"\n");
     for (i, h) in hosts.iter().enumerate() {
@@ -249,6 +259,7 @@ fn ssh_provider_installs_onto_listed_hosts() {
     let r = timectl(&["deploy", "--provider", "ssh", "--block-time", "2", "--wait", "90"]);
     assert_eq!(r.code, 0, "{}", r.screen());
     assert!(r.stdout.contains("network ") && r.stdout.contains("is running (2 nodes"), "{}", r.screen());
+    assert_eq!(net.sh(&hosts[0], "cat /run/fake-cloud-init-calls").trim(), "3", "waited out the first boot");
     for h in &hosts {
         assert_eq!(net.sh(h, "systemctl is-active timed").trim(), "active");
         assert_eq!(net.sh(h, "systemctl show -p Type --value timed").trim(), "notify");
@@ -272,6 +283,18 @@ fn ssh_provider_installs_onto_listed_hosts() {
     let r = timectl(&["logs", "box2", "-n", "5"]);
     assert_eq!(r.code, 0, "{}", r.screen());
     assert!(r.stdout.contains("timed"), "{}", r.screen());
+
+    // A first boot that failed stops the install on that host before it changes anything.
+    net.sh(&hosts[0], "echo 2 > /run/fake-cloud-init-calls; printf 'status: error\\nerror: package install failed\\n' > /run/fake-cloud-init");
+    let r = timectl(&["deploy", "--provider", "ssh", "--wait", "60"]);
+    assert_ne!(r.code, 0, "{}", r.screen());
+    assert!(r.stderr.contains("box1") && r.stderr.contains("first boot failed"), "{}", r.screen());
+    assert!(
+        r.stderr.contains("package install failed") && r.stderr.contains("cloud-init-output.log"),
+        "{}",
+        r.screen()
+    );
+    net.sh(&hosts[0], "echo 'status: done' > /run/fake-cloud-init");
 
     // A second run changes nothing.
     let r = timectl(&["--json", "deploy", "--provider", "ssh", "--wait", "60"]);

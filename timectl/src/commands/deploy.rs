@@ -56,8 +56,10 @@ pub async fn run(a: DeployArgs, ctx: &Ctx) -> anyhow::Result<u8> {
     let nodes = if kind == ProviderKind::Ssh { given.as_ref().map_or(0, |i| i.nodes.len()) } else { a.nodes };
     let network_dir = inventory::network_state_dir(&network);
     let mut ssh = ctx.ssh_options(&network);
-    // Hosts a provider has just made may still be booting: keep knocking for a while.
-    ssh.boot_wait = Duration::from_secs(60);
+    // Hosts a provider has just made may still be booting: keep knocking for a while. A
+    // cloud host's first boot is slower (cloud-init), and until boot ends pam_nologin turns
+    // away every login but root's (EC2's `ubuntu`).
+    ssh.boot_wait = Duration::from_secs(if matches!(kind, ProviderKind::Do | ProviderKind::Aws) { 300 } else { 60 });
     let provider = providers::build(
         kind,
         BuildContext {
