@@ -5,7 +5,8 @@
 use crate::chain::amount::DUST_LIMIT;
 use crate::chain::validate::{check_transaction_with, Signatures, TxError, UtxoView};
 use crate::chain::{OutPoint, Transaction, TxOut, Txid};
-use std::collections::{HashMap, HashSet, VecDeque};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use std::collections::VecDeque;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TxStatus {
@@ -362,6 +363,7 @@ mod tests {
     use crate::chain::address::{Address, Network};
     use crate::chain::amount::COIN;
     use crate::chain::crypto::{Hash256, Keypair};
+    use std::collections::HashMap;
 
     const C: &str = "c";
     const NET: u8 = 0;

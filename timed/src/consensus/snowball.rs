@@ -8,7 +8,8 @@
 
 use crate::chain::{OutPoint, Txid};
 use crate::consensus::messages::{Preference, MAX_POLL_TXIDS};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use foldhash::{HashMap, HashMapExt};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// How many rejected txids are remembered so polls about them keep getting a firm No.
@@ -224,8 +225,12 @@ impl ConflictSet {
 pub struct Snowball {
     params: SnowballParams,
     txs: HashMap<Txid, TxEntry>,
-    /// Ordered so the spenders of a transaction's outputs (its children) are one range.
-    sets: BTreeMap<OutPoint, ConflictSet>,
+    /// Every poll answer looks up each input's set: hashed, not ordered (a B-tree's
+    /// comparisons of 36-byte keys were the largest cost of answering polls).
+    sets: HashMap<OutPoint, ConflictSet>,
+    /// Which outputs of a transaction have a set, to find its children (spenders) without
+    /// an ordered map.
+    spent_outputs: HashMap<Txid, Vec<u32>>,
     /// Undecided transactions by arrival.
     undecided: BTreeMap<u64, Txid>,
     next_seq: u64,
@@ -239,7 +244,8 @@ impl Snowball {
         Snowball {
             params,
             txs: HashMap::new(),
-            sets: BTreeMap::new(),
+            sets: HashMap::new(),
+            spent_outputs: HashMap::new(),
             undecided: BTreeMap::new(),
             next_seq: 0,
             rejected: HashMap::new(),
@@ -301,11 +307,9 @@ impl Snowball {
         let seq = self.next_seq;
         self.next_seq += 1;
         for op in &inputs {
-            let set = self.sets.entry(*op).or_insert_with(|| ConflictSet {
-                members: Vec::new(),
-                preference: txid,
-                last: None,
-                count: 0,
+            let set = self.sets.entry(*op).or_insert_with(|| {
+                self.spent_outputs.entry(op.txid).or_default().push(op.vout);
+                ConflictSet { members: Vec::new(), preference: txid, last: None, count: 0 }
             });
             set.members.push(Member { txid, strength: 0, seq });
         }
@@ -515,9 +519,12 @@ impl Snowball {
 
     /// Tracked transactions spending an output of `txid`.
     fn children(&self, txid: &Txid) -> Vec<Txid> {
-        let lo = OutPoint { txid: *txid, vout: 0 };
-        let hi = OutPoint { txid: *txid, vout: u32::MAX };
-        let mut out: Vec<Txid> = self.sets.range(lo..=hi).flat_map(|(_, s)| s.members.iter().map(|m| m.txid)).collect();
+        let Some(vouts) = self.spent_outputs.get(txid) else { return Vec::new() };
+        let mut out: Vec<Txid> = vouts
+            .iter()
+            .filter_map(|vout| self.sets.get(&OutPoint { txid: *txid, vout: *vout }))
+            .flat_map(|s| s.members.iter().map(|m| m.txid))
+            .collect();
         out.sort_unstable();
         out.dedup();
         out
@@ -571,6 +578,12 @@ impl Snowball {
             if let Some(set) = self.sets.get_mut(op) {
                 if !set.remove(txid) {
                     self.sets.remove(op);
+                    if let Some(vouts) = self.spent_outputs.get_mut(&op.txid) {
+                        vouts.retain(|v| *v != op.vout);
+                        if vouts.is_empty() {
+                            self.spent_outputs.remove(&op.txid);
+                        }
+                    }
                 }
             }
         }
@@ -613,6 +626,11 @@ impl Snowball {
         let mut shrank = false;
         if sparse(self.txs.len(), self.txs.capacity()) {
             self.txs.shrink_to_fit();
+            shrank = true;
+        }
+        if sparse(self.sets.len(), self.sets.capacity()) {
+            self.sets.shrink_to_fit();
+            self.spent_outputs.shrink_to_fit();
             shrank = true;
         }
         if sparse(self.rejected.len(), self.rejected.capacity()) {
@@ -859,6 +877,32 @@ mod tests {
             accepted.extend(s.record_poll(&[(parent, 4)], K, AP, AC).accepted);
         }
         assert_eq!(accepted, vec![parent, child]);
+    }
+
+    #[test]
+    fn children_are_found_on_every_spent_output_and_forgotten_with_their_sets() {
+        let mut s = sb();
+        let now = Instant::now();
+        let (parent, rival) = (tx(1), tx(2));
+        s.insert(parent, &[op(1, 0)], now);
+        s.insert(rival, &[op(1, 0)], now);
+        let out = |vout| OutPoint { txid: parent, vout };
+        s.insert(tx(3), &[out(0)], now);
+        s.insert(tx(4), &[out(2)], now);
+        s.insert(tx(5), &[out(2), op(9, 0)], now);
+        let mut children = vec![tx(3), tx(4), tx(5)];
+        children.sort();
+        assert_eq!(s.children(&parent), children);
+        assert!(s.children(&tx(3)).is_empty());
+        let d = s.accept_external(&rival);
+        let mut rejected = d.rejected.clone();
+        rejected.sort();
+        let mut want = vec![parent, tx(3), tx(4), tx(5)];
+        want.sort();
+        assert_eq!(rejected, want, "the losing parent takes all its children along");
+        assert!(s.remove(&rival));
+        assert_eq!(s.stats().tracked, 0);
+        assert!(s.sets.is_empty() && s.spent_outputs.is_empty(), "nothing left behind once all are gone");
     }
 
     #[test]

@@ -86,7 +86,7 @@ pub struct State {
     pub recent_finality_ms: VecDeque<u64>,
     /// Finality latency and unix time of finality, by txid, for recently finalized
     /// transactions (oldest dropped first past `FINALITY_MEMORY`).
-    pub finality_ms: std::collections::HashMap<Txid, FinalityTime>,
+    pub finality_ms: foldhash::HashMap<Txid, FinalityTime>,
     pub finality_order: VecDeque<Txid>,
     pub heartbeat_seq: u64,
 }

@@ -25,9 +25,10 @@ use crate::consensus::messages::{Attestation, Heartbeat, Preference, Proposal, V
 use crate::mempool::{Added, TxStatus};
 use crate::p2p::message::{ChainStatus, Message, MAX_BLOCKS_PER_REPLY, MAX_TXS_PER_MESSAGE};
 use crate::p2p::Inbound;
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use rand::seq::SliceRandom;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
