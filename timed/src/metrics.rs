@@ -41,13 +41,25 @@ pub struct Metrics {
 }
 
 /// Values the node owns, read when scraped.
-#[derive(Default, Clone, Copy)]
+#[derive(Default, Clone)]
 pub struct Snapshot {
     pub height: u64,
     pub peers: usize,
     pub mempool: usize,
     pub p2p_sent: u64,
     pub p2p_received: u64,
+    /// Per message kind, every kind the protocol has (zeros too, so series never vanish).
+    pub p2p_messages: Vec<MessageTraffic>,
+}
+
+/// One P2P message kind's traffic since start, frame headers included.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MessageTraffic {
+    pub kind: &'static str,
+    pub sent_bytes: u64,
+    pub sent: u64,
+    pub received_bytes: u64,
+    pub received: u64,
 }
 
 fn strip(name: &str) -> &str {
@@ -138,6 +150,24 @@ impl Metrics {
         gauge(&mut out, names::MEMPOOL_SIZE, "Transactions in the mempool", snap.mempool as f64);
         counter(&mut out, names::P2P_BYTES_SENT, "Bytes sent to peers", snap.p2p_sent as f64);
         counter(&mut out, names::P2P_BYTES_RECEIVED, "Bytes received from peers", snap.p2p_received as f64);
+        let by_kind = |out: &mut String, name: &str, help: &str, value: fn(&MessageTraffic, bool) -> u64| {
+            let family = strip(name);
+            let _ = write!(out, "# HELP {family} {help}\n# TYPE {family} counter\n");
+            for m in &snap.p2p_messages {
+                for (direction, sent) in [("sent", true), ("received", false)] {
+                    let v = value(m, sent);
+                    let _ = writeln!(out, "{family}_total{{direction=\"{direction}\",kind=\"{}\"}} {v}", m.kind);
+                }
+            }
+        };
+        let frames: fn(&MessageTraffic, bool) -> u64 = |m, sent| if sent { m.sent } else { m.received };
+        by_kind(&mut out, names::P2P_MESSAGES, "P2P frames by message kind and direction", frames);
+        by_kind(
+            &mut out,
+            names::P2P_MESSAGE_BYTES,
+            "P2P bytes (frame headers included) by message kind and direction",
+            |m, sent| if sent { m.sent_bytes } else { m.received_bytes },
+        );
         if let Some(p) = process_stats() {
             gauge(&mut out, names::PROCESS_RSS_BYTES, "Resident memory size in bytes", p.rss_bytes as f64);
             counter(&mut out, names::PROCESS_CPU_SECONDS, "User and system CPU time in seconds", p.cpu_seconds);
@@ -204,7 +234,15 @@ mod tests {
         m.engine_events.get_or_create(&StageLabel { stage: "poll_reply" }).inc();
         m.poll_round_trip.observe(0.01);
         m.poll_txids.inc_by(3);
-        let text = m.render(Snapshot { height: 7, peers: 2, mempool: 1, p2p_sent: 10, p2p_received: 20 });
+        let vote = MessageTraffic { kind: "vote", sent_bytes: 5, sent: 1, received_bytes: 7, received: 2 };
+        let text = m.render(Snapshot {
+            height: 7,
+            peers: 2,
+            mempool: 1,
+            p2p_sent: 10,
+            p2p_received: 20,
+            p2p_messages: vec![vote],
+        });
         for name in [
             names::BLOCK_INTERVAL,
             names::TX_FINALITY,
@@ -213,6 +251,8 @@ mod tests {
             names::BLOCK_HEIGHT,
             names::PEERS,
             names::P2P_BYTES_SENT,
+            names::P2P_MESSAGES,
+            names::P2P_MESSAGE_BYTES,
             names::PROCESS_RSS_BYTES,
             names::PROCESS_CPU_SECONDS,
             names::ENGINE_BUSY,
@@ -225,6 +265,8 @@ mod tests {
         assert!(text.contains("timed_block_height 7"));
         assert!(text.contains("timed_engine_busy_seconds_total{stage=\"poll_reply\"} 0.25"), "{text}");
         assert!(text.contains("timed_poll_txids_total 3"), "{text}");
+        assert!(text.contains("timed_p2p_messages_total{direction=\"received\",kind=\"vote\"} 2"), "{text}");
+        assert!(text.contains("timed_p2p_message_bytes_total{direction=\"sent\",kind=\"vote\"} 5"), "{text}");
         assert!(text.ends_with("# EOF\n"));
         assert!(process_stats().unwrap().rss_bytes > 1024 * 1024);
     }

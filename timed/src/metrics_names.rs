@@ -8,6 +8,11 @@ pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
 
 pub const P2P_BYTES_SENT: &str = "timed_p2p_bytes_sent_total";
 pub const P2P_BYTES_RECEIVED: &str = "timed_p2p_bytes_received_total";
+/// P2P frames, labelled by `direction` (sent, received) and message `kind`.
+pub const P2P_MESSAGES: &str = "timed_p2p_messages_total";
+/// P2P bytes, labelled like [`P2P_MESSAGES`]; they add up to the two totals above, but for a
+/// received frame that does not decode (its connection is then closed).
+pub const P2P_MESSAGE_BYTES: &str = "timed_p2p_message_bytes_total";
 pub const PEERS: &str = "timed_peers";
 pub const BLOCK_HEIGHT: &str = "timed_block_height";
 /// Histogram of seconds between consecutive committed blocks.

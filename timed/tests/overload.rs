@@ -264,15 +264,23 @@ async fn polls_that_make_no_progress_wait_for_the_tick() {
 }
 
 /// The engine's handled events of one `stage`, from the node's `/metrics`.
-fn engine_events(node: &Node, stage: &str) -> f64 {
+fn scrape(node: &Node) -> String {
     let out = std::process::Command::new("curl")
         .args(["-s", &format!("http://{}/metrics", node.rpc)])
         .output()
         .expect("curl is installed by .ci/setup.sh");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let series = format!("{}{{stage=\"{stage}\"}} ", timed::metrics_names::ENGINE_EVENTS);
-    let line = text.lines().find(|l| l.starts_with(&series)).unwrap_or_else(|| panic!("no {series}in:\n{text}"));
-    line[series.len()..].trim().parse().unwrap_or_else(|e| panic!("{line}: {e}"))
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of the series `name{labels}` (`labels` as rendered, without braces; "" for none).
+fn series(text: &str, name: &str, labels: &str) -> f64 {
+    let prefix = if labels.is_empty() { format!("{name} ") } else { format!("{name}{{{labels}}} ") };
+    let line = text.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no {prefix}in:\n{text}"));
+    line[prefix.len()..].trim().parse().unwrap_or_else(|e| panic!("{line}: {e}"))
+}
+
+fn engine_events(node: &Node, stage: &str) -> f64 {
+    series(&scrape(node), timed::metrics_names::ENGINE_EVENTS, &format!("stage=\"{stage}\""))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -299,4 +307,25 @@ async fn an_idle_network_does_not_poll() {
     let f = nodes[2].client().wait_transaction_finality(coins[0].txid.to_hex(), Some(30.0)).await.unwrap();
     assert!(f.finalized, "{f:?}");
     assert!(engine_events(&nodes[0], "poll_round") > polls_after[0], "the poll tick ran again");
+
+    // Where the bytes went, by message kind: block agreement and heartbeats flowed both ways,
+    // the payment was polled, and the kinds account for the node's totals.
+    use timed::metrics_names::{P2P_BYTES_RECEIVED, P2P_BYTES_SENT, P2P_MESSAGES, P2P_MESSAGE_BYTES};
+    let text = scrape(&nodes[0]);
+    let per = |name: &str, direction: &str, kind: &str| {
+        series(&text, name, &format!("direction=\"{direction}\",kind=\"{kind}\""))
+    };
+    for kind in ["hello", "vote", "proposal", "heartbeat", "status"] {
+        for direction in ["sent", "received"] {
+            assert!(per(P2P_MESSAGES, direction, kind) >= 1.0, "{direction} {kind}:\n{text}");
+        }
+    }
+    assert!(per(P2P_MESSAGES, "sent", "poll_query") >= 1.0 && per(P2P_MESSAGES, "received", "poll_reply") >= 1.0);
+    for (direction, total) in [("sent", P2P_BYTES_SENT), ("received", P2P_BYTES_RECEIVED)] {
+        let by_kind: f64 = timed::p2p::message::KINDS.iter().map(|k| per(P2P_MESSAGE_BYTES, direction, k)).sum();
+        let total = series(&text, total, "");
+        // Never more than the total (each frame's total is counted first); less only by the
+        // frames in flight during the scrape.
+        assert!(by_kind <= total && by_kind >= 0.95 * total, "{direction}: {by_kind} by kind, {total} in all");
+    }
 }

@@ -265,6 +265,8 @@ curl -s http://localhost:{port}/rpc \
         "process_cpu_seconds",
         "timed_tx_finality_seconds",
         "timed_rpc_request_duration_seconds",
+        "timed_p2p_messages",
+        "timed_p2p_message_bytes",
     ] {
         assert!(names.contains(n), "{n} missing: {names}");
     }

@@ -426,8 +426,11 @@ async fn read_frame(inner: &Inner, reader: &mut Reader, counts: &Counts) -> Resu
         Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => Err(Refusal::Framing(e)),
         Some(Err(e)) => Err(Refusal::Io(e)),
         Some(Ok(frame)) => {
-            counts.add_recv(inner, frame.len() as u64 + FRAME_HEADER);
-            Message::decode(&frame).map_err(|e| Refusal::Garbage(e.to_string()))
+            let n = frame.len() as u64 + FRAME_HEADER;
+            counts.add_recv(inner, n);
+            let msg = Message::decode(&frame).map_err(|e| Refusal::Garbage(e.to_string()))?;
+            inner.kinds.add(msg.kind_index(), super::RECEIVED_BYTES, n);
+            Ok(msg)
         }
     }
 }
@@ -437,6 +440,7 @@ async fn write_now(inner: &Inner, writer: &mut Writer, counts: &Counts, msg: &Me
     let n = frame.len() as u64 + FRAME_HEADER;
     writer.send(frame).await.map_err(Refusal::Io)?;
     counts.add_sent(inner, n);
+    inner.kinds.add(msg.kind_index(), super::SENT_BYTES, n);
     Ok(())
 }
 
@@ -655,16 +659,26 @@ async fn write_loop(
     inner: Arc<Inner>,
 ) {
     let work = async {
+        // Queued frames are already encoded: their tag names the kind. Counted once written,
+        // like the totals.
+        let mut sent: Vec<(Option<usize>, u64)> = Vec::with_capacity(WRITE_BATCH);
+        let kind_and_size = |frame: &Bytes| (Message::frame_kind(frame), frame.len() as u64 + FRAME_HEADER);
         while let Some(first) = rx.recv().await {
-            let mut n = first.len() as u64 + FRAME_HEADER;
+            sent.push(kind_and_size(&first));
             sink.feed(first).await?;
             for _ in 1..WRITE_BATCH {
                 let Ok(more) = rx.try_recv() else { break };
-                n += more.len() as u64 + FRAME_HEADER;
+                sent.push(kind_and_size(&more));
                 sink.feed(more).await?;
             }
             SinkExt::<Bytes>::flush(&mut sink).await?;
-            stats.counts.add_sent(&inner, n);
+            // Totals first: a scrape reads the kinds first, so they never exceed the totals.
+            stats.counts.add_sent(&inner, sent.iter().map(|(_, bytes)| bytes).sum());
+            for (kind, bytes) in sent.drain(..) {
+                if let Some(kind) = kind {
+                    inner.kinds.add(kind, super::SENT_BYTES, bytes);
+                }
+            }
         }
         Ok::<(), std::io::Error>(())
     };

@@ -90,27 +90,61 @@ pub enum Message {
     Txs(Vec<Transaction>),
 }
 
+/// Every message kind's name (logs, the per-kind `/metrics` counters), in variant order, so
+/// that a frame's wire tag indexes it (see [`Message::frame_kind`]).
+pub const KINDS: [&str; 17] = [
+    "hello",
+    "hello_ack",
+    "ping",
+    "pong",
+    "get_peers",
+    "peers",
+    "status",
+    "tx",
+    "proposal",
+    "vote",
+    "get_blocks",
+    "blocks",
+    "poll_query",
+    "poll_reply",
+    "heartbeat",
+    "attestation",
+    "txs",
+];
+
 impl Message {
     pub fn kind(&self) -> &'static str {
+        KINDS[self.kind_index()]
+    }
+
+    /// The variant's position: its wire tag and its index in [`KINDS`].
+    pub fn kind_index(&self) -> usize {
         match self {
-            Message::Hello(_) => "hello",
-            Message::HelloAck(_) => "hello_ack",
-            Message::Ping(_) => "ping",
-            Message::Pong(_) => "pong",
-            Message::GetPeers => "get_peers",
-            Message::Peers(_) => "peers",
-            Message::Status(_) => "status",
-            Message::Tx(_) => "tx",
-            Message::Proposal(_) => "proposal",
-            Message::Vote(_) => "vote",
-            Message::GetBlocks { .. } => "get_blocks",
-            Message::Blocks(_) => "blocks",
-            Message::PollQuery { .. } => "poll_query",
-            Message::PollReply { .. } => "poll_reply",
-            Message::Heartbeat(_) => "heartbeat",
-            Message::Attestation(_) => "attestation",
-            Message::Txs(_) => "txs",
+            Message::Hello(_) => 0,
+            Message::HelloAck(_) => 1,
+            Message::Ping(_) => 2,
+            Message::Pong(_) => 3,
+            Message::GetPeers => 4,
+            Message::Peers(_) => 5,
+            Message::Status(_) => 6,
+            Message::Tx(_) => 7,
+            Message::Proposal(_) => 8,
+            Message::Vote(_) => 9,
+            Message::GetBlocks { .. } => 10,
+            Message::Blocks(_) => 11,
+            Message::PollQuery { .. } => 12,
+            Message::PollReply { .. } => 13,
+            Message::Heartbeat(_) => 14,
+            Message::Attestation(_) => 15,
+            Message::Txs(_) => 16,
         }
+    }
+
+    /// The kind of an encoded frame, read from its tag (a little-endian u32 first) without
+    /// decoding it: the send queue holds frames already encoded.
+    pub fn frame_kind(frame: &[u8]) -> Option<usize> {
+        let tag = u32::from_le_bytes(frame.get(..4)?.try_into().ok()?) as usize;
+        (tag < KINDS.len()).then_some(tag)
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -140,5 +174,71 @@ mod tests {
         let mut trailing = m.encode();
         trailing.push(0);
         assert!(Message::decode(&trailing).is_err());
+    }
+
+    /// The per-kind counters read a queued frame's kind from its wire tag: the table must
+    /// follow the enum's order, for every variant.
+    #[test]
+    fn a_frame_s_tag_names_its_kind() {
+        use crate::chain::genesis::GenesisConfig;
+        use crate::consensus::messages::VoteKind;
+        let sig = Signature([0; 64]);
+        let block = GenesisConfig::devnet(2, 1).genesis_block();
+        let tx = Transaction::unsigned(Vec::new(), Vec::new(), 0, None);
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            chain_id: "c".into(),
+            genesis_hash: Hash256([1; 32]),
+            validator_index: 0,
+            validator_id: "v".into(),
+            pubkey: PublicKey([2; 32]),
+            nonce: [3; 32],
+            listen_port: 1,
+            best_height: 0,
+            user_agent: "u".into(),
+        };
+        let all = [
+            Message::Hello(Box::new(hello)),
+            Message::HelloAck(HelloAck { signature: sig }),
+            Message::Ping(1),
+            Message::Pong(1),
+            Message::GetPeers,
+            Message::Peers(vec!["127.0.0.1:1".into()]),
+            Message::Status(ChainStatus { height: 1, tip: Hash256([4; 32]) }),
+            Message::Tx(Box::new(tx.clone())),
+            Message::Proposal(Box::new(Proposal { round: 0, block: block.clone(), valid_round: None })),
+            Message::Vote(Vote {
+                kind: VoteKind::Prevote,
+                height: 1,
+                round: 0,
+                block_hash: None,
+                validator: 0,
+                signature: sig,
+            }),
+            Message::GetBlocks { from: 1, to: 2 },
+            Message::Blocks(Vec::new()),
+            Message::PollQuery { id: 1, txids: vec![Hash256([5; 32])] },
+            Message::PollReply { id: 1, prefs: vec![Preference::Yes] },
+            Message::Heartbeat(Heartbeat { validator: 0, sequence: 1, timestamp_ms: 2, signature: sig }),
+            Message::Attestation(Attestation {
+                subject: 0,
+                sequence: 1,
+                heartbeat_digest: Hash256([6; 32]),
+                witness: 1,
+                signature: sig,
+            }),
+            Message::Txs(vec![tx]),
+        ];
+        assert_eq!(all.len(), KINDS.len());
+        for (i, m) in all.iter().enumerate() {
+            assert_eq!(m.kind_index(), i, "{}", m.kind());
+            assert_eq!(Message::frame_kind(&m.encode()), Some(i), "{}", m.kind());
+        }
+        let mut names = KINDS.to_vec();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), KINDS.len(), "kind names are distinct");
+        assert_eq!(Message::frame_kind(&[17, 0, 0, 0]), None);
+        assert_eq!(Message::frame_kind(&[1, 0]), None);
     }
 }

@@ -26,12 +26,13 @@ mod tests;
 use crate::api::PeerInfo;
 use crate::chain::block::ValidatorIndex;
 use crate::chain::crypto::{Hash256, Keypair, PublicKey};
+use crate::metrics::MessageTraffic;
 use crate::ratelog::RateLimited;
 use ban::{BanKey, BanList, BanPolicy};
 use book::{AddrBook, Backoff};
 use bytes::Bytes;
 use conn::{PeerHandle, Side, Slot};
-use message::{Message, MAX_FRAME_BYTES};
+use message::{Message, KINDS, MAX_FRAME_BYTES};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -178,6 +179,7 @@ struct Inner {
     next_conn_id: AtomicU64,
     bytes_sent: AtomicU64,
     bytes_recv: AtomicU64,
+    kinds: KindCounts,
     outbound: Arc<Semaphore>,
     admission: Arc<admission::Admission>,
     /// Rate limits for lines that a flood would repeat.
@@ -186,6 +188,30 @@ struct Inner {
     /// Set once by the node after start-up (the node holds the transport, so it cannot exist
     /// before it).
     poll_answerer: std::sync::OnceLock<Arc<dyn PollAnswerer>>,
+}
+
+const SENT_BYTES: usize = 0;
+const RECEIVED_BYTES: usize = 2;
+
+/// Per kind: bytes sent, frames sent, bytes received, frames received. Where the bandwidth
+/// goes is otherwise only visible to a packet capture.
+struct KindCounts([[AtomicU64; 4]; KINDS.len()]);
+
+impl Default for KindCounts {
+    fn default() -> Self {
+        KindCounts(std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))))
+    }
+}
+
+impl KindCounts {
+    /// One frame of `bytes` (header included) in direction `slot` ([`SENT_BYTES`] or
+    /// [`RECEIVED_BYTES`]).
+    fn add(&self, kind: usize, slot: usize, bytes: u64) {
+        if let Some(c) = self.0.get(kind) {
+            c[slot].fetch_add(bytes, Ordering::Relaxed);
+            c[slot + 1].fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 struct State {
@@ -242,6 +268,7 @@ impl P2p {
             next_conn_id: AtomicU64::new(1),
             bytes_sent: AtomicU64::new(0),
             bytes_recv: AtomicU64::new(0),
+            kinds: KindCounts::default(),
             outbound: Arc::new(Semaphore::new(MAX_OUTBOUND_HANDSHAKES)),
             admission: Arc::new(admission::Admission::new(tuning.max_pending, tuning.max_pending_per_ip)),
             log_admission: RateLimited::new(LOG_EVERY),
@@ -333,6 +360,24 @@ impl P2p {
     /// Total bytes read from peers, handshakes included.
     pub fn bytes_received(&self) -> u64 {
         self.inner.bytes_recv.load(Ordering::Relaxed)
+    }
+
+    /// Frames and bytes per message kind, in [`KINDS`] order, handshakes included.
+    pub fn message_counts(&self) -> Vec<MessageTraffic> {
+        KINDS
+            .iter()
+            .zip(&self.inner.kinds.0)
+            .map(|(kind, c)| {
+                let get = |slot: usize| c[slot].load(Ordering::Relaxed);
+                MessageTraffic {
+                    kind,
+                    sent_bytes: get(SENT_BYTES),
+                    sent: get(SENT_BYTES + 1),
+                    received_bytes: get(RECEIVED_BYTES),
+                    received: get(RECEIVED_BYTES + 1),
+                }
+            })
+            .collect()
     }
 
     /// Adds a "host:port" to dial and keep dialling, like a seed.

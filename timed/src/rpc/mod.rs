@@ -73,12 +73,15 @@ pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) -> an
                 let st = s.state();
                 (s.ledger.store.tip().map(|t| t.0).unwrap_or(0), st.mempool.len())
             };
+            // Kinds before totals: each frame is added to its total first (p2p/conn.rs).
+            let p2p_messages = s.p2p.message_counts();
             s.metrics.render(Snapshot {
                 height,
                 peers: s.p2p.connected().len(),
                 mempool,
                 p2p_sent: s.p2p.bytes_sent(),
                 p2p_received: s.p2p.bytes_received(),
+                p2p_messages,
             })
         }),
     };
