@@ -12,8 +12,8 @@ use crate::chain::{
 };
 use crate::consensus::leader;
 use crate::storage::{Store, StoreError};
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 /// How far a peer's clock may run ahead of ours before its block counts as "from the future".
 pub const MAX_CLOCK_DRIFT_MS: u64 = 2_000;
@@ -59,7 +59,15 @@ pub struct Ledger {
     pub genesis: GenesisConfig,
     pub genesis_hash: Hash256,
     pub pubkeys: Vec<PublicKey>,
+    /// Signers of the commit certificate in each of the last few committed blocks, by height
+    /// (`None`: the block has none). Eligibility reads two of them on every block built,
+    /// checked and ranked; decoding whole blocks for that took milliseconds once blocks held
+    /// a thousand transactions. Committed blocks never change, so entries never go stale.
+    recent_signers: Mutex<BTreeMap<u64, Option<Vec<ValidatorIndex>>>>,
 }
+
+/// Heights kept in [`Ledger::recent_signers`]: eligibility looks two below the tip.
+const RECENT_SIGNERS: usize = 8;
 
 /// Spendable outputs while walking a block: the chain's, plus outputs created earlier in the
 /// block, minus outputs spent earlier in the block.
@@ -82,7 +90,7 @@ impl Ledger {
     pub fn new(store: Arc<Store>, genesis: GenesisConfig) -> Self {
         let pubkeys = genesis.validators.iter().map(|v| v.pubkey).collect();
         let genesis_hash = genesis.genesis_hash();
-        Ledger { store, genesis, genesis_hash, pubkeys }
+        Ledger { store, genesis, genesis_hash, pubkeys, recent_signers: Mutex::default() }
     }
 
     pub fn chain_id(&self) -> &str {
@@ -105,19 +113,33 @@ impl Ledger {
     /// any of the last three on-chain commit certificates (everyone while the chain is young).
     pub fn eligible_after(&self, parent: &Block) -> Result<Vec<ValidatorIndex>, StoreError> {
         let mut recent = Vec::new();
-        let mut h = parent.height();
-        let mut block = Some(parent.clone());
-        while recent.len() < 3 {
-            let Some(b) = block.take() else { break };
-            let Some(cert) = &b.last_commit else { break };
+        if let Some(cert) = &parent.last_commit {
             recent.push(cert.signers().collect::<Vec<_>>());
-            if h == 0 {
-                break;
+            let mut h = parent.height();
+            while recent.len() < 3 && h > 0 {
+                h -= 1;
+                let Some(signers) = self.commit_signers_at(h)? else { break };
+                recent.push(signers);
             }
-            h -= 1;
-            block = self.store.block_by_height(h)?;
         }
         Ok(leader::eligible(self.genesis.validators.len(), &recent))
+    }
+
+    /// Signers of the commit certificate in the committed block at `h`; `None` when that
+    /// block has none or is not in the store.
+    fn commit_signers_at(&self, h: u64) -> Result<Option<Vec<ValidatorIndex>>, StoreError> {
+        let cache = || self.recent_signers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(known) = cache().get(&h) {
+            return Ok(known.clone());
+        }
+        let Some(block) = self.store.block_by_height(h)? else { return Ok(None) };
+        let signers = block.last_commit.as_ref().map(|c| c.signers().collect::<Vec<_>>());
+        let mut cache = cache();
+        cache.insert(h, signers.clone());
+        while cache.len() > RECENT_SIGNERS {
+            cache.pop_first();
+        }
+        Ok(signers)
     }
 
     pub fn ranking_after(&self, parent: &Block) -> Result<Vec<ValidatorIndex>, StoreError> {
