@@ -591,6 +591,19 @@ fn bench_store_reads(b: &mut Bench, c: &mut Chain) {
         })
     });
     println!("    (wallet holds {} outputs)", c.store.utxos_for_address(&wallet).expect("read").len());
+    b.run("Store::utxos_for_address_oldest (wallet, first 2)", "what sendtoaddress reads now", || {
+        timed(|| {
+            let mut n = 0;
+            c.store
+                .utxos_for_address_oldest(&wallet, |_, out| {
+                    black_box(out);
+                    n += 1;
+                    n == 2
+                })
+                .expect("read");
+            1
+        })
+    });
 
     // The node checks new transactions against the store, not a HashMap.
     let txs = c.payments(2000);

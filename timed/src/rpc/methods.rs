@@ -150,15 +150,28 @@ impl RpcImpl {
     }
 
     /// Spendable wallet coins, oldest first: confirmed outputs and finalized change, minus
-    /// anything a pooled transaction already spends.
-    fn wallet_coins(&self) -> RpcResult<Vec<(OutPoint, TxOut)>> {
+    /// anything a pooled transaction already spends. With `enough`, confirmed outputs are read
+    /// only until `enough(count, total)` holds (see [`Store::utxos_for_address_oldest`]).
+    fn wallet_coins(
+        &self,
+        mut enough: Option<&mut dyn FnMut(usize, u64) -> bool>,
+    ) -> RpcResult<Vec<(OutPoint, TxOut)>> {
         let addr = self.s.wallet.address();
-        let mut coins: Vec<(OutPoint, TxOut, u64)> = self.s.ledger.store.utxos_for_address(&addr).map_err(internal)?;
-        coins.sort_by_key(|(op, _, h)| (*h, *op));
-        let st = self.s.state();
-        let mut out: Vec<(OutPoint, TxOut)> =
-            coins.into_iter().filter(|(op, _, _)| !st.mempool.is_spent(op)).map(|(op, o, _)| (op, o)).collect();
-        out.extend(st.mempool.finalized_outputs_for(&addr));
+        let mut out: Vec<(OutPoint, TxOut)> = Vec::new();
+        let mut total = 0u64;
+        self.s
+            .ledger
+            .store
+            .utxos_for_address_oldest(&addr, |op, o| {
+                if self.s.state().mempool.is_spent(op) {
+                    return false;
+                }
+                total = total.saturating_add(o.value);
+                out.push((*op, o));
+                enough.as_mut().is_some_and(|f| f(out.len(), total))
+            })
+            .map_err(internal)?;
+        out.extend(self.s.state().mempool.finalized_outputs_for(&addr));
         Ok(out)
     }
 
@@ -373,7 +386,7 @@ impl TimeRpcServer for RpcImpl {
             Transaction::from_hex(&hexstring).ok_or_else(|| err(codes::DESERIALIZATION_ERROR, "TX decode failed"))?;
         let me = self.s.wallet.address();
         let owned: std::collections::HashSet<OutPoint> =
-            self.wallet_coins()?.into_iter().filter(|(_, o)| o.address == me).map(|(op, _)| op).collect();
+            self.wallet_coins(None)?.into_iter().filter(|(_, o)| o.address == me).map(|(op, _)| op).collect();
         let complete = self.s.wallet.sign_owned(&mut tx, |op| owned.contains(op), self.s.chain_id());
         Ok(SignResult { hex: tx.to_hex(), complete })
     }
@@ -382,15 +395,25 @@ impl TimeRpcServer for RpcImpl {
         let to = parse_address(&address, &self.s)?;
         let units = amount_units(amount)?;
         let _spending = self.wallet_spend.lock().await;
-        let coins = self.wallet_coins()?;
-        let tx = self.s.wallet.pay(&coins, to, units, memo.map(String::into_bytes), self.s.chain_id()).map_err(
-            |e| match e {
-                crate::wallet::WalletError::InsufficientFunds { .. } => {
-                    err(codes::WALLET_INSUFFICIENT_FUNDS, e.to_string())
-                }
-                other => err(codes::INVALID_PARAMETER, other.to_string()),
-            },
-        )?;
+        let memo = memo.map(String::into_bytes);
+        // Read coins until they cover the amount and a fee reckoned high (an input signs to
+        // under 160 bytes); should the wallet's own reckoning still want more, read them all.
+        let memo_len = memo.as_ref().map_or(0, Vec::len) as u64;
+        let mut covers = |count: usize, total: u64| {
+            let size = 256 + memo_len + 160 * count as u64;
+            total >= units.saturating_add(crate::chain::amount::min_fee(size as usize))
+        };
+        let pay = |coins: &[(OutPoint, TxOut)]| self.s.wallet.pay(coins, to, units, memo.clone(), self.s.chain_id());
+        let tx = match pay(&self.wallet_coins(Some(&mut covers))?) {
+            Err(crate::wallet::WalletError::InsufficientFunds { .. }) => pay(&self.wallet_coins(None)?),
+            other => other,
+        }
+        .map_err(|e| match e {
+            crate::wallet::WalletError::InsufficientFunds { .. } => {
+                err(codes::WALLET_INSUFFICIENT_FUNDS, e.to_string())
+            }
+            other => err(codes::INVALID_PARAMETER, other.to_string()),
+        })?;
         let (txid, _) = self.s.submit_tx(tx).await.map_err(tx_err)?;
         Ok(txid.to_hex())
     }
@@ -400,7 +423,7 @@ impl TimeRpcServer for RpcImpl {
         let min = min_count.unwrap_or(2).clamp(2, limit);
         let max = max_count.unwrap_or(500).clamp(min, limit);
         let _spending = self.wallet_spend.lock().await;
-        let mut coins = self.wallet_coins()?;
+        let mut coins = self.wallet_coins(None)?;
         // Smallest first: merging is for dust-like change.
         coins.sort_by_key(|(_, o)| o.value);
         coins.truncate(max);

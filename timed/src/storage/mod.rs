@@ -371,6 +371,36 @@ impl Store {
         Ok(out)
     }
 
+    /// Unspent outputs paying to `addr`, oldest first (by creating height, then outpoint), handed
+    /// to `visit` until it returns true. Only the address index is read in full; an output's
+    /// value is read when it is visited, so a wallet with tens of thousands of reward outputs
+    /// pays for the few a payment needs (`sendtoaddress`), not for all of them.
+    pub fn utxos_for_address_oldest(
+        &self,
+        addr: &Address,
+        mut visit: impl FnMut(&OutPoint, TxOut) -> bool,
+    ) -> Result<(), StoreError> {
+        let rtx = self.begin_read()?;
+        let index = rtx.open_table(ADDRESS_UTXOS)?;
+        let (lo, hi) = keys::address_bounds(addr);
+        let mut ops: Vec<(u64, OutPoint)> = Vec::new();
+        for entry in index.range::<&[u8; ADDRESS_OUTPOINT_LEN]>(&lo..=&hi)? {
+            let (k, height) = entry?;
+            ops.push((height.value(), keys::outpoint_from(&k.value()[keys::ADDRESS_LEN..])));
+        }
+        ops.sort_unstable();
+        let utxos = rtx.open_table(UTXOS)?;
+        for (_, op) in ops {
+            let raw = utxos
+                .get(&keys::outpoint(&op))?
+                .ok_or_else(|| StoreError::Corrupt(format!("address index lists {op}, which is not unspent")))?;
+            if visit(&op, decode("output", raw.value())?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Height of the block holding `txid` and the transaction's position in it.
     pub fn tx_location(&self, txid: &Txid) -> Result<Option<(u64, u32)>, StoreError> {
         index_entry(&self.begin_read()?, txid)

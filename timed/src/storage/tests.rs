@@ -184,6 +184,35 @@ fn commit_updates_utxos_and_indexes() {
     assert_eq!(store.utxos_for_address(&alice).unwrap().len(), 1);
     assert_eq!(store.utxos_for_address(&addr("bob")).unwrap()[0].2, 2);
 
+    // Oldest first, and only as far as the visitor wants: the miner's rewards of blocks 1 and 2
+    // come in height order; validator1's genesis outputs (all height 0) in outpoint order.
+    let visit_all = |a: &Address| {
+        let mut seen = Vec::new();
+        store
+            .utxos_for_address_oldest(a, |op, out| {
+                seen.push((*op, out));
+                false
+            })
+            .unwrap();
+        seen
+    };
+    let heights = |seen: &[(OutPoint, TxOut)]| {
+        seen.iter().map(|(op, _)| store.tx_location(&op.txid).unwrap().unwrap().0).collect::<Vec<_>>()
+    };
+    assert_eq!(heights(&visit_all(&addr("miner"))), vec![1, 2]);
+    let mut by_outpoint: Vec<(OutPoint, TxOut)> =
+        store.utxos_for_address(&wallet("validator1")).unwrap().into_iter().map(|(op, o, _)| (op, o)).collect();
+    by_outpoint.sort_by_key(|(op, _)| *op);
+    assert_eq!(visit_all(&wallet("validator1")), by_outpoint);
+    let mut first = Vec::new();
+    store
+        .utxos_for_address_oldest(&wallet("validator1"), |op, _| {
+            first.push(*op);
+            first.len() == 3
+        })
+        .unwrap();
+    assert_eq!(first, by_outpoint[..3].iter().map(|(op, _)| *op).collect::<Vec<_>>());
+
     let range = store.blocks_range(0, 100).unwrap();
     assert_eq!(range, vec![(b1.clone(), c1), (b2.clone(), c2.clone())]);
     assert_eq!(store.blocks_range(2, 2).unwrap(), vec![(b2, c2)]);
