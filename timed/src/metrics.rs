@@ -150,23 +150,23 @@ impl Metrics {
         gauge(&mut out, names::MEMPOOL_SIZE, "Transactions in the mempool", snap.mempool as f64);
         counter(&mut out, names::P2P_BYTES_SENT, "Bytes sent to peers", snap.p2p_sent as f64);
         counter(&mut out, names::P2P_BYTES_RECEIVED, "Bytes received from peers", snap.p2p_received as f64);
-        let by_kind = |out: &mut String, name: &str, help: &str, value: fn(&MessageTraffic, bool) -> u64| {
+        // (sent, received) of one kind.
+        let by_kind = |out: &mut String, name: &str, help: &str, value: fn(&MessageTraffic) -> (u64, u64)| {
             let family = strip(name);
             let _ = write!(out, "# HELP {family} {help}\n# TYPE {family} counter\n");
             for m in &snap.p2p_messages {
-                for (direction, sent) in [("sent", true), ("received", false)] {
-                    let v = value(m, sent);
+                let (sent, received) = value(m);
+                for (direction, v) in [("sent", sent), ("received", received)] {
                     let _ = writeln!(out, "{family}_total{{direction=\"{direction}\",kind=\"{}\"}} {v}", m.kind);
                 }
             }
         };
-        let frames: fn(&MessageTraffic, bool) -> u64 = |m, sent| if sent { m.sent } else { m.received };
-        by_kind(&mut out, names::P2P_MESSAGES, "P2P frames by message kind and direction", frames);
+        by_kind(&mut out, names::P2P_MESSAGES, "P2P frames by message kind and direction", |m| (m.sent, m.received));
         by_kind(
             &mut out,
             names::P2P_MESSAGE_BYTES,
             "P2P bytes (frame headers included) by message kind and direction",
-            |m, sent| if sent { m.sent_bytes } else { m.received_bytes },
+            |m| (m.sent_bytes, m.received_bytes),
         );
         if let Some(p) = process_stats() {
             gauge(&mut out, names::PROCESS_RSS_BYTES, "Resident memory size in bytes", p.rss_bytes as f64);

@@ -363,10 +363,7 @@ impl Store {
         for entry in index.range::<&[u8; ADDRESS_OUTPOINT_LEN]>(&lo..=&hi)? {
             let (k, height) = entry?;
             let op = keys::outpoint_from(&k.value()[keys::ADDRESS_LEN..]);
-            let raw = utxos
-                .get(&keys::outpoint(&op))?
-                .ok_or_else(|| StoreError::Corrupt(format!("address index lists {op}, which is not unspent")))?;
-            out.push((op, decode("output", raw.value())?, height.value()));
+            out.push((op, indexed_utxo(&utxos, &op)?, height.value()));
         }
         Ok(out)
     }
@@ -391,10 +388,7 @@ impl Store {
         ops.sort_unstable();
         let utxos = rtx.open_table(UTXOS)?;
         for (_, op) in ops {
-            let raw = utxos
-                .get(&keys::outpoint(&op))?
-                .ok_or_else(|| StoreError::Corrupt(format!("address index lists {op}, which is not unspent")))?;
-            if visit(&op, decode("output", raw.value())?) {
+            if visit(&op, indexed_utxo(&utxos, &op)?) {
                 break;
             }
         }
@@ -549,6 +543,14 @@ fn indexed_at_missing_height(txid: &Txid, height: u64) -> StoreError {
 /// each table in key order: txids and outpoints are hashes, so in block order every insert and
 /// remove lands on a random page of a large tree, while in key order neighbouring changes share
 /// their pages. An output created and spent within the block never reaches the store.
+/// The unspent output the address index points at; its absence means the two tables disagree.
+fn indexed_utxo(utxos: &redb::ReadOnlyTable<&[u8; OUTPOINT_LEN], &[u8]>, op: &OutPoint) -> Result<TxOut, StoreError> {
+    let raw = utxos
+        .get(&keys::outpoint(op))?
+        .ok_or_else(|| StoreError::Corrupt(format!("address index lists {op}, which is not unspent")))?;
+    decode("output", raw.value())
+}
+
 fn write_block(txn: &WriteTransaction, block: &Block, cert: Option<&CommitCert>) -> Result<(), StoreError> {
     let height = block.height();
     let hash = block.hash();
