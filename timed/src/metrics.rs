@@ -92,7 +92,11 @@ impl Metrics {
             tx_finality.clone(),
         );
         registry.register(names::RPC_DURATION, "JSON-RPC request handling time in seconds", rpc_duration.clone());
-        registry.register(strip(names::TX_FINALIZED), "Transactions finalized by Avalanche", tx_finalized.clone());
+        registry.register(
+            strip(names::TX_FINALIZED),
+            "Transactions that became final on this node (its own polls, or a block that settled them first)",
+            tx_finalized.clone(),
+        );
         registry.register(
             strip(names::TX_REJECTED),
             "Transactions rejected (lost a conflict or expired)",

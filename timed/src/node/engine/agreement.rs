@@ -261,13 +261,21 @@ impl Engine {
             // here now: clients (and `timectl bench`) get this node's time, not none.
             let now = now_ms();
             let txids: Vec<Txid> = txs.iter().map(|t| t.txid()).collect();
+            // Final on this node from now, unless its own polls made it so already (and counted
+            // it): every node counts every transaction once, whichever came first.
+            let mut settled_here = 0u64;
             for txid in &txids {
-                let pending = st.mempool.get(txid).filter(|e| e.status == TxStatus::Pending);
+                let entry = st.mempool.get(txid);
+                if !entry.is_some_and(|e| matches!(e.status, TxStatus::Finalized { .. })) {
+                    settled_here += 1;
+                }
+                let pending = entry.filter(|e| e.status == TxStatus::Pending);
                 if let Some(seen) = pending.map(|e| e.first_seen_ms) {
                     let time = crate::node::FinalityTime { latency_ms: now.saturating_sub(seen), at_ms: now };
                     st.remember_finality(*txid, time);
                 }
             }
+            self.s.metrics.tx_finalized.inc_by(settled_here);
             let conflicted = st.mempool.remove_for_block(txs);
             for txid in &txids {
                 // A block settles it: Snowball can forget the transaction.
