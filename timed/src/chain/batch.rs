@@ -304,6 +304,12 @@ mod tests {
         let items: Vec<Item> = cases.iter().map(|c| Item { pk: &c.pk, msg: &c.msg, sig: &c.sig }).collect();
         let strict: Vec<bool> = items.iter().map(verify_strict).collect();
         assert_eq!(verify_many(&items), strict, "batch and verify_strict disagree on {cases:?}");
+        // Twice: the second call finds each key in the cache.
+        for _ in 0..2 {
+            let one: Vec<bool> =
+                items.iter().map(|it| crate::chain::crypto::verify_one(&it.pk.0, it.msg, it.sig)).collect();
+            assert_eq!(one, strict, "verify_one and verify_strict disagree on {cases:?}");
+        }
     }
 
     fn case_strategy(kinds: std::ops::Range<u8>) -> impl Strategy<Value = Case> {

@@ -325,7 +325,7 @@ impl Snowball {
         match self.txs.get(txid) {
             None if self.rejected.contains_key(txid) => Preference::No,
             None => Preference::Unknown,
-            Some(_) if self.is_preferred(txid) => Preference::Yes,
+            Some(e) if e.accepted || self.strongly_preferred(txid, e) => Preference::Yes,
             Some(_) => Preference::No,
         }
     }
@@ -335,7 +335,7 @@ impl Snowball {
     pub fn is_preferred(&self, txid: &Txid) -> bool {
         match self.txs.get(txid) {
             None => false,
-            Some(e) => e.accepted || self.strongly_preferred(txid),
+            Some(e) => e.accepted || self.strongly_preferred(txid, e),
         }
     }
 
@@ -344,10 +344,10 @@ impl Snowball {
         self.txs.contains_key(txid)
     }
 
-    fn strongly_preferred(&self, txid: &Txid) -> bool {
-        // Most transactions spend outputs of settled ones: their own sets decide, and every
-        // poll answer asks, so that case allocates nothing.
-        let Some(e) = self.txs.get(txid) else { return true };
+    /// `e` is `txid`'s own entry: every poll answer asks, so the caller's lookup is reused.
+    fn strongly_preferred(&self, txid: &Txid, e: &TxEntry) -> bool {
+        // Most transactions spend outputs of settled ones: their own sets decide, and that
+        // case allocates nothing.
         if e.accepted {
             return true;
         }

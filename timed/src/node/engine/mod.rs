@@ -15,6 +15,7 @@ mod sync;
 mod txs;
 
 pub use polls::Answerer;
+use txs::Holders;
 
 use super::{now_ms, Shared, Submission};
 use crate::chain::block::verify_cert;
@@ -213,17 +214,19 @@ struct Engine {
     /// refused for missing inputs.
     orphans: HashMap<Txid, Vec<(Transaction, bool)>>,
     orphan_count: usize,
-    /// Transactions to relay, each with the peer it came from (None: a client, or re-sent).
-    /// Flushed as `Txs` batches whenever the engine's queues run dry.
-    relay: Vec<(Transaction, Option<ValidatorIndex>)>,
+    /// Transactions to relay, each with the peers known to hold it already (it came from
+    /// them; empty for a client's or a re-sent one). Flushed as `Txs` batches whenever the
+    /// engine's queues run dry.
+    relay: Vec<(Transaction, Holders)>,
     /// Peer transactions whose signatures the worker pool checked come back through here.
     verified: mpsc::UnboundedSender<(ValidatorIndex, Vec<(Transaction, bool)>)>,
     /// One verification job per core at a time.
     verify_gate: Arc<tokio::sync::Semaphore>,
     /// Peer transactions on the worker pool now: the same transaction relayed by several peers
-    /// is verified once, not once per copy. With the time each went in: a job that never came
-    /// back (a panic) must not bar its transactions for good.
-    verifying: HashMap<Txid, Instant>,
+    /// is verified once, not once per copy. With the time each went in (a job that never came
+    /// back, a panic, must not bar its transactions for good) and every peer that sent a copy
+    /// meanwhile: none of them is sent it again.
+    verifying: HashMap<Txid, (Instant, Holders)>,
     /// Accepted by Snowball, waiting for the finality write: every poll reply that arrives
     /// while the engine is busy shares one fsync instead of paying its own.
     finalizing: Vec<Txid>,
@@ -503,7 +506,7 @@ impl Engine {
             self.s.finality_changed.notify_waiters();
         }
         if let Some(stale) = Instant::now().checked_sub(Duration::from_secs(10)) {
-            self.verifying.retain(|_, since| *since > stale);
+            self.verifying.retain(|_, (since, _)| *since > stale);
         }
         self.release_memory();
     }

@@ -3,6 +3,30 @@
 
 use super::*;
 
+/// Peers known to hold a transaction (it came from them), one bit per validator index below
+/// 64. A higher index is not recorded, so it is sent the transaction again: a wasted copy,
+/// never a missing one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Holders(u64);
+
+impl Holders {
+    pub(super) fn of(peer: ValidatorIndex) -> Self {
+        let mut h = Holders::default();
+        h.add(peer);
+        h
+    }
+
+    pub(super) fn add(&mut self, peer: ValidatorIndex) {
+        if peer < 64 {
+            self.0 |= 1 << peer;
+        }
+    }
+
+    pub(super) fn has(self, peer: ValidatorIndex) -> bool {
+        peer < 64 && self.0 & (1 << peer) != 0
+    }
+}
+
 impl Engine {
     /// A client transaction (RPC), signatures already checked: admitted here, the one place
     /// that writes the mempool and Snowball, then answered, relayed and polled.
@@ -14,7 +38,7 @@ impl Engine {
         // The client hears first: its answer does not wait for relaying or finality.
         let _ = reply.send(result);
         if fresh {
-            self.relay.push((tx, None));
+            self.relay.push((tx, Holders::default()));
             if self.n() == 1 {
                 // The only validator's own view is the whole network's.
                 self.accept(&txid.into_iter().collect::<Vec<_>>());
@@ -70,7 +94,7 @@ impl Engine {
         let relay = std::mem::take(&mut self.relay);
         for peer in self.s.p2p.connected() {
             let txs: Vec<Transaction> =
-                relay.iter().filter(|(_, from)| *from != Some(peer)).map(|(tx, _)| tx.clone()).collect();
+                relay.iter().filter(|(_, holders)| !holders.has(peer)).map(|(tx, _)| tx.clone()).collect();
             for chunk in txs.chunks(MAX_TXS_PER_MESSAGE) {
                 self.s.p2p.send_gossip(peer, Message::Txs(chunk.to_vec()));
             }
@@ -93,7 +117,20 @@ impl Engine {
             let (verifying, now) = (&mut self.verifying, Instant::now());
             txs.retain(|t| {
                 let id = t.txid();
-                !st.mempool.contains(&id) && st.mempool.rejection(&id).is_none() && verifying.insert(id, now).is_none()
+                if st.mempool.contains(&id) || st.mempool.rejection(&id).is_some() {
+                    return false;
+                }
+                match verifying.entry(id) {
+                    // A copy of one being checked: that peer need not be sent it.
+                    std::collections::hash_map::Entry::Occupied(mut e) => {
+                        e.get_mut().1.add(from);
+                        false
+                    }
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert((now, Holders::of(from)));
+                        true
+                    }
+                }
             });
         }
         if txs.is_empty() {
@@ -103,9 +140,9 @@ impl Engine {
         let (back, gate) = (self.verified.clone(), self.verify_gate.clone());
         tokio::spawn(async move {
             let Ok(_permit) = gate.acquire_owned().await else { return };
-            // One by one with verify_strict: the exact batch verifier (chain/batch.rs) is slower
-            // on this hardware, because agreeing with strict costs a subgroup check per R
-            // (docs/benchmarks.md, "Batch verification").
+            // One by one (`crypto::verify_one`, strict's verdicts): the exact batch verifier
+            // (chain/batch.rs) is slower on this hardware, because agreeing with strict costs a
+            // subgroup check per R (docs/benchmarks.md, "Batch verification").
             let checked = tokio::task::spawn_blocking(move || {
                 txs.into_iter()
                     .map(|t| {
@@ -123,20 +160,27 @@ impl Engine {
 
     pub(super) fn on_verified_txs(&mut self, from: ValidatorIndex, txs: Vec<(Transaction, bool)>) {
         for (tx, ok) in txs {
-            self.verifying.remove(&tx.txid());
-            self.on_gossip_tx(from, tx, ok);
+            let holders = self.verifying.remove(&tx.txid()).map_or(Holders::of(from), |(_, h)| h);
+            self.on_gossip_tx(from, holders, tx, ok);
         }
     }
 
-    pub(super) fn on_gossip_tx(&mut self, from: ValidatorIndex, tx: Transaction, signatures_ok: bool) {
+    /// `holders`: `from` and every other peer that sent a copy while it was being checked.
+    pub(super) fn on_gossip_tx(
+        &mut self,
+        from: ValidatorIndex,
+        holders: Holders,
+        tx: Transaction,
+        signatures_ok: bool,
+    ) {
         let parents: Vec<Txid> = tx.inputs.iter().map(|i| i.prevout.txid).collect();
         let limit = self.s.cfg.max_pending_txs * crate::node::PEER_PENDING_FACTOR;
         match self.admit(tx.clone(), limit, Signatures::Verified(signatures_ok)) {
             Ok((_, Added::Known)) => {}
             Ok((txid, _)) => {
                 tracing::trace!(%txid, from, "transaction from peer");
-                // Onwards to the others, never back to the peer it came from.
-                self.relay.push((tx, Some(from)));
+                // Onwards to the others, never back to a peer it came from.
+                self.relay.push((tx, holders));
             }
             Err(TxError::MissingInputs) => {
                 // Its parent may be final at the sender but still undecided here.
@@ -172,7 +216,7 @@ impl Engine {
             self.orphan_count -= 1;
             match self.admit(tx.clone(), limit, Signatures::Verified(signatures_ok)) {
                 Ok((_, Added::Known)) => {}
-                Ok(_) => self.relay.push((tx, None)),
+                Ok(_) => self.relay.push((tx, Holders::default())),
                 Err(e) => tracing::debug!(%parent, "waiting transaction refused once its parent was final: {e}"),
             }
         }
@@ -237,5 +281,24 @@ impl Engine {
             self.adopt_orphans(txid);
         }
         self.s.finality_changed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Holders;
+
+    #[test]
+    fn holders_remember_peers_below_64_and_never_hide_the_rest() {
+        let mut h = Holders::of(3);
+        h.add(0);
+        h.add(63);
+        assert!(h.has(0) && h.has(3) && h.has(63));
+        assert!(!h.has(1) && !h.has(62));
+        // Not representable: such a peer is sent the transaction again, never skipped.
+        h.add(64);
+        h.add(900);
+        assert!(!h.has(64) && !h.has(900));
+        assert_eq!(Holders::default(), Holders(0));
     }
 }
