@@ -24,13 +24,12 @@
 //! changes the verdict of the others. Keys are reused by many payments, so a key's subgroup
 //! check is remembered; `R` is fresh per signature and is checked each time.
 
-use super::crypto::PublicKey;
+use super::crypto::{prepare, PublicKey};
 use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
-use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+use curve25519_dalek::edwards::EdwardsPoint;
 use curve25519_dalek::scalar::Scalar;
 use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
 use ed25519_dalek::VerifyingKey;
-use sha2::{Digest, Sha512};
 use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
 
@@ -79,18 +78,11 @@ fn in_prime_subgroup(p: &EdwardsPoint) -> bool {
 }
 
 fn plan(item: &Item) -> Plan {
-    let (r_bytes, s_bytes) = item.sig.split_at(32);
-    let s_bytes: [u8; 32] = s_bytes.try_into().expect("32 bytes");
-    let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes)) else {
+    // Strict's own refusals first, identically (shared with `crypto::verify_one`).
+    let Some(p) = prepare(&item.pk.0, item.msg, item.sig) else {
         return Plan::Reject;
     };
-    let r_enc = CompressedEdwardsY(r_bytes.try_into().expect("32 bytes"));
-    let (Some(a), Some(r)) = (CompressedEdwardsY(item.pk.0).decompress(), r_enc.decompress()) else {
-        return Plan::Reject;
-    };
-    if a.is_small_order() || r.is_small_order() || r.compress() != r_enc {
-        return Plan::Reject;
-    }
+    let a = -p.minus_a;
     let key_ok = key_cache().lock().unwrap_or_else(|e| e.into_inner()).contains(&item.pk.0);
     if !key_ok {
         if a.compress().0 != item.pk.0 || !in_prime_subgroup(&a) {
@@ -102,15 +94,10 @@ fn plan(item: &Item) -> Plan {
         }
         cache.insert(item.pk.0);
     }
-    if !in_prime_subgroup(&r) {
+    if !in_prime_subgroup(&p.r) {
         return Plan::Single;
     }
-    let mut h = Sha512::new();
-    h.update(r_bytes);
-    h.update(item.pk.0);
-    h.update(item.msg);
-    let k = Scalar::from_hash(h);
-    Plan::Batch(s, r, a, k)
+    Plan::Batch(p.s, p.r, a, p.k)
 }
 
 /// Verdicts for `items`, in order: `out[i] == verify_strict(&items[i])` for every input (the
@@ -166,7 +153,9 @@ mod tests {
     //! can be put exactly where a test wants it.
     use super::*;
     use curve25519_dalek::constants::EIGHT_TORSION;
+    use curve25519_dalek::edwards::CompressedEdwardsY;
     use proptest::prelude::*;
+    use sha2::{Digest, Sha512};
 
     /// A signer over raw scalars: `A = [a]B + ta`, `R = [r]B + tr`, `S = r + k·a`.
     fn sign_raw(a: Scalar, ta: EdwardsPoint, r: Scalar, tr: EdwardsPoint, msg: &[u8]) -> (PublicKey, [u8; 64]) {

@@ -253,37 +253,37 @@ fn y_is_canonical(b: &[u8; 32]) -> bool {
     b[31] & 0x7f != 0x7f || b[1..31].iter().any(|x| *x != 0xff) || b[0] < 0xed
 }
 
-/// One signature, with exactly ed25519-dalek's `verify_strict` verdict (property tests in
-/// `chain/batch.rs` compare the two on torsion, mixed-order and non-canonical inputs), at about a third less cost. Strict
-/// pays three field exponentiations besides the scalar multiplication: decompressing `A`,
-/// decompressing `R` (for its small-order check), and compressing `[S]B - [k]A` to compare
-/// bytes. Here `A` comes decompressed from a cache (keys are reused by many payments), and the
-/// result is compared with the decompressed `R` as a point, projectively, with no inversion.
-/// The byte comparison and the point comparison differ only when `R`'s encoding is not the
-/// canonical one of its point: `y ≥ p`, refused by [`y_is_canonical`], or `x = 0` with the sign
-/// bit set, which only the two small-order points with `x = 0` can have, refused as small
-/// order. Everything else is strict's own sequence (`S < l`, decodable `A` and `R`, neither of
-/// small order, `k` over the given bytes of `R` and `A`).
-pub fn verify_one(pk: &[u8; 32], msg: &[u8], sig: &[u8; 64]) -> bool {
+/// Strict's checks before its equation, with their results: `S`, `R`, `-A` and
+/// `k = SHA-512(R ‖ A ‖ M)` over the given bytes. `None` when strict refuses without the
+/// equation: `S ≥ l`, `A` or `R` undecodable or of small order, or `R` not canonically
+/// encoded. Shared by [`verify_one`] and the batch verifier (`chain/batch.rs`), so both refuse
+/// exactly what strict refuses up front. `-A` comes from a bounded cache: payments reuse keys,
+/// and decompressing one costs a field exponentiation.
+pub(crate) struct Prepared {
+    pub s: Scalar,
+    pub r: EdwardsPoint,
+    pub minus_a: EdwardsPoint,
+    pub k: Scalar,
+}
+
+pub(crate) fn prepare(pk: &[u8; 32], msg: &[u8], sig: &[u8; 64]) -> Option<Prepared> {
     let (r_bytes, s_bytes) = sig.split_at(32);
     let r_bytes: &[u8; 32] = r_bytes.try_into().expect("32 bytes");
-    let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes.try_into().expect("32 bytes"))) else {
-        return false;
-    };
+    let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes.try_into().expect("32 bytes")))?;
     if !y_is_canonical(r_bytes) {
-        return false;
+        return None;
     }
-    let Some(r) = CompressedEdwardsY(*r_bytes).decompress() else { return false };
+    let r = CompressedEdwardsY(*r_bytes).decompress()?;
     if r.is_small_order() {
-        return false;
+        return None;
     }
     let cached = point_cache().lock().unwrap_or_else(|e| e.into_inner()).get(pk).copied();
     let minus_a = match cached {
         Some(p) => p,
         None => {
-            let Some(a) = CompressedEdwardsY(*pk).decompress() else { return false };
+            let a = CompressedEdwardsY(*pk).decompress()?;
             if a.is_small_order() {
-                return false;
+                return None;
             }
             let mut cache = point_cache().lock().unwrap_or_else(|e| e.into_inner());
             if cache.len() >= KEY_POINTS {
@@ -297,8 +297,22 @@ pub fn verify_one(pk: &[u8; 32], msg: &[u8], sig: &[u8; 64]) -> bool {
     h.update(r_bytes);
     h.update(pk);
     h.update(msg);
-    let k = Scalar::from_hash(h);
-    EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, &minus_a, &s) == r
+    Some(Prepared { s, r, minus_a, k: Scalar::from_hash(h) })
+}
+
+/// One signature, with exactly ed25519-dalek's `verify_strict` verdict (property tests in
+/// `chain/batch.rs` compare the two on torsion, mixed-order and non-canonical inputs), for
+/// about 15 % less here (docs/benchmarks.md, run Z). Strict pays three field exponentiations
+/// besides the scalar multiplication: decompressing `A`, decompressing `R` (for its small-order
+/// check), and compressing `[S]B - [k]A` to compare bytes. Here `A` comes decompressed from a
+/// cache ([`prepare`]), and the result is compared with the decompressed `R` as a point,
+/// projectively, with no inversion. The byte comparison and the point comparison differ only
+/// when `R`'s encoding is not the canonical one of its point: `y ≥ p`, refused by
+/// [`y_is_canonical`], or `x = 0` with the sign bit set, which only the two small-order points
+/// with `x = 0` can have, refused as small order.
+pub fn verify_one(pk: &[u8; 32], msg: &[u8], sig: &[u8; 64]) -> bool {
+    prepare(pk, msg, sig)
+        .is_some_and(|p| EdwardsPoint::vartime_double_scalar_mul_basepoint(&p.k, &p.minus_a, &p.s) == p.r)
 }
 
 #[cfg(test)]
