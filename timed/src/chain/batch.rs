@@ -18,20 +18,19 @@
 //!   2⁻¹²⁸ (128-bit random `zᵢ`), while a batch of strictly valid signatures always passes
 //!   (each `eᵢ = 0`);
 //! - a non-canonical `A` encoding: both paths hash the same bytes, but rather than argue it,
-//!   such keys (and every input with torsion) go to `verify_strict` one by one.
+//!   such keys (and every input with torsion) are decided one by one.
 //!
-//! A batch that fails is decided one by one with `verify_strict`, so one bad signature never
-//! changes the verdict of the others. Keys are reused by many payments, so a key's subgroup
+//! A batch that fails is decided one by one, so one bad signature never changes the verdict of
+//! the others. "One by one" is strict's own equation on the pre-checked values
+//! (`crypto::Prepared::equation_holds`, what `crypto::verify_one` does), not a second decoding. Keys are reused by many payments, so a key's subgroup
 //! check is remembered; `R` is fresh per signature and is checked each time.
 
-use super::crypto::{prepare, PublicKey};
+use super::crypto::{prepare, KeyCache, Prepared, PublicKey};
 use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
 use curve25519_dalek::edwards::EdwardsPoint;
 use curve25519_dalek::scalar::Scalar;
 use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
 use ed25519_dalek::VerifyingKey;
-use std::collections::HashSet;
-use std::sync::{Mutex, OnceLock};
 
 /// One signature to check: key bytes, the exact signed message, signature bytes.
 #[derive(Clone, Copy, Debug)]
@@ -49,26 +48,19 @@ pub fn verify_strict(item: &Item) -> bool {
     vk.verify_strict(item.msg, &ed25519_dalek::Signature::from_bytes(item.sig)).is_ok()
 }
 
-/// How an item is decided. Short-lived (one per item, consumed at once), so the size of the
-/// batch variant does not matter.
-#[allow(clippy::large_enum_variant)]
+/// How an item is decided.
 enum Plan {
     /// Strict refuses it whatever the equation says.
     Reject,
-    /// The batch cannot decide it exactly: `verify_strict` alone.
-    Single,
-    /// Ready for the batch: `S`, `R`, `A`, `k`.
-    Batch(Scalar, EdwardsPoint, EdwardsPoint, Scalar),
+    /// The batch cannot decide it exactly: strict's equation alone.
+    Single(Prepared),
+    /// Ready for the batch.
+    Batch(Prepared),
 }
 
-/// Keys already known to be canonical and in the prime-order subgroup. Bounded: cleared when
-/// full (a miss only costs one subgroup check).
-const KEY_CACHE: usize = 65_536;
-
-fn key_cache() -> &'static Mutex<HashSet<[u8; 32]>> {
-    static CACHE: OnceLock<Mutex<HashSet<[u8; 32]>>> = OnceLock::new();
-    CACHE.get_or_init(|| Mutex::new(HashSet::new()))
-}
+/// Keys already known to be canonical and in the prime-order subgroup (a miss only costs one
+/// subgroup check).
+static SUBGROUP_KEYS: KeyCache<()> = KeyCache::new();
 
 /// `[l]P == 0`, in variable time (all inputs are public): `(l-1)·P + P`, since the scalar
 /// `-1` is the integer `l - 1` to the multiplication.
@@ -82,66 +74,56 @@ fn plan(item: &Item) -> Plan {
     let Some(p) = prepare(&item.pk.0, item.msg, item.sig) else {
         return Plan::Reject;
     };
-    let a = -p.minus_a;
-    let key_ok = key_cache().lock().unwrap_or_else(|e| e.into_inner()).contains(&item.pk.0);
-    if !key_ok {
+    if SUBGROUP_KEYS.get(&item.pk.0).is_none() {
+        let a = -p.minus_a;
         if a.compress().0 != item.pk.0 || !in_prime_subgroup(&a) {
-            return Plan::Single;
+            return Plan::Single(p);
         }
-        let mut cache = key_cache().lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= KEY_CACHE {
-            cache.clear();
-        }
-        cache.insert(item.pk.0);
+        SUBGROUP_KEYS.insert(item.pk.0, ());
     }
     if !in_prime_subgroup(&p.r) {
-        return Plan::Single;
+        return Plan::Single(p);
     }
-    Plan::Batch(p.s, p.r, a, p.k)
+    Plan::Batch(p)
 }
 
 /// Verdicts for `items`, in order: `out[i] == verify_strict(&items[i])` for every input (the
 /// batch part errs towards acceptance with probability at most 2⁻¹²⁸, see the module doc).
 pub fn verify_many(items: &[Item]) -> Vec<bool> {
     let mut out = vec![false; items.len()];
-    let mut batch: Vec<(usize, Scalar, EdwardsPoint, EdwardsPoint, Scalar)> = Vec::with_capacity(items.len());
+    let mut batch: Vec<(usize, Prepared)> = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         match plan(item) {
             Plan::Reject => {}
-            Plan::Single => out[i] = verify_strict(item),
-            Plan::Batch(s, r, a, k) => batch.push((i, s, r, a, k)),
+            Plan::Single(p) => out[i] = p.equation_holds(),
+            Plan::Batch(p) => batch.push((i, p)),
         }
     }
-    match batch.len() {
-        0 => {}
-        // One signature: the batch equation costs as much as the strict check, so use that.
-        1 => out[batch[0].0] = verify_strict(&items[batch[0].0]),
-        _ => {
-            if batch_equation_holds(&batch) {
-                for (i, ..) in &batch {
-                    out[*i] = true;
-                }
-            } else {
-                for (i, ..) in &batch {
-                    out[*i] = verify_strict(&items[*i]);
-                }
-            }
+    // One signature: the batch equation costs as much as strict's own, so use that; and a
+    // batch that fails is decided one by one.
+    if batch.len() > 1 && batch_equation_holds(&batch) {
+        for (i, _) in &batch {
+            out[*i] = true;
+        }
+    } else {
+        for (i, p) in &batch {
+            out[*i] = p.equation_holds();
         }
     }
     out
 }
 
-/// `Σ zᵢ·Sᵢ·B - Σ zᵢ·Rᵢ - Σ (zᵢ·kᵢ)·Aᵢ == 0` with fresh random 128-bit `zᵢ`.
-fn batch_equation_holds(batch: &[(usize, Scalar, EdwardsPoint, EdwardsPoint, Scalar)]) -> bool {
+/// `Σ zᵢ·Sᵢ·B - Σ zᵢ·Rᵢ + Σ (zᵢ·kᵢ)·(-Aᵢ) == 0` with fresh random 128-bit `zᵢ`.
+fn batch_equation_holds(batch: &[(usize, Prepared)]) -> bool {
     use rand::Rng;
     let mut rng = rand::thread_rng();
     let zs: Vec<Scalar> = batch.iter().map(|_| Scalar::from(rng.gen::<u128>())).collect();
-    let b_coeff: Scalar = batch.iter().zip(&zs).map(|((_, s, ..), z)| z * s).sum();
+    let b_coeff: Scalar = batch.iter().zip(&zs).map(|((_, p), z)| z * p.s).sum();
     let scalars =
-        std::iter::once(b_coeff).chain(zs.iter().map(|z| -z)).chain(batch.iter().zip(&zs).map(|((.., k), z)| -(z * k)));
+        std::iter::once(b_coeff).chain(zs.iter().map(|z| -z)).chain(batch.iter().zip(&zs).map(|((_, p), z)| z * p.k));
     let points = std::iter::once(ED25519_BASEPOINT_POINT)
-        .chain(batch.iter().map(|(_, _, r, ..)| *r))
-        .chain(batch.iter().map(|(_, _, _, a, _)| *a));
+        .chain(batch.iter().map(|(_, p)| p.r))
+        .chain(batch.iter().map(|(_, p)| p.minus_a));
     EdwardsPoint::vartime_multiscalar_mul(scalars, points).is_identity()
 }
 
@@ -153,7 +135,6 @@ mod tests {
     //! can be put exactly where a test wants it.
     use super::*;
     use curve25519_dalek::constants::EIGHT_TORSION;
-    use curve25519_dalek::edwards::CompressedEdwardsY;
     use proptest::prelude::*;
     use sha2::{Digest, Sha512};
 
@@ -361,16 +342,8 @@ mod tests {
             let (pk, sig) = sign_raw(scalar([i; 32]), EdwardsPoint::default(), scalar([i ^ 0xaa; 32]), t2, &msg);
             let bad = Item { pk: &pk, msg: &msg, sig: &sig };
             assert!(!verify_strict(&bad));
-            let prep = |it: &Item| {
-                let s = Scalar::from_canonical_bytes(it.sig[32..].try_into().unwrap()).unwrap();
-                let r = CompressedEdwardsY(it.sig[..32].try_into().unwrap()).decompress().unwrap();
-                let a = CompressedEdwardsY(it.pk.0).decompress().unwrap();
-                let mut h = Sha512::new();
-                h.update(&it.sig[..32]);
-                h.update(it.pk.0);
-                h.update(it.msg);
-                (0, s, r, a, Scalar::from_hash(h))
-            };
+            // Strict's pre-checks pass for both: the mixed-order R is not of small order.
+            let prep = |it: &Item| (0, prepare(&it.pk.0, it.msg, it.sig).expect("passes the pre-checks"));
             let good = Item { pk: &valid.pk, msg: &valid.msg, sig: &valid.sig };
             if batch_equation_holds(&[prep(&good), prep(&bad)]) {
                 accepted += 1;
