@@ -15,7 +15,7 @@ mod sync;
 mod txs;
 
 pub use polls::Answerer;
-use txs::Holders;
+use txs::{Holders, Relay};
 
 use super::{now_ms, Shared, Submission};
 use crate::chain::block::verify_cert;
@@ -214,10 +214,9 @@ struct Engine {
     /// refused for missing inputs.
     orphans: HashMap<Txid, Vec<(Transaction, bool)>>,
     orphan_count: usize,
-    /// Transactions to relay, each with the peers known to hold it already (it came from
-    /// them; empty for a client's or a re-sent one). Flushed as `Txs` batches whenever the
-    /// engine's queues run dry.
-    relay: Vec<(Transaction, Holders)>,
+    /// Transactions to relay, sent as `Txs` batches once the oldest has waited `RELAY_WINDOW`
+    /// or a message is full.
+    relay: Relay,
     /// Peer transactions whose signatures the worker pool checked come back through here.
     verified: mpsc::UnboundedSender<(ValidatorIndex, Vec<(Transaction, bool)>)>,
     /// One verification job per core at a time.
@@ -293,7 +292,7 @@ pub async fn run(
         one_behind_at: None,
         orphans: HashMap::new(),
         orphan_count: 0,
-        relay: Vec::new(),
+        relay: Relay::default(),
         verified: verified_tx,
         verifying: HashMap::new(),
         finalizing: Vec::new(),
@@ -333,6 +332,13 @@ pub async fn run(
                 None => std::future::pending().await,
             }
         };
+        let relay_due = e.relay.due();
+        let relay_wait = async {
+            match relay_due {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         // The clock starts once an event is in hand: waiting is not work.
         let stage = tokio::select! {
             _ = stop.changed() => break,
@@ -359,6 +365,11 @@ pub async fn run(
                 e.fire_timers()?;
                 (Stage::Timers, t)
             }
+            _ = relay_wait => {
+                let t = Instant::now();
+                e.flush_relay();
+                (Stage::Relay, t)
+            }
             // Off while nothing is undecided and no poll waits for answers: an idle node
             // then wakes for its timers and its peers only, not 50 times a second.
             _ = poll_tick.tick(), if polling => {
@@ -378,13 +389,11 @@ pub async fn run(
             }
         };
         e.clock.record(stage.0, stage.1);
-        // Relay once the queues run dry (or a batch is full): one message per peer carries
-        // everything that arrived meanwhile, without holding anything back on a quiet node.
         let idle = inbound.is_empty() && submissions.is_empty() && verified_rx.is_empty();
         if e.finality_due(idle) {
             e.flush_finality();
         }
-        if !e.relay.is_empty() && (idle || e.relay.len() >= MAX_TXS_PER_MESSAGE) {
+        if e.relay.is_full() {
             let t = Instant::now();
             e.flush_relay();
             e.clock.record(Stage::Relay, t);

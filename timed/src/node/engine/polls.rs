@@ -50,8 +50,10 @@ impl Engine {
         // poll took the oldest `batch_max` and found them all in flight: one poll at a time).
         let batch: Vec<Txid> = {
             let st = self.s.state();
-            let in_flight = &self.in_flight;
-            st.snowball.batch_where(params.batch_max.min(MAX_POLL_TXIDS), |t| !in_flight.contains(t))
+            let (in_flight, relay) = (&self.in_flight, &self.relay);
+            // Not what still waits to be relayed: the peers would not know it yet.
+            st.snowball
+                .batch_where(params.batch_max.min(MAX_POLL_TXIDS), |t| !in_flight.contains(t) && !relay.contains(t))
         };
         if batch.is_empty() {
             return;
