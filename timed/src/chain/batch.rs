@@ -22,8 +22,9 @@
 //!
 //! A batch that fails is decided one by one, so one bad signature never changes the verdict of
 //! the others. "One by one" is strict's own equation on the pre-checked values
-//! (`crypto::Prepared::equation_holds`, what `crypto::verify_one` does), not a second decoding. Keys are reused by many payments, so a key's subgroup
-//! check is remembered; `R` is fresh per signature and is checked each time.
+//! (`crypto::Prepared::equation_holds`, what `crypto::verify_one` does), not a second decoding.
+//! Keys are reused by many payments, so a key's subgroup check is remembered; `R` is fresh per
+//! signature and is checked each time.
 
 use super::crypto::{prepare, KeyCache, Prepared, PublicKey};
 use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;

@@ -325,7 +325,7 @@ impl Snowball {
         match self.txs.get(txid) {
             None if self.rejected.contains_key(txid) => Preference::No,
             None => Preference::Unknown,
-            Some(e) if e.accepted || self.strongly_preferred(txid, e) => Preference::Yes,
+            Some(e) if self.strongly_preferred(txid, e) => Preference::Yes,
             Some(_) => Preference::No,
         }
     }
@@ -333,10 +333,7 @@ impl Snowball {
     /// Whether a tracked transaction gets a Yes (see [`Snowball::preference`]); false when
     /// not tracked.
     pub fn is_preferred(&self, txid: &Txid) -> bool {
-        match self.txs.get(txid) {
-            None => false,
-            Some(e) => e.accepted || self.strongly_preferred(txid, e),
-        }
+        self.txs.get(txid).is_some_and(|e| self.strongly_preferred(txid, e))
     }
 
     /// Tracked: undecided, or accepted and not yet removed.

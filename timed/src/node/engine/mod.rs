@@ -325,20 +325,8 @@ pub async fn run(
             poll_tick.reset_at(poll_grid + Duration::from_nanos(next as u64));
         }
         polling = e.poll_work;
-        let next_timer = e.timers.peek().map(|Reverse((at, _))| *at);
-        let sleep = async {
-            match next_timer {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        let relay_due = e.relay.due();
-        let relay_wait = async {
-            match relay_due {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
-            }
-        };
+        let sleep = sleep_until_or_never(e.timers.peek().map(|Reverse((at, _))| *at));
+        let relay_wait = sleep_until_or_never(e.relay.due());
         // The clock starts once an event is in hand: waiting is not work.
         let stage = tokio::select! {
             _ = stop.changed() => break,
@@ -546,6 +534,14 @@ impl Engine {
         if shrank {
             trim_heap();
         }
+    }
+}
+
+/// Waits until `at`, or for ever when there is nothing to wait for.
+async fn sleep_until_or_never(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 
