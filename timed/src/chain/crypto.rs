@@ -139,6 +139,43 @@ impl<'de> Deserialize<'de> for Signature {
     }
 }
 
+/// 32 bytes as four `u64` read little-endian. In the one binary encoding used, bincode with
+/// fixed-size integers (wire, store, hashed preimages), that is exactly the 32 bytes serde's
+/// `[u8; 32]` gives, so no id, frame or stored value changes; but bincode takes them in 4
+/// calls instead of 32 one-byte writes and reads, which were about 5 % of a loaded node
+/// (docs/benchmarks.md, run AC).
+struct Words<'a>(&'a [u8; 32]);
+
+impl Serialize for Words<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(4)?;
+        for word in self.0.chunks_exact(8) {
+            t.serialize_element(&u64::from_le_bytes(word.try_into().expect("8 bytes")))?;
+        }
+        t.end()
+    }
+}
+
+fn words_from<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = [u8; 32];
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("32 bytes")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; 32], A::Error> {
+            let mut out = [0u8; 32];
+            for (i, word) in out.chunks_exact_mut(8).enumerate() {
+                let w: u64 = seq.next_element()?.ok_or_else(|| serde::de::Error::invalid_length(i, &self))?;
+                word.copy_from_slice(&w.to_le_bytes());
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_tuple(4, V)
+}
+
 /// Hex in JSON/TOML, raw bytes in binary encodings.
 macro_rules! hex_serde {
     ($t:ty, $n:expr) => {
@@ -147,7 +184,7 @@ macro_rules! hex_serde {
                 if s.is_human_readable() {
                     s.serialize_str(&hex::encode(self.0))
                 } else {
-                    self.0.serialize(s)
+                    Words(&self.0).serialize(s)
                 }
             }
         }
@@ -161,7 +198,7 @@ macro_rules! hex_serde {
                         .map_err(|_| serde::de::Error::custom(concat!("expected ", $n, " hex-encoded bytes")))?;
                     Ok(Self(arr))
                 } else {
-                    Ok(Self(<[u8; $n]>::deserialize(d)?))
+                    Ok(Self(words_from(d)?))
                 }
             }
         }
@@ -387,6 +424,30 @@ mod tests {
     fn devnet_keys_are_deterministic() {
         assert_eq!(Keypair::insecure_from_label("v1").public(), Keypair::insecure_from_label("v1").public());
         assert_ne!(Keypair::insecure_from_label("v1").public(), Keypair::insecure_from_label("v2").public());
+    }
+
+    /// The words must be the bytes serde gives a `[u8; 32]`: txids, block hashes, frames and
+    /// the store all depend on it.
+    #[test]
+    fn hashes_and_keys_encode_as_their_32_bytes() {
+        use rand::RngCore;
+        for _ in 0..100 {
+            let mut b = [0u8; 32];
+            rand::thread_rng().fill_bytes(&mut b);
+            let (h, k) = (Hash256(b), PublicKey(b));
+            let bytes = bincode::serialize(&h).unwrap();
+            assert_eq!(bytes, bincode::serialize(&b).unwrap());
+            assert_eq!(bytes, b);
+            assert_eq!(bincode::serialize(&k).unwrap(), b);
+            assert_eq!(bincode::deserialize::<Hash256>(&bytes).unwrap(), h);
+            assert_eq!(bincode::deserialize::<PublicKey>(&bytes).unwrap(), k);
+            assert_eq!(serde_json::from_str::<Hash256>(&serde_json::to_string(&h).unwrap()).unwrap(), h);
+            // In a structure, with what follows it.
+            let pair = bincode::serialize(&(h, 7u32)).unwrap();
+            assert_eq!(&pair[..32], &b);
+            assert_eq!(bincode::deserialize::<(Hash256, u32)>(&pair).unwrap(), (h, 7));
+            assert!(bincode::deserialize::<Hash256>(&bytes[..31]).is_err(), "one byte short");
+        }
     }
 
     #[test]
