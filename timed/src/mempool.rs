@@ -4,7 +4,7 @@
 
 use crate::chain::amount::DUST_LIMIT;
 use crate::chain::validate::{check_transaction_with, Signatures, TxError, UtxoView};
-use crate::chain::{OutPoint, Transaction, TxOut, Txid};
+use crate::chain::{IdentifiedTx, OutPoint, Transaction, TxOut, Txid};
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::collections::VecDeque;
 
@@ -134,7 +134,16 @@ impl Mempool {
         next_height: u64,
         now_ms: u64,
     ) -> Result<(Txid, Added), TxError> {
-        self.add_with(tx, Signatures::Verify, chain, in_chain, chain_id, network_byte, next_height, now_ms)
+        self.add_with(
+            IdentifiedTx::new(tx),
+            Signatures::Verify,
+            chain,
+            in_chain,
+            chain_id,
+            network_byte,
+            next_height,
+            now_ms,
+        )
     }
 
     /// [`Mempool::add`] with the signature verdict possibly already known, so that it can be
@@ -142,7 +151,7 @@ impl Mempool {
     #[allow(clippy::too_many_arguments)]
     pub fn add_with(
         &mut self,
-        tx: Transaction,
+        tx: IdentifiedTx,
         sigs: Signatures,
         chain: &dyn UtxoView,
         in_chain: bool,
@@ -152,6 +161,7 @@ impl Mempool {
         now_ms: u64,
     ) -> Result<(Txid, Added), TxError> {
         let txid = tx.txid();
+        let tx = tx.into_tx();
         if in_chain {
             return Err(TxError::AlreadyInChain);
         }

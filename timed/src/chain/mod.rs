@@ -14,5 +14,5 @@ pub use address::{Address, Network};
 pub use block::{Block, BlockHash, BlockHeader, CommitCert, ValidatorIndex};
 pub use crypto::{Domain, Hash256, Keypair, PublicKey, Signature};
 pub use genesis::{GenesisConfig, Tier, ValidatorInfo};
-pub use tx::{OutPoint, Transaction, TxIn, TxOut, Txid};
+pub use tx::{IdentifiedTx, OutPoint, Transaction, TxIn, TxOut, Txid};
 pub use validate::{TxError, UtxoView};

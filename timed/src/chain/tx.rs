@@ -40,6 +40,33 @@ pub struct TxOut {
     pub address: Address,
 }
 
+/// A transaction with its txid, hashed once. A relayed payment went through five or so steps
+/// on each node (arrival, signature check, admission, the pool) and each hashed it again; they
+/// pass this instead. The fields are private, so the id always belongs to the transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentifiedTx {
+    txid: Txid,
+    tx: Transaction,
+}
+
+impl IdentifiedTx {
+    pub fn new(tx: Transaction) -> Self {
+        IdentifiedTx { txid: tx.txid(), tx }
+    }
+
+    pub fn txid(&self) -> Txid {
+        self.txid
+    }
+
+    pub fn tx(&self) -> &Transaction {
+        &self.tx
+    }
+
+    pub fn into_tx(self) -> Transaction {
+        self.tx
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transaction {
     pub version: u32,

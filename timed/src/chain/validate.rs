@@ -2,7 +2,7 @@
 //! exists) and a Bitcoin-style RPC error code.
 
 use super::amount::{checked_sum, min_fee, DUST_LIMIT, MAX_MONEY};
-use super::tx::{OutPoint, Transaction, TxOut};
+use super::tx::{OutPoint, Transaction, TxOut, Txid};
 use std::collections::HashSet;
 
 pub const MAX_TX_SIZE: usize = 100_000;
@@ -156,7 +156,15 @@ pub enum Signatures {
 
 /// Whether every input's signature is valid for this transaction (strict ed25519).
 pub fn signatures_valid(tx: &Transaction, chain_id: &str) -> bool {
-    let txid = tx.txid();
+    signed_by_inputs(tx, &tx.txid(), chain_id)
+}
+
+/// [`signatures_valid`] for a transaction whose txid is known already.
+pub fn signatures_valid_identified(tx: &super::IdentifiedTx, chain_id: &str) -> bool {
+    signed_by_inputs(tx.tx(), &tx.txid(), chain_id)
+}
+
+fn signed_by_inputs(tx: &Transaction, txid: &Txid, chain_id: &str) -> bool {
     tx.inputs.iter().all(|input| {
         super::crypto::verify(&input.pubkey, super::crypto::Domain::Transaction, chain_id, &txid.0, &input.signature)
     })

@@ -7,8 +7,8 @@ pub mod engine;
 pub mod ledger;
 
 use crate::chain::genesis::{devnet_validator_key, devnet_wallet_key};
-use crate::chain::validate::{signatures_valid, TxError};
-use crate::chain::{Keypair, Transaction, Txid, ValidatorIndex};
+use crate::chain::validate::{signatures_valid_identified, TxError};
+use crate::chain::{IdentifiedTx, Keypair, Transaction, Txid, ValidatorIndex};
 use crate::config::NodeConfig;
 use crate::consensus::heartbeat::HeartbeatTracker;
 use crate::consensus::snowball::Snowball;
@@ -139,7 +139,7 @@ pub const SUBMIT_QUEUE: usize = 4096;
 /// pool to gossip it. Now a transaction goes one way, RPC or gossip -> engine; the engine
 /// admits, relays and polls it in the order it arrived, and readers only read.
 pub struct Submission {
-    pub tx: Transaction,
+    pub tx: IdentifiedTx,
     pub signatures_ok: bool,
     pub reply: oneshot::Sender<Result<(Txid, Added), TxError>>,
 }
@@ -159,7 +159,7 @@ impl Shared {
     pub(crate) fn pool_add(
         &self,
         pool: &mut Mempool,
-        tx: crate::chain::Transaction,
+        tx: crate::chain::IdentifiedTx,
         sigs: crate::chain::validate::Signatures,
         in_chain: bool,
         next_height: u64,
@@ -175,11 +175,11 @@ impl Shared {
     /// nothing and handlers verify in parallel; the engine alone then validates against the
     /// UTXO set and writes the mempool and Snowball (see [`Submission`]).
     pub async fn submit_tx(&self, tx: Transaction) -> Result<(Txid, Added), TxError> {
-        let txid = tx.txid();
-        if let Some(answer) = self.precheck(&txid, self.cfg.max_pending_txs) {
+        let tx = IdentifiedTx::new(tx);
+        if let Some(answer) = self.precheck(&tx.txid(), self.cfg.max_pending_txs) {
             return answer;
         }
-        let signatures_ok = signatures_valid(&tx, self.chain_id());
+        let signatures_ok = signatures_valid_identified(&tx, self.chain_id());
         let (reply, answer) = oneshot::channel();
         // A full queue waits (the engine drains it in order); a closed one means the node is
         // stopping: the client is told to try again, as for a full pool.

@@ -90,6 +90,9 @@ pub enum Message {
     Txs(Vec<Transaction>),
 }
 
+/// `Message::Txs`'s wire tag (its variant index).
+const TXS_TAG: u32 = 16;
+
 /// Every message kind's name (logs, the per-kind `/metrics` counters), in variant order, so
 /// that a frame's wire tag indexes it (see [`Message::frame_kind`]).
 pub const KINDS: [&str; 17] = [
@@ -151,6 +154,21 @@ impl Message {
         bincode::serialize(self).expect("in-memory serialization cannot fail")
     }
 
+    /// A `Txs` frame from transactions encoded one by one ([`Transaction::to_bytes`]), byte for
+    /// byte what `Message::Txs(..).encode()` gives: the relay encodes a transaction once for
+    /// all its peers instead of cloning and encoding it once per peer.
+    pub fn txs_frame(encoded: &[&[u8]]) -> Vec<u8> {
+        let body: usize = encoded.iter().map(|e| e.len()).sum();
+        let mut frame = Vec::with_capacity(12 + body);
+        // bincode with fixed-size integers: the variant index as a u32, the length as a u64.
+        frame.extend_from_slice(&TXS_TAG.to_le_bytes());
+        frame.extend_from_slice(&(encoded.len() as u64).to_le_bytes());
+        for e in encoded {
+            frame.extend_from_slice(e);
+        }
+        frame
+    }
+
     /// Decodes one frame, refusing trailing bytes and anything over the frame cap.
     pub fn decode(bytes: &[u8]) -> Result<Self, bincode::Error> {
         use bincode::Options;
@@ -174,6 +192,26 @@ mod tests {
         let mut trailing = m.encode();
         trailing.push(0);
         assert!(Message::decode(&trailing).is_err());
+    }
+
+    #[test]
+    fn a_txs_frame_from_encoded_transactions_is_the_message_s_encoding() {
+        let coin = Transaction::unsigned(Vec::new(), Vec::new(), 0, None);
+        let spend = Transaction::unsigned(
+            vec![crate::chain::OutPoint { txid: coin.txid(), vout: 1 }],
+            Vec::new(),
+            7,
+            Some(b"memo".to_vec()),
+        );
+        for txs in [vec![], vec![coin.clone()], vec![coin, spend.clone(), spend]] {
+            let encoded: Vec<Vec<u8>> = txs.iter().map(Transaction::to_bytes).collect();
+            let refs: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
+            let frame = Message::txs_frame(&refs);
+            let m = Message::Txs(txs);
+            assert_eq!(frame, m.encode());
+            assert_eq!(Message::decode(&frame).unwrap(), m);
+            assert_eq!(Message::frame_kind(&frame), Some(m.kind_index()));
+        }
     }
 
     /// The per-kind counters read a queued frame's kind from its wire tag: the table must

@@ -317,13 +317,16 @@ impl P2p {
     /// Queues transaction gossip for `to`, or drops it if `to`'s queue is filling up (see
     /// `PeerHandle::push_droppable`); false if not queued.
     pub fn send_gossip(&self, to: ValidatorIndex, msg: Message) -> bool {
-        match encode(&msg) {
-            Some(frame) => {
-                let st = self.inner.state();
-                st.peers.get(&to).is_some_and(|p| p.push_droppable(frame))
-            }
-            None => false,
-        }
+        encode(&msg).is_some_and(|frame| self.push_gossip(to, frame))
+    }
+
+    /// [`P2p::send_gossip`] for a frame encoded already ([`Message::txs_frame`]).
+    pub fn send_gossip_frame(&self, to: ValidatorIndex, frame: Vec<u8>) -> bool {
+        checked_frame("txs", frame).is_some_and(|frame| self.push_gossip(to, frame))
+    }
+
+    fn push_gossip(&self, to: ValidatorIndex, frame: Bytes) -> bool {
+        self.inner.state().peers.get(&to).is_some_and(|p| p.push_droppable(frame))
     }
 
     /// Queues `msg` for `to`; false if it is not connected (or was just dropped as too slow).
@@ -332,6 +335,13 @@ impl P2p {
             Some(frame) => self.inner.enqueue(to, frame),
             None => false,
         }
+    }
+
+    /// Queues one message for each of `to`, encoded once (a poll goes to `k` validators with
+    /// the same up to 1,024 txids); how many were queued.
+    pub fn send_to_each(&self, to: &[ValidatorIndex], msg: &Message) -> usize {
+        let Some(frame) = encode(msg) else { return 0 };
+        to.iter().filter(|v| self.inner.enqueue(**v, frame.clone())).count()
     }
 
     pub fn connected(&self) -> Vec<ValidatorIndex> {
@@ -398,9 +408,12 @@ impl P2p {
 
 /// Encodes once for any number of peers; refuses what no peer would accept.
 fn encode(msg: &Message) -> Option<Bytes> {
-    let bytes = msg.encode();
+    checked_frame(msg.kind(), msg.encode())
+}
+
+fn checked_frame(kind: &str, bytes: Vec<u8>) -> Option<Bytes> {
     if bytes.len() > MAX_FRAME_BYTES {
-        warn!(kind = msg.kind(), size = bytes.len(), "message exceeds the frame limit; not sent");
+        warn!(kind, size = bytes.len(), "message exceeds the frame limit; not sent");
         return None;
     }
     Some(Bytes::from(bytes))

@@ -20,7 +20,7 @@ use txs::{Holders, Relay};
 use super::{now_ms, Shared, Submission};
 use crate::chain::block::verify_cert;
 use crate::chain::validate::{Signatures, TxError};
-use crate::chain::{Block, CommitCert, Transaction, Txid, ValidatorIndex};
+use crate::chain::{Block, CommitCert, IdentifiedTx, Transaction, Txid, ValidatorIndex};
 use crate::consensus::bft::{Action, Bft, BftParams, TimeoutKind};
 use crate::consensus::messages::{Attestation, Heartbeat, Preference, Proposal, Vote, VoteKind, MAX_POLL_TXIDS};
 use crate::mempool::{Added, TxStatus};
@@ -212,13 +212,13 @@ struct Engine {
     /// Transactions whose parent is still undecided here, by parent txid, with their signature
     /// verdict: they are submitted again when the parent becomes final instead of being
     /// refused for missing inputs.
-    orphans: HashMap<Txid, Vec<(Transaction, bool)>>,
+    orphans: HashMap<Txid, Vec<(IdentifiedTx, bool)>>,
     orphan_count: usize,
     /// Transactions to relay, sent as `Txs` batches once the oldest has waited `RELAY_WINDOW`
     /// or a message is full.
     relay: Relay,
     /// Peer transactions whose signatures the worker pool checked come back through here.
-    verified: mpsc::UnboundedSender<(ValidatorIndex, Vec<(Transaction, bool)>)>,
+    verified: mpsc::UnboundedSender<(ValidatorIndex, Vec<(IdentifiedTx, bool)>)>,
     /// One verification job per core at a time.
     verify_gate: Arc<tokio::sync::Semaphore>,
     /// Peer transactions on the worker pool now: the same transaction relayed by several peers
@@ -238,6 +238,7 @@ pub fn restore_finalized(s: &Shared) -> anyhow::Result<()> {
     let (tip, _) = s.ledger.store.tip()?;
     let mut st = s.state();
     for (tx, at_ms) in pending {
+        let tx = IdentifiedTx::new(tx);
         let txid = tx.txid();
         match s.pool_add(&mut st.mempool, tx, crate::chain::validate::Signatures::Verify, false, tip + 1, at_ms) {
             Ok(_) => {

@@ -68,12 +68,7 @@ impl Engine {
         };
         let id = self.next_poll_id;
         self.next_poll_id += 1;
-        let mut sent = 0;
-        for v in &asked {
-            if self.s.p2p.send(*v, Message::PollQuery { id, txids: batch.clone() }) {
-                sent += 1;
-            }
-        }
+        let sent = self.s.p2p.send_to_each(&asked, &Message::PollQuery { id, txids: batch.clone() });
         self.s.state().counters.polls_sent += 1;
         if sent == 0 {
             self.s.state().counters.polls_failed += 1;

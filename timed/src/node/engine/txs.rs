@@ -38,25 +38,25 @@ impl Holders {
 /// transaction's first poll by at most one tick.
 pub(super) const RELAY_WINDOW: Duration = Duration::from_millis(10);
 
-/// Transactions waiting to be relayed, each with the peers known to hold it already (it came
-/// from them; none for a client's or a re-sent one).
+/// Transactions waiting to be relayed, encoded (once for all peers), each with the peers known
+/// to hold it already (it came from them; none for a client's or a re-sent one).
 #[derive(Default)]
 pub(super) struct Relay {
-    txs: Vec<(Transaction, Holders)>,
+    txs: Vec<(Vec<u8>, Holders)>,
     index: HashMap<Txid, usize>,
     /// When the oldest waiting transaction is to be sent.
     due: Option<Instant>,
 }
 
 impl Relay {
-    pub(super) fn push(&mut self, txid: Txid, tx: Transaction, holders: Holders) {
+    pub(super) fn push(&mut self, txid: Txid, tx: &Transaction, holders: Holders) {
         if let Some(&i) = self.index.get(&txid) {
             self.txs[i].1.merge(holders);
             return;
         }
         self.due.get_or_insert_with(|| Instant::now() + RELAY_WINDOW);
         self.index.insert(txid, self.txs.len());
-        self.txs.push((tx, holders));
+        self.txs.push((tx.to_bytes(), holders));
     }
 
     /// Records that `peer` sent `txid` too, if it still waits here: that peer is not sent it.
@@ -79,7 +79,7 @@ impl Relay {
         self.txs.len() >= MAX_TXS_PER_MESSAGE
     }
 
-    fn take(&mut self) -> Vec<(Transaction, Holders)> {
+    fn take(&mut self) -> Vec<(Vec<u8>, Holders)> {
         self.index.clear();
         self.due = None;
         std::mem::take(&mut self.txs)
@@ -98,7 +98,7 @@ impl Engine {
         let _ = reply.send(result);
         if fresh {
             if let Some(txid) = txid {
-                self.relay.push(txid, tx, Holders::default());
+                self.relay.push(txid, tx.tx(), Holders::default());
             }
             if self.n() == 1 {
                 // The only validator's own view is the whole network's.
@@ -112,7 +112,7 @@ impl Engine {
     /// submitter asked them already, but the pool may have changed since).
     pub(super) fn admit(
         &mut self,
-        tx: Transaction,
+        tx: IdentifiedTx,
         pending_limit: usize,
         sigs: Signatures,
     ) -> Result<(Txid, Added), TxError> {
@@ -123,7 +123,7 @@ impl Engine {
         let s = &self.s;
         let in_chain = s.ledger.store.tx_location(&txid).map(|l| l.is_some()).unwrap_or(false);
         let (tip, _) = s.ledger.store.tip().map_err(|_| TxError::MissingInputs)?;
-        let inputs: Vec<_> = tx.inputs.iter().map(|i| i.prevout).collect();
+        let inputs: Vec<_> = tx.tx().inputs.iter().map(|i| i.prevout).collect();
         let mut st = s.state();
         let (txid, added) = s.pool_add(&mut st.mempool, tx, sigs, in_chain, tip + 1, now_ms())?;
         // The one way into Snowball: the poll tick has work again.
@@ -154,10 +154,10 @@ impl Engine {
     pub(super) fn flush_relay(&mut self) {
         let relay = self.relay.take();
         for peer in self.s.p2p.connected() {
-            let txs: Vec<Transaction> =
-                relay.iter().filter(|(_, holders)| !holders.has(peer)).map(|(tx, _)| tx.clone()).collect();
+            let txs: Vec<&[u8]> =
+                relay.iter().filter(|(_, holders)| !holders.has(peer)).map(|(tx, _)| tx.as_slice()).collect();
             for chunk in txs.chunks(MAX_TXS_PER_MESSAGE) {
-                self.s.p2p.send_gossip(peer, Message::Txs(chunk.to_vec()));
+                self.s.p2p.send_gossip_frame(peer, Message::txs_frame(chunk));
             }
         }
     }
@@ -167,6 +167,7 @@ impl Engine {
     /// through `on_verified_txs`.
     pub(super) fn on_peer_txs(&mut self, from: ValidatorIndex, mut txs: Vec<Transaction>) {
         txs.truncate(MAX_TXS_PER_MESSAGE);
+        let mut txs: Vec<IdentifiedTx> = txs.into_iter().map(IdentifiedTx::new).collect();
         {
             let st = self.s.state();
             if st.mempool.pending_count() >= self.s.cfg.max_pending_txs * crate::node::PEER_PENDING_FACTOR {
@@ -209,7 +210,7 @@ impl Engine {
             let checked = tokio::task::spawn_blocking(move || {
                 txs.into_iter()
                     .map(|t| {
-                        let ok = crate::chain::validate::signatures_valid(&t, &chain_id);
+                        let ok = crate::chain::validate::signatures_valid_identified(&t, &chain_id);
                         (t, ok)
                     })
                     .collect::<Vec<_>>()
@@ -221,7 +222,7 @@ impl Engine {
         });
     }
 
-    pub(super) fn on_verified_txs(&mut self, from: ValidatorIndex, txs: Vec<(Transaction, bool)>) {
+    pub(super) fn on_verified_txs(&mut self, from: ValidatorIndex, txs: Vec<(IdentifiedTx, bool)>) {
         for (tx, ok) in txs {
             let holders = self.verifying.remove(&tx.txid()).map_or(Holders::of(from), |(_, h)| h);
             self.on_gossip_tx(from, holders, tx, ok);
@@ -233,17 +234,17 @@ impl Engine {
         &mut self,
         from: ValidatorIndex,
         holders: Holders,
-        tx: Transaction,
+        tx: IdentifiedTx,
         signatures_ok: bool,
     ) {
-        let parents: Vec<Txid> = tx.inputs.iter().map(|i| i.prevout.txid).collect();
+        let parents: Vec<Txid> = tx.tx().inputs.iter().map(|i| i.prevout.txid).collect();
         let limit = self.s.cfg.max_pending_txs * crate::node::PEER_PENDING_FACTOR;
         match self.admit(tx.clone(), limit, Signatures::Verified(signatures_ok)) {
             Ok((_, Added::Known)) => {}
             Ok((txid, _)) => {
                 tracing::trace!(%txid, from, "transaction from peer");
                 // Onwards to the others, never back to a peer it came from.
-                self.relay.push(txid, tx, holders);
+                self.relay.push(txid, tx.tx(), holders);
             }
             Err(TxError::MissingInputs) => {
                 // Its parent may be final at the sender but still undecided here.
@@ -279,7 +280,7 @@ impl Engine {
             self.orphan_count -= 1;
             match self.admit(tx.clone(), limit, Signatures::Verified(signatures_ok)) {
                 Ok((_, Added::Known)) => {}
-                Ok((txid, _)) => self.relay.push(txid, tx, Holders::default()),
+                Ok((txid, _)) => self.relay.push(txid, tx.tx(), Holders::default()),
                 Err(e) => tracing::debug!(%parent, "waiting transaction refused once its parent was final: {e}"),
             }
         }
@@ -363,20 +364,20 @@ mod tests {
         assert_eq!(r.due(), None, "nothing waits, nothing is due");
         let before = Instant::now();
         let (a, b) = (tx(1), tx(2));
-        r.push(a.txid(), a.clone(), Holders::of(1));
+        r.push(a.txid(), &a, Holders::of(1));
         let due = r.due().expect("due once something waits");
         assert!(due >= before + RELAY_WINDOW && due <= Instant::now() + RELAY_WINDOW);
-        r.push(b.txid(), b.clone(), Holders::default());
+        r.push(b.txid(), &b, Holders::default());
         assert_eq!(r.due(), Some(due), "the oldest sets the time");
         // A second copy of `a` and a copy seen as known: both senders are skipped.
-        r.push(a.txid(), a.clone(), Holders::of(2));
+        r.push(a.txid(), &a, Holders::of(2));
         r.held_by(&a.txid(), 4);
         r.held_by(&tx(3).txid(), 4);
         assert!(r.contains(&a.txid()) && r.contains(&b.txid()) && !r.contains(&tx(3).txid()));
         let sent = r.take();
         assert_eq!(sent.len(), 2, "one entry per transaction");
-        assert!(sent[0].0 == a && sent[0].1.has(1) && sent[0].1.has(2) && sent[0].1.has(4));
-        assert!(sent[1].0 == b && sent[1].1 == Holders::default());
+        assert!(sent[0].0 == a.to_bytes() && sent[0].1.has(1) && sent[0].1.has(2) && sent[0].1.has(4));
+        assert!(sent[1].0 == b.to_bytes() && sent[1].1 == Holders::default());
         assert!(r.due().is_none() && !r.contains(&a.txid()) && !r.is_full());
     }
 
