@@ -9,6 +9,8 @@ pub(super) const HASH_LEN: usize = 32;
 pub(super) const OUTPOINT_LEN: usize = HASH_LEN + 4;
 pub(super) const ADDRESS_LEN: usize = 21;
 pub(super) const ADDRESS_OUTPOINT_LEN: usize = ADDRESS_LEN + OUTPOINT_LEN;
+/// A finalized-log key: sequence number then txid.
+pub(super) const LOG_KEY_LEN: usize = 8 + HASH_LEN;
 /// Tip as stored in the meta table: height then block hash.
 pub(super) const TIP_LEN: usize = HEIGHT_LEN + HASH_LEN;
 
@@ -18,6 +20,21 @@ pub(super) fn height(h: u64) -> [u8; HEIGHT_LEN] {
 
 pub(super) fn height_from(key: &[u8; HEIGHT_LEN]) -> u64 {
     u64::from_be_bytes(*key)
+}
+
+pub(super) fn log(seq: u64, txid: &Hash256) -> [u8; LOG_KEY_LEN] {
+    let mut k = [0u8; LOG_KEY_LEN];
+    k[..8].copy_from_slice(&seq.to_be_bytes());
+    k[8..].copy_from_slice(&txid.0);
+    k
+}
+
+pub(super) fn log_seq(key: &[u8; LOG_KEY_LEN]) -> u64 {
+    u64::from_be_bytes(key[..8].try_into().expect("8 bytes"))
+}
+
+pub(super) fn log_txid(key: &[u8; LOG_KEY_LEN]) -> Hash256 {
+    Hash256(key[8..].try_into().expect("32 bytes"))
 }
 
 pub(super) fn outpoint(op: &OutPoint) -> [u8; OUTPOINT_LEN] {

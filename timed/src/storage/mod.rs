@@ -18,7 +18,12 @@
 //! | `tx_index`          | txid (32)                    | (height, position in block)        |
 //! | `utxos`             | txid (32) ++ vout (4)        | `TxOut`                            |
 //! | `address_utxos`     | address (21) ++ outpoint (36)| height that created the output     |
-//! | `finalized_pending` | txid (32)                    | (`Transaction`, finalized at ms)   |
+//! | `finalized_log`     | sequence (8) ++ txid (32)    | (`Transaction`, finalized at ms)   |
+//!
+//! `finalized_log` holds what Avalanche finalized and no block holds yet, keyed by the order of
+//! the finality writes: each write appends at the end of the tree and dirties a page or two, where
+//! keyed by txid each of its transactions landed on a random page (docs/benchmarks.md, run AD).
+//! Format 1 keyed the same content by txid (`finalized_pending`); opening such a store migrates it.
 
 mod keys;
 #[cfg(test)]
@@ -29,7 +34,7 @@ use crate::chain::amount::to_time;
 use crate::chain::{
     Address, Block, BlockHash, CommitCert, GenesisConfig, Hash256, OutPoint, Transaction, TxOut, Txid, UtxoView,
 };
-use keys::{ADDRESS_OUTPOINT_LEN, HASH_LEN, HEIGHT_LEN, OUTPOINT_LEN};
+use keys::{ADDRESS_OUTPOINT_LEN, HASH_LEN, HEIGHT_LEN, LOG_KEY_LEN, OUTPOINT_LEN};
 use redb::{
     Database, DatabaseError, Durability, ReadTransaction, ReadableTable, TableDefinition, TableError, WriteTransaction,
 };
@@ -40,7 +45,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// Layout version of the tables above. Bump it (and add a migration) when the layout changes.
-pub const STORE_FORMAT_VERSION: u32 = 1;
+pub const STORE_FORMAT_VERSION: u32 = 2;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const BLOCKS: TableDefinition<&[u8; HEIGHT_LEN], &[u8]> = TableDefinition::new("blocks");
@@ -50,7 +55,9 @@ const CERTS: TableDefinition<&[u8; HEIGHT_LEN], &[u8]> = TableDefinition::new("c
 const TX_INDEX: TableDefinition<&[u8; HASH_LEN], (u64, u32)> = TableDefinition::new("tx_index");
 const UTXOS: TableDefinition<&[u8; OUTPOINT_LEN], &[u8]> = TableDefinition::new("utxos");
 const ADDRESS_UTXOS: TableDefinition<&[u8; ADDRESS_OUTPOINT_LEN], u64> = TableDefinition::new("address_utxos");
-const FINALIZED_PENDING: TableDefinition<&[u8; HASH_LEN], &[u8]> = TableDefinition::new("finalized_pending");
+const FINALIZED_LOG: TableDefinition<&[u8; LOG_KEY_LEN], &[u8]> = TableDefinition::new("finalized_log");
+/// Format 1's table for the same content, keyed by txid: migrated on open.
+const FINALIZED_PENDING_V1: TableDefinition<&[u8; HASH_LEN], &[u8]> = TableDefinition::new("finalized_pending");
 
 const META_FORMAT_VERSION: &str = "format_version";
 const META_GENESIS_HASH: &str = "genesis_hash";
@@ -132,6 +139,10 @@ impl UtxoSetInfo {
 pub struct Store {
     db: Database,
     path: PathBuf,
+    /// The next `finalized_log` sequence number (one past the last key at open). Only
+    /// [`Store::put_finalized_many`] takes from it; a write that fails leaves a gap, which is
+    /// harmless: only the order matters.
+    next_log_seq: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for Store {
@@ -171,7 +182,7 @@ impl Store {
             DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { path: path.to_path_buf() },
             other => other.into(),
         })?;
-        let store = Store { db, path: path.to_path_buf() };
+        let mut store = Store { db, path: path.to_path_buf(), next_log_seq: 0.into() };
         // Initialization is one transaction, so a meta table exists iff the store is complete.
         let initialized = match store.db.begin_read()?.open_table(META) {
             Ok(_) => true,
@@ -183,6 +194,8 @@ impl Store {
         } else {
             store.initialize(genesis)?;
         }
+        let last = store.begin_read()?.open_table(FINALIZED_LOG)?.last()?.map(|(k, _)| keys::log_seq(k.value()));
+        *store.next_log_seq.get_mut() = last.map_or(0, |s| s + 1);
         Ok(store)
     }
 
@@ -214,7 +227,7 @@ impl Store {
         txn.open_table(TX_INDEX)?;
         txn.open_table(UTXOS)?;
         txn.open_table(ADDRESS_UTXOS)?;
-        txn.open_table(FINALIZED_PENDING)?;
+        txn.open_table(FINALIZED_LOG)?;
         write_block(&txn, &block, None)?;
         txn.commit()?;
         tracing::info!(path = %self.path.display(), genesis = %block.hash(), "created chain database");
@@ -234,7 +247,7 @@ impl Store {
         if found > STORE_FORMAT_VERSION {
             return Err(StoreError::NewerFormat { found, supported: STORE_FORMAT_VERSION, path: self.path.clone() });
         }
-        if found < STORE_FORMAT_VERSION {
+        if found == 0 {
             // Version 1 is the first layout; anything lower was never written by timed.
             return Err(StoreError::Corrupt(format!("unknown format version {found}")));
         }
@@ -248,6 +261,37 @@ impl Store {
             return Err(StoreError::GenesisMismatch { stored, expected, path: self.path.clone() });
         }
         read_tip(&meta)?;
+        drop(meta);
+        drop(rtx);
+        if found == 1 {
+            self.migrate_from_1()?;
+        }
+        Ok(())
+    }
+
+    /// Format 1 → 2: the finalized transactions no block holds move from `finalized_pending`
+    /// (by txid) to `finalized_log` (in the order they were finalized), in one transaction.
+    fn migrate_from_1(&self) -> Result<(), StoreError> {
+        let txn = self.begin_write()?;
+        {
+            let old = txn.open_table(FINALIZED_PENDING_V1)?;
+            let mut entries: Vec<(u64, Txid, Vec<u8>)> = Vec::new();
+            for entry in old.iter()? {
+                let (k, v) = entry?;
+                let (_, ms): (Transaction, u64) = decode("finalized transaction", v.value())?;
+                entries.push((ms, Hash256(*k.value()), v.value().to_vec()));
+            }
+            drop(old);
+            entries.sort_by_key(|(ms, txid, _)| (*ms, txid.0));
+            let mut log = txn.open_table(FINALIZED_LOG)?;
+            for (seq, (_, txid, value)) in entries.iter().enumerate() {
+                log.insert(&keys::log(seq as u64, txid), value.as_slice())?;
+            }
+        }
+        txn.delete_table(FINALIZED_PENDING_V1)?;
+        txn.open_table(META)?.insert(META_FORMAT_VERSION, STORE_FORMAT_VERSION.to_be_bytes().as_slice())?;
+        txn.commit()?;
+        tracing::info!(path = %self.path.display(), "chain database migrated from format 1 to 2");
         Ok(())
     }
 
@@ -486,14 +530,16 @@ impl Store {
     /// [`Store::put_finalized`] for several transactions in one durable write: a poll that
     /// finalizes many transactions pays for one fsync, not one each.
     pub fn put_finalized_many(&self, txs: &[Transaction], finalized_ms: u64) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
         let txn = self.begin_write()?;
         {
             let index = txn.open_table(TX_INDEX)?;
-            let mut pending = txn.open_table(FINALIZED_PENDING)?;
+            let mut log = txn.open_table(FINALIZED_LOG)?;
             for tx in txs {
                 let txid = tx.txid();
                 if index.get(&txid.0)?.is_none() {
-                    pending.insert(&txid.0, encode(&(tx, finalized_ms)).as_slice())?;
+                    let seq = self.next_log_seq.fetch_add(1, Ordering::Relaxed);
+                    log.insert(&keys::log(seq, &txid), encode(&(tx, finalized_ms)).as_slice())?;
                 }
             }
         }
@@ -501,21 +547,29 @@ impl Store {
         Ok(())
     }
 
-    /// Finalized transactions no block holds yet, with when each was finalized, oldest first (a
-    /// child is finalized after its parent, so replaying in this order respects dependencies).
+    /// Finalized transactions no block holds yet, with when each was finalized, oldest first and
+    /// in the order they were written within a millisecond (a child is finalized after its
+    /// parent, so replaying in this order respects dependencies).
     pub fn finalized_pending(&self) -> Result<Vec<(Transaction, u64)>, StoreError> {
-        let table = self.begin_read()?.open_table(FINALIZED_PENDING)?;
+        let table = self.begin_read()?.open_table(FINALIZED_LOG)?;
         let mut out: Vec<(Transaction, u64)> = Vec::new();
         for entry in table.iter()? {
             let (_, v) = entry?;
             out.push(decode("finalized transaction", v.value())?);
         }
+        // Stable: the log's own order breaks ties.
         out.sort_by_key(|(_, ms)| *ms);
         Ok(out)
     }
 
+    /// Whether `txid` waits in the finalized log (a scan: the log holds a block or two).
     pub fn is_finalized_pending(&self, txid: &Txid) -> Result<bool, StoreError> {
-        Ok(self.begin_read()?.open_table(FINALIZED_PENDING)?.get(&txid.0)?.is_some())
+        for entry in self.begin_read()?.open_table(FINALIZED_LOG)?.iter()? {
+            if keys::log_txid(entry?.0.value()) == *txid {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Size of the database file in bytes (0 if it cannot be read).
@@ -600,11 +654,21 @@ fn write_block(txn: &WriteTransaction, block: &Block, cert: Option<&CommitCert>)
     }
     drop(by_address);
 
-    let mut pending = txn.open_table(FINALIZED_PENDING)?;
-    for (txid, _) in &plan.txids {
-        pending.remove(&txid.0)?;
+    // The log holds what was finalized and is not in a block yet: a block or two, mostly the
+    // oldest entries. One pass finds this block's, instead of a look-up by txid per transaction.
+    let mut log = txn.open_table(FINALIZED_LOG)?;
+    let in_block: std::collections::HashSet<Txid> = plan.txids.iter().map(|(t, _)| *t).collect();
+    let mut done: Vec<[u8; LOG_KEY_LEN]> = Vec::new();
+    for entry in log.iter()? {
+        let (k, _) = entry?;
+        if in_block.contains(&keys::log_txid(k.value())) {
+            done.push(*k.value());
+        }
     }
-    drop(pending);
+    for key in &done {
+        log.remove(key)?;
+    }
+    drop(log);
     txn.open_table(META)?.insert(META_TIP, keys::tip(height, &hash).as_slice())?;
     Ok(())
 }

@@ -361,6 +361,55 @@ fn reopen_keeps_height_utxos_and_finalized_pending() {
     assert_eq!(store.finalized_pending().unwrap(), vec![(waiting.clone(), 2_000), (later.clone(), 3_000)]);
     assert!(store.is_finalized_pending(&waiting.txid()).unwrap());
     assert!(!store.is_finalized_pending(&included.txid()).unwrap());
+    // The log's sequence goes on after a reopen: nothing written before is overwritten.
+    let third = spend(&g, "validator3", vec![genesis_op(&g, 42)], vec![(addr("bob"), COIN)]);
+    store.put_finalized(&third, 3_000).unwrap();
+    assert_eq!(
+        store.finalized_pending().unwrap(),
+        vec![(waiting.clone(), 2_000), (later.clone(), 3_000), (third.clone(), 3_000)]
+    );
+    // A block holding some of them takes exactly those out.
+    let (b3, c3) = next_block(&store, &g, vec![waiting.clone(), third.clone()]);
+    store.commit_block(&b3, &c3).unwrap();
+    assert_eq!(store.finalized_pending().unwrap(), vec![(later, 3_000)]);
+}
+
+/// A format-1 store (finalized transactions keyed by txid) opens as format 2 with the same
+/// finalized transactions, oldest first, and the old table gone.
+#[test]
+fn format_1_is_migrated() {
+    let g = devnet();
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("chain.redb");
+    let store = Store::open(&path, &g).unwrap();
+    let (b1, c1) = next_block(&store, &g, vec![]);
+    store.commit_block(&b1, &c1).unwrap();
+    drop(store);
+    let a = spend(&g, "validator2", vec![genesis_op(&g, 20)], vec![(addr("alice"), COIN)]);
+    let b = spend(&g, "validator3", vec![genesis_op(&g, 40)], vec![(addr("bob"), COIN)]);
+    {
+        // Rewrite it as format 1 wrote it.
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.delete_table(FINALIZED_LOG).unwrap();
+        {
+            let mut old = txn.open_table(FINALIZED_PENDING_V1).unwrap();
+            old.insert(&b.txid().0, encode(&(&b, 2_000u64)).as_slice()).unwrap();
+            old.insert(&a.txid().0, encode(&(&a, 1_000u64)).as_slice()).unwrap();
+        }
+        txn.open_table(META).unwrap().insert(META_FORMAT_VERSION, 1u32.to_be_bytes().as_slice()).unwrap();
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&path, &g).unwrap();
+    assert_eq!(store.tip().unwrap(), (1, b1.hash()));
+    assert_eq!(store.finalized_pending().unwrap(), vec![(a.clone(), 1_000), (b.clone(), 2_000)]);
+    assert!(store.is_finalized_pending(&a.txid()).unwrap());
+    drop(store);
+    let db = Database::create(&path).unwrap();
+    let rtx = db.begin_read().unwrap();
+    let version = rtx.open_table(META).unwrap().get(META_FORMAT_VERSION).unwrap().unwrap().value().to_vec();
+    assert_eq!(version, STORE_FORMAT_VERSION.to_be_bytes());
+    assert!(matches!(rtx.open_table(FINALIZED_PENDING_V1), Err(TableError::TableDoesNotExist(_))));
 }
 
 #[test]
