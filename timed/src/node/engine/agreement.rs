@@ -99,7 +99,7 @@ impl Engine {
             Some(b) => b,
             None => {
                 let candidates = self.s.state().mempool.block_candidates(crate::chain::block::MAX_BLOCK_SIZE / 2);
-                self.s.ledger.build_block(
+                self.s.ledger.build_block_with(
                     &self.parent,
                     round,
                     self.s.me,
@@ -107,6 +107,7 @@ impl Engine {
                     candidates,
                     self.last_commit.clone(),
                     now_ms(),
+                    &self.verified_in_pool(),
                 )?
             }
         };
