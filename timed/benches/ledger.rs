@@ -446,7 +446,9 @@ impl Chain {
         // The slot's own start time keeps the header valid for check_block without a clock.
         let now = self.g.slot_start_ms(self.ledger.slot_after(&self.parent.header));
         let (block, build) = timed(|| {
-            self.ledger.build_block(&self.parent, 0, 0, &self.vkey, txs, self.last_cert.clone(), now).expect("build")
+            self.ledger
+                .build_block(&self.parent, 0, 0, &self.vkey, txs, self.last_cert.clone(), now, &|_| false)
+                .expect("build")
         });
         assert_eq!(block.txs.len(), n + 1, "build_block dropped a transaction");
         let (res, check) = timed(|| self.ledger.check_block(&block, &self.parent, None, &|_| false));
@@ -567,7 +569,10 @@ fn bench_proposal_check(b: &mut Bench, c: &mut Chain) {
                 })
             };
             let now = c.g.slot_start_ms(c.ledger.slot_after(&c.parent.header));
-            let block = c.ledger.build_block(&c.parent, 0, 0, &c.vkey, txs.clone(), c.last_cert.clone(), now).unwrap();
+            let block = c
+                .ledger
+                .build_block(&c.parent, 0, 0, &c.vkey, txs.clone(), c.last_cert.clone(), now, &|_| false)
+                .unwrap();
             let (r, t) = timed(|| c.ledger.check_block(&block, &c.parent, None, &|_| false));
             r.expect("valid");
             plain += t;

@@ -157,28 +157,14 @@ impl Ledger {
         }
     }
 
-    /// Builds and signs the block after `parent`. `txs` must be valid in order (the mempool's
-    /// finalized candidates); any that are not are left out.
+    /// Builds and signs the block after `parent`. `candidates` must be valid in order (the
+    /// mempool's finalized candidates); any that are not are left out. The signature check is
+    /// skipped for candidates for which `already_verified` is true, under the same rule as
+    /// [`Ledger::check_block_with`]: the proposer's candidates come from its pool, where nothing
+    /// enters unchecked, and checking them again was 5 % of a loaded network's CPU
+    /// (docs/benchmarks.md, run AD).
     #[allow(clippy::too_many_arguments)]
     pub fn build_block(
-        &self,
-        parent: &Block,
-        round: u32,
-        producer: ValidatorIndex,
-        key: &Keypair,
-        candidates: Vec<Transaction>,
-        last_commit: Option<CommitCert>,
-        now_ms: u64,
-    ) -> Result<Block, StoreError> {
-        self.build_block_with(parent, round, producer, key, candidates, last_commit, now_ms, &|_| false)
-    }
-
-    /// [`Ledger::build_block`] that skips the signature check of candidates for which
-    /// `already_verified` is true, under the same rule as [`Ledger::check_block_with`]. The
-    /// proposer's candidates come from its pool, so it checked every signature on the way in;
-    /// checking them again was 5 % of a loaded network's CPU (docs/benchmarks.md, run AD).
-    #[allow(clippy::too_many_arguments)]
-    pub fn build_block_with(
         &self,
         parent: &Block,
         round: u32,
@@ -389,7 +375,7 @@ mod tests {
         forged.inputs[0].signature.0[0] ^= 1;
         let build = |verified: &dyn Fn(&Transaction) -> bool| {
             ledger
-                .build_block_with(&parent, 0, producer, &key, vec![good.clone(), forged.clone()], None, now, verified)
+                .build_block(&parent, 0, producer, &key, vec![good.clone(), forged.clone()], None, now, verified)
                 .unwrap()
         };
 

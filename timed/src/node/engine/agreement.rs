@@ -99,7 +99,7 @@ impl Engine {
             Some(b) => b,
             None => {
                 let candidates = self.s.state().mempool.block_candidates(crate::chain::block::MAX_BLOCK_SIZE / 2);
-                self.s.ledger.build_block_with(
+                self.s.ledger.build_block(
                     &self.parent,
                     round,
                     self.s.me,
