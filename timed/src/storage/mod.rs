@@ -4,13 +4,14 @@
 //!
 //! Every change is one redb write transaction committed with `Durability::Immediate`, so after a
 //! crash the database is exactly as it was after the last call that returned `Ok`: a block is
-//! either fully applied (UTXOs, indexes, tip) or not at all.
+//! either fully applied (block, tip, and its index and UTXO entries written or replayable, see
+//! below) or not at all.
 //!
 //! Tables (keys are fixed-width big-endian, see `keys.rs`; values are bincode of chain types):
 //!
 //! | table               | key                          | value                              |
 //! |---------------------|------------------------------|------------------------------------|
-//! | `meta`              | name (`&str`)                | format version, genesis, chain id, tip |
+//! | `meta`              | name (`&str`)                | format version, genesis, chain id, tip, written heights |
 //! | `blocks`            | height (8)                   | `Block`                            |
 //! | `block_hashes`      | height (8)                   | block hash (32)                    |
 //! | `block_heights`     | block hash (32)              | height (`u64`)                     |
@@ -24,8 +25,17 @@
 //! the finality writes: each write appends at the end of the tree and dirties a page or two, where
 //! keyed by txid each of its transactions landed on a random page (docs/benchmarks.md, run AD).
 //! Format 1 keyed the same content by txid (`finalized_pending`); opening such a store migrates it.
+//!
+//! `tx_index`, `utxos` and `address_utxos` lag the tip by up to eight blocks: their entries are
+//! held in memory first (`overlay.rs`) and every read sees both, so callers see the chain at
+//! the tip. Each commit writes, in its block's transaction, one of eight key ranges of the held
+//! entries, and `meta` records per range the height the tables reflect (`held_written`); on
+//! open, the blocks above it are replayed. Format 2 had no such record (its tables were always
+//! at the tip); opening such a store records it, and the format number keeps an older timed
+//! from reading tables that lag the tip.
 
 mod keys;
+mod overlay;
 #[cfg(test)]
 mod tests;
 
@@ -35,6 +45,7 @@ use crate::chain::{
     Address, Block, BlockHash, CommitCert, GenesisConfig, Hash256, OutPoint, Transaction, TxOut, Txid, UtxoView,
 };
 use keys::{ADDRESS_OUTPOINT_LEN, HASH_LEN, HEIGHT_LEN, LOG_KEY_LEN, OUTPOINT_LEN};
+use overlay::{Lookup, Overlay, SLICES};
 use redb::{
     Database, DatabaseError, Durability, ReadTransaction, ReadableTable, TableDefinition, TableError, WriteTransaction,
 };
@@ -43,9 +54,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard};
 
 /// Layout version of the tables above. Bump it (and add a migration) when the layout changes.
-pub const STORE_FORMAT_VERSION: u32 = 2;
+pub const STORE_FORMAT_VERSION: u32 = 3;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const BLOCKS: TableDefinition<&[u8; HEIGHT_LEN], &[u8]> = TableDefinition::new("blocks");
@@ -63,6 +75,12 @@ const META_FORMAT_VERSION: &str = "format_version";
 const META_GENESIS_HASH: &str = "genesis_hash";
 const META_CHAIN_ID: &str = "chain_id";
 const META_TIP: &str = "tip";
+/// Per key range of `tx_index`, `utxos` and `address_utxos`, the height the tables reflect
+/// (`SLICES` heights, 8 bytes big-endian each).
+const META_WRITTEN: &str = "held_written";
+/// How often a multi-entry read retries before deciding the tables and the overlay disagree for
+/// good: a mismatch lasts from a commit to its overlay update, microseconds.
+const CONSISTENT_READ_TRIES: u32 = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -143,6 +161,13 @@ pub struct Store {
     /// [`Store::put_finalized_many`] takes from it; a write that fails leaves a gap, which is
     /// harmless: only the order matters.
     next_log_seq: std::sync::atomic::AtomicU64,
+    /// The UTXO changes above the UTXO height. Only [`Store::commit_block`] changes it, after its
+    /// transaction commits.
+    overlay: RwLock<Overlay>,
+    /// Serializes block commits: each one checks its spends against the overlay it then updates.
+    writer: Mutex<()>,
+    /// Write every held entry with every block (tests compare against it).
+    write_all: bool,
 }
 
 impl fmt::Debug for Store {
@@ -164,6 +189,19 @@ fn read_tip<T: ReadableTable<&'static str, &'static [u8]>>(meta: &T) -> Result<(
     keys::tip_from(raw.value()).ok_or_else(|| StoreError::Corrupt("tip record has the wrong length".into()))
 }
 
+fn read_written<T: ReadableTable<&'static str, &'static [u8]>>(meta: &T) -> Result<[u64; SLICES], StoreError> {
+    let raw = meta.get(META_WRITTEN)?.ok_or_else(|| StoreError::Corrupt("no written heights recorded".into()))?;
+    let raw = raw.value();
+    if raw.len() != SLICES * HEIGHT_LEN {
+        return Err(StoreError::Corrupt("written heights have the wrong length".into()));
+    }
+    Ok(std::array::from_fn(|s| keys::height_from(raw[s * HEIGHT_LEN..][..HEIGHT_LEN].try_into().expect("8 bytes"))))
+}
+
+fn encode_written(written: &[u64; SLICES]) -> Vec<u8> {
+    written.iter().flat_map(|h| keys::height(*h)).collect()
+}
+
 impl Store {
     /// Creates the database with the genesis block committed, or opens an existing one after checking
     /// its format version and genesis hash against `genesis`. A store of another genesis or a newer
@@ -182,7 +220,14 @@ impl Store {
             DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { path: path.to_path_buf() },
             other => other.into(),
         })?;
-        let mut store = Store { db, path: path.to_path_buf(), next_log_seq: 0.into() };
+        let mut store = Store {
+            db,
+            path: path.to_path_buf(),
+            next_log_seq: 0.into(),
+            overlay: RwLock::default(),
+            writer: Mutex::new(()),
+            write_all: false,
+        };
         // Initialization is one transaction, so a meta table exists iff the store is complete.
         let initialized = match store.db.begin_read()?.open_table(META) {
             Ok(_) => true,
@@ -196,7 +241,68 @@ impl Store {
         }
         let last = store.begin_read()?.open_table(FINALIZED_LOG)?.last()?.map(|(k, _)| keys::log_seq(k.value()));
         *store.next_log_seq.get_mut() = last.map_or(0, |s| s + 1);
+        *store.overlay.get_mut().unwrap_or_else(PoisonError::into_inner) = store.replay()?;
         Ok(store)
+    }
+
+    /// Writes every held entry with every block, as a store without the overlay would: tests
+    /// compare the two.
+    #[cfg(test)]
+    pub(crate) fn write_every_block(&mut self) {
+        self.write_all = true;
+    }
+
+    /// The entries of the blocks above each slice's written height, rebuilt from the stored
+    /// blocks. Their spends were checked when they were committed.
+    fn replay(&self) -> Result<Overlay, StoreError> {
+        let rtx = self.begin_read()?;
+        let meta = rtx.open_table(META)?;
+        let (tip, _) = read_tip(&meta)?;
+        let written = read_written(&meta)?;
+        let base = written.iter().copied().min().unwrap_or(tip);
+        if let Some(above) = written.iter().find(|w| **w > tip) {
+            return Err(StoreError::Corrupt(format!("written height {above} is above the tip {tip}")));
+        }
+        let blocks = rtx.open_table(BLOCKS)?;
+        let mut overlay = Overlay::at(base, written);
+        for h in base + 1..=tip {
+            let raw =
+                blocks.get(&keys::height(h))?.ok_or_else(|| StoreError::Corrupt(format!("block {h} is missing")))?;
+            let block: Block = decode("block", raw.value())?;
+            overlay.apply(h, &BlockChanges::plan(&block)?);
+        }
+        overlay.tip = tip;
+        if tip > base {
+            tracing::info!(
+                from = base + 1,
+                to = tip,
+                "replayed the index and UTXO entries of the blocks not yet written"
+            );
+        }
+        Ok(overlay)
+    }
+
+    fn overlay(&self) -> RwLockReadGuard<'_, Overlay> {
+        self.overlay.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A read transaction and what `pick` takes from the overlay, at the same state of the chain:
+    /// the tables' written heights and the tip both match the overlay's. They differ only between
+    /// a commit and its overlay update, so this retries until that is over.
+    fn consistent_read<T>(&self, pick: impl Fn(&Overlay) -> T) -> Result<(ReadTransaction, T), StoreError> {
+        for _ in 0..CONSISTENT_READ_TRIES {
+            let overlay = self.overlay();
+            let rtx = self.begin_read()?;
+            let meta = rtx.open_table(META)?;
+            if read_written(&meta)? == overlay.written() && read_tip(&meta)?.0 == overlay.tip {
+                let picked = pick(&overlay);
+                drop(meta);
+                return Ok((rtx, picked));
+            }
+            drop(overlay);
+            std::thread::yield_now();
+        }
+        Err(StoreError::Corrupt("the tables and the entries held in memory disagree".into()))
     }
 
     fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
@@ -228,7 +334,10 @@ impl Store {
         txn.open_table(UTXOS)?;
         txn.open_table(ADDRESS_UTXOS)?;
         txn.open_table(FINALIZED_LOG)?;
-        write_block(&txn, &block, None)?;
+        let changes = BlockChanges::plan(&block)?;
+        write_block(&txn, &block, None, &changes)?;
+        let all = [true; SLICES];
+        write_held(&txn, 0, &all, &[0; SLICES], &Overlay::default().pending(&all, 0, &changes))?;
         txn.commit()?;
         tracing::info!(path = %self.path.display(), genesis = %block.hash(), "created chain database");
         Ok(())
@@ -263,9 +372,26 @@ impl Store {
         read_tip(&meta)?;
         drop(meta);
         drop(rtx);
-        if found == 1 {
+        if found < 2 {
             self.migrate_from_1()?;
         }
+        if found < 3 {
+            self.migrate_from_2()?;
+        }
+        Ok(())
+    }
+
+    /// Format 2 → 3: format 2 wrote the UTXO tables with every block, so they are at the tip.
+    fn migrate_from_2(&self) -> Result<(), StoreError> {
+        let txn = self.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let (tip, _) = read_tip(&meta)?;
+            meta.insert(META_WRITTEN, encode_written(&[tip; SLICES]).as_slice())?;
+            meta.insert(META_FORMAT_VERSION, 3u32.to_be_bytes().as_slice())?;
+        }
+        txn.commit()?;
+        tracing::info!(path = %self.path.display(), "chain database migrated from format 2 to 3");
         Ok(())
     }
 
@@ -289,7 +415,7 @@ impl Store {
             }
         }
         txn.delete_table(FINALIZED_PENDING_V1)?;
-        txn.open_table(META)?.insert(META_FORMAT_VERSION, STORE_FORMAT_VERSION.to_be_bytes().as_slice())?;
+        txn.open_table(META)?.insert(META_FORMAT_VERSION, 2u32.to_be_bytes().as_slice())?;
         txn.commit()?;
         tracing::info!(path = %self.path.display(), "chain database migrated from format 1 to 2");
         Ok(())
@@ -358,11 +484,12 @@ impl Store {
         Ok(out)
     }
 
-    /// Applies a block at tip+1 in ONE write transaction: block bytes, hash→height index, cert, tx
-    /// index (txid → height, position), UTXO removals (inputs) and additions (outputs), address
-    /// index, tip, and removal of these txids from the finalized-pending table. Fails (and changes
-    /// nothing) if the height is not tip+1, the parent hash is wrong, the certificate is for another
-    /// block, or an input is missing. Durable on return.
+    /// Applies a block at tip+1 in ONE write transaction: block bytes, hash→height index, cert,
+    /// tip, and removal of these txids from the finalized log. Its transaction-index entries and
+    /// UTXO changes join the overlay, and the transaction writes the held entries of one key
+    /// range (of all of them when too much is held). Fails (and changes nothing) if the height is
+    /// not tip+1, the parent hash is wrong, the certificate is for another block, a transaction
+    /// is already in the chain, or an input is missing. Durable on return.
     ///
     /// Only storage consistency is checked here; signatures, amounts and the certificate's votes
     /// are the caller's to verify before committing.
@@ -377,6 +504,7 @@ impl Store {
                 cert_hash: cert.block_hash,
             });
         }
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let txn = self.begin_write()?;
         let (tip_height, tip_hash) = read_tip(&txn.open_table(META)?)?;
         if tip_height.checked_add(1) != Some(height) {
@@ -385,13 +513,60 @@ impl Store {
         if block.header.prev_hash != tip_hash {
             return Err(StoreError::WrongParent { height, expected: tip_hash, got: block.header.prev_hash });
         }
-        // On any error below, dropping `txn` uncommitted rolls every write back.
-        write_block(&txn, block, Some(cert))?;
+        let changes = BlockChanges::plan(block)?;
+        let wrote = {
+            // Only this method changes the overlay, and `_writer` keeps other commits out.
+            let overlay = self.overlay();
+            if overlay.tip != tip_height {
+                return Err(StoreError::Corrupt(format!(
+                    "the entries held in memory end at height {}, the tip is {tip_height}",
+                    overlay.tip
+                )));
+            }
+            // On any error below, dropping `txn` uncommitted rolls every write back. Repeats go
+            // first: a transaction already in the chain is reported as such, not as the spend
+            // of its own (spent) inputs.
+            {
+                let index = txn.open_table(TX_INDEX)?;
+                for (txid, _) in &changes.txids {
+                    if overlay.location(txid).is_some() || index.get(&txid.0)?.is_some() {
+                        return Err(StoreError::DuplicateTx { height, txid: *txid });
+                    }
+                }
+            }
+            write_block(&txn, block, Some(cert), &changes)?;
+            {
+                let utxos = txn.open_table(UTXOS)?;
+                for op in &changes.spent {
+                    let unspent = match overlay.lookup(op) {
+                        Lookup::Created(_) => true,
+                        Lookup::Spent => false,
+                        Lookup::Tables => utxos.get(&keys::outpoint(op))?.is_some(),
+                    };
+                    if !unspent {
+                        return Err(StoreError::MissingInput { height, outpoint: *op });
+                    }
+                }
+            }
+            let write = if self.write_all { [true; SLICES] } else { overlay.to_write(height, &changes) };
+            let pending = overlay.pending(&write, height, &changes);
+            write_held(&txn, height, &write, &overlay.written(), &pending)?;
+            write
+        };
         txn.commit()?;
+        let mut overlay = self.overlay.write().unwrap_or_else(PoisonError::into_inner);
+        overlay.committed(&wrote, height, &changes);
         Ok(())
     }
 
+    /// The unspent output at `op`, at the tip or at a tip committed while this reads: a point
+    /// read needs no snapshot of the overlay and the tables together.
     pub fn get_utxo(&self, op: &OutPoint) -> Result<Option<TxOut>, StoreError> {
+        match self.overlay().lookup(op) {
+            Lookup::Created(out) => return Ok(Some(out.clone())),
+            Lookup::Spent => return Ok(None),
+            Lookup::Tables => {}
+        }
         let table = self.begin_read()?.open_table(UTXOS)?;
         let raw = table.get(&keys::outpoint(op))?;
         raw.map(|v| decode("output", v.value())).transpose()
@@ -399,16 +574,18 @@ impl Store {
 
     /// Unspent outputs paying to `addr`, in outpoint order, with the height that created each.
     pub fn utxos_for_address(&self, addr: &Address) -> Result<Vec<(OutPoint, TxOut, u64)>, StoreError> {
-        let rtx = self.begin_read()?;
+        let (rtx, (spent, mut out)) = self.consistent_read(|o| (o.spent(), held_for(o, addr)))?;
         let index = rtx.open_table(ADDRESS_UTXOS)?;
         let utxos = rtx.open_table(UTXOS)?;
         let (lo, hi) = keys::address_bounds(addr);
-        let mut out = Vec::new();
         for entry in index.range::<&[u8; ADDRESS_OUTPOINT_LEN]>(&lo..=&hi)? {
             let (k, height) = entry?;
             let op = keys::outpoint_from(&k.value()[keys::ADDRESS_LEN..]);
-            out.push((op, indexed_utxo(&utxos, &op)?, height.value()));
+            if !spent.contains(&op) {
+                out.push((op, indexed_utxo(&utxos, &op)?, height.value()));
+            }
         }
+        out.sort_unstable_by_key(|(op, _, _)| keys::outpoint(op));
         Ok(out)
     }
 
@@ -421,18 +598,27 @@ impl Store {
         addr: &Address,
         mut visit: impl FnMut(&OutPoint, TxOut) -> bool,
     ) -> Result<(), StoreError> {
-        let rtx = self.begin_read()?;
+        let (rtx, (spent, held)) = self.consistent_read(|o| (o.spent(), held_for(o, addr)))?;
         let index = rtx.open_table(ADDRESS_UTXOS)?;
         let (lo, hi) = keys::address_bounds(addr);
-        let mut ops: Vec<(u64, OutPoint)> = Vec::new();
+        // The held outputs come with their value; the tables' are read when visited.
+        let mut ops: Vec<(u64, OutPoint, Option<TxOut>)> =
+            held.into_iter().map(|(op, out, height)| (height, op, Some(out))).collect();
         for entry in index.range::<&[u8; ADDRESS_OUTPOINT_LEN]>(&lo..=&hi)? {
             let (k, height) = entry?;
-            ops.push((height.value(), keys::outpoint_from(&k.value()[keys::ADDRESS_LEN..])));
+            let op = keys::outpoint_from(&k.value()[keys::ADDRESS_LEN..]);
+            if !spent.contains(&op) {
+                ops.push((height.value(), op, None));
+            }
         }
-        ops.sort_unstable();
+        ops.sort_unstable_by_key(|(height, op, _)| (*height, keys::outpoint(op)));
         let utxos = rtx.open_table(UTXOS)?;
-        for (_, op) in ops {
-            if visit(&op, indexed_utxo(&utxos, &op)?) {
+        for (_, op, held) in ops {
+            let out = match held {
+                Some(out) => out,
+                None => indexed_utxo(&utxos, &op)?,
+            };
+            if visit(&op, out) {
                 break;
             }
         }
@@ -441,7 +627,20 @@ impl Store {
 
     /// Height of the block holding `txid` and the transaction's position in it.
     pub fn tx_location(&self, txid: &Txid) -> Result<Option<(u64, u32)>, StoreError> {
-        index_entry(&self.begin_read()?, txid)
+        Ok(self.index_entry(txid)?.1)
+    }
+
+    /// The transaction index's entry for `txid` (its block's height and its position there),
+    /// with a read transaction that holds that block. The overlay is read first: a block it
+    /// holds was committed before, so the read transaction begun after it sees the block.
+    fn index_entry(&self, txid: &Txid) -> Result<(ReadTransaction, Option<(u64, u32)>), StoreError> {
+        let held = self.overlay().location(txid);
+        let rtx = self.begin_read()?;
+        let entry = match held {
+            Some(entry) => Some(entry),
+            None => rtx.open_table(TX_INDEX)?.get(&txid.0)?.map(|v| v.value()),
+        };
+        Ok((rtx, entry))
     }
 
     /// Which of `txids` are in the chain, in one read transaction: a poll answer asks about
@@ -450,15 +649,22 @@ impl Store {
         if txids.is_empty() {
             return Ok(Vec::new());
         }
+        let held: Vec<bool> = {
+            let overlay = self.overlay();
+            txids.iter().map(|t| overlay.location(t).is_some()).collect()
+        };
+        if held.iter().all(|h| *h) {
+            return Ok(held);
+        }
         let index = self.begin_read()?.open_table(TX_INDEX)?;
-        txids.iter().map(|t| Ok(index.get(&t.0)?.is_some())).collect()
+        txids.iter().zip(held).map(|(t, held)| Ok(held || index.get(&t.0)?.is_some())).collect()
     }
 
     /// Where a transaction sits in the chain: its block's height and hash, read in one read
     /// transaction without decoding the block.
     pub fn tx_block(&self, txid: &Txid) -> Result<Option<(u64, BlockHash)>, StoreError> {
-        let rtx = self.begin_read()?;
-        let Some((height, _)) = index_entry(&rtx, txid)? else {
+        let (rtx, entry) = self.index_entry(txid)?;
+        let Some((height, _)) = entry else {
             return Ok(None);
         };
         let hash = rtx
@@ -476,8 +682,8 @@ impl Store {
 
     /// A transaction in the chain with its whole block, decoded once.
     pub fn get_tx_in_block(&self, txid: &Txid) -> Result<Option<(Transaction, Block)>, StoreError> {
-        let rtx = self.begin_read()?;
-        let Some((height, pos)) = index_entry(&rtx, txid)? else {
+        let (rtx, entry) = self.index_entry(txid)?;
+        let Some((height, pos)) = entry else {
             return Ok(None);
         };
         let raw = rtx
@@ -499,22 +705,36 @@ impl Store {
     /// transaction). Each pair is hashed as txid (32) ++ vout (4, BE) ++ value (8, BE) ++ address
     /// (21): fixed width, so the hash does not depend on any serializer's framing.
     pub fn utxo_set_info(&self) -> Result<UtxoSetInfo, StoreError> {
-        let rtx = self.begin_read()?;
+        // A copy of the overlay, so a walk over a large set does not hold up commits.
+        let (rtx, (spent, held)) = self.consistent_read(|o| (o.spent(), o.created_in_order()))?;
         let (height, tip) = read_tip(&rtx.open_table(META)?)?;
         let utxos = rtx.open_table(UTXOS)?;
         let mut hasher = Sha256::new();
         let mut count: u64 = 0;
         let mut total: u64 = 0;
-        for entry in utxos.iter()? {
-            let (k, v) = entry?;
-            let out: TxOut = decode("output", v.value())?;
-            hasher.update(k.value());
+        let mut add = |key: &[u8; OUTPOINT_LEN], out: &TxOut| -> Result<(), StoreError> {
+            hasher.update(key);
             hasher.update(out.value.to_be_bytes());
             hasher.update(keys::address(&out.address));
             count += 1;
             total = total
                 .checked_add(out.value)
                 .ok_or_else(|| StoreError::Corrupt("unspent outputs add up past u64".into()))?;
+            Ok(())
+        };
+        // The tables and the held outputs, merged in key order (an outpoint is in one or the other).
+        let mut held = held.into_iter().map(|(op, out, _)| (keys::outpoint(&op), out)).peekable();
+        for entry in utxos.iter()? {
+            let (k, v) = entry?;
+            while let Some((key, out)) = held.next_if(|(key, _)| key < k.value()) {
+                add(&key, &out)?;
+            }
+            if !spent.contains(&keys::outpoint_from(k.value())) {
+                add(k.value(), &decode("output", v.value())?)?;
+            }
+        }
+        for (key, out) in held {
+            add(&key, &out)?;
         }
         let hash = Hash256(Sha256::digest(hasher.finalize()).into());
         Ok(UtxoSetInfo { height, tip, count, total, hash })
@@ -531,13 +751,17 @@ impl Store {
     /// finalizes many transactions pays for one fsync, not one each.
     pub fn put_finalized_many(&self, txs: &[Transaction], finalized_ms: u64) -> Result<(), StoreError> {
         use std::sync::atomic::Ordering;
+        // Not while a block commits: between its commit and its overlay update, a transaction
+        // it holds would be in neither the overlay nor the index, and would stay in the log.
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let overlay = self.overlay();
         let txn = self.begin_write()?;
         {
             let index = txn.open_table(TX_INDEX)?;
             let mut log = txn.open_table(FINALIZED_LOG)?;
             for tx in txs {
                 let txid = tx.txid();
-                if index.get(&txid.0)?.is_none() {
+                if overlay.location(&txid).is_none() && index.get(&txid.0)?.is_none() {
                     let seq = self.next_log_seq.fetch_add(1, Ordering::Relaxed);
                     log.insert(&keys::log(seq, &txid), encode(&(tx, finalized_ms)).as_slice())?;
                 }
@@ -582,21 +806,10 @@ impl Store {
     }
 }
 
-/// The transaction index's entry for `txid`: its block's height and its position there.
-fn index_entry(rtx: &ReadTransaction, txid: &Txid) -> Result<Option<(u64, u32)>, StoreError> {
-    Ok(rtx.open_table(TX_INDEX)?.get(&txid.0)?.map(|v| v.value()))
-}
-
 fn indexed_at_missing_height(txid: &Txid, height: u64) -> StoreError {
     StoreError::Corrupt(format!("tx {txid} indexed at missing height {height}"))
 }
 
-/// Writes everything a block changes inside `txn`. The caller has checked that it extends the tip.
-///
-/// The block's net effect is worked out in memory first, in block order, and then applied to
-/// each table in key order: txids and outpoints are hashes, so in block order every insert and
-/// remove lands on a random page of a large tree, while in key order neighbouring changes share
-/// their pages. An output created and spent within the block never reaches the store.
 /// The unspent output the address index points at; its absence means the two tables disagree.
 fn indexed_utxo(utxos: &redb::ReadOnlyTable<&[u8; OUTPOINT_LEN], &[u8]>, op: &OutPoint) -> Result<TxOut, StoreError> {
     let raw = utxos
@@ -605,7 +818,15 @@ fn indexed_utxo(utxos: &redb::ReadOnlyTable<&[u8; OUTPOINT_LEN], &[u8]>, op: &Ou
     decode("output", raw.value())
 }
 
-fn write_block(txn: &WriteTransaction, block: &Block, cert: Option<&CommitCert>) -> Result<(), StoreError> {
+/// Writes a block's own records inside `txn`: the block, its hash index and certificate, the
+/// finalized log and the tip. Its transaction index entries and UTXO changes are the caller's
+/// (the overlay, then [`write_held`]). The caller has checked that it extends the tip.
+fn write_block(
+    txn: &WriteTransaction,
+    block: &Block,
+    cert: Option<&CommitCert>,
+    plan: &BlockChanges<'_>,
+) -> Result<(), StoreError> {
     let height = block.height();
     let hash = block.hash();
     let hkey = keys::height(height);
@@ -615,44 +836,6 @@ fn write_block(txn: &WriteTransaction, block: &Block, cert: Option<&CommitCert>)
     if let Some(cert) = cert {
         txn.open_table(CERTS)?.insert(&hkey, encode(cert).as_slice())?;
     }
-    let plan = BlockChanges::plan(block)?;
-
-    let mut tx_index = txn.open_table(TX_INDEX)?;
-    for (txid, pos) in &plan.txids {
-        // A txid already in the chain would overwrite the index entry and live outputs of the first.
-        if tx_index.insert(&txid.0, (height, *pos))?.is_some() {
-            return Err(StoreError::DuplicateTx { height, txid: *txid });
-        }
-    }
-    drop(tx_index);
-
-    let mut utxos = txn.open_table(UTXOS)?;
-    let mut unindex = Vec::with_capacity(plan.spent.len());
-    for op in &plan.spent {
-        let spent: TxOut = match utxos.remove(&keys::outpoint(op))? {
-            Some(v) => decode("output", v.value())?,
-            None => return Err(StoreError::MissingInput { height, outpoint: *op }),
-        };
-        unindex.push(keys::address_outpoint(&spent.address, op));
-    }
-    for (op, out) in &plan.created {
-        if utxos.insert(&keys::outpoint(op), encode(out).as_slice())?.is_some() {
-            return Err(StoreError::DuplicateTx { height, txid: op.txid });
-        }
-    }
-    drop(utxos);
-
-    let mut by_address = txn.open_table(ADDRESS_UTXOS)?;
-    unindex.sort_unstable();
-    for key in &unindex {
-        by_address.remove(key)?;
-    }
-    let mut index: Vec<_> = plan.created.iter().map(|(op, out)| keys::address_outpoint(&out.address, op)).collect();
-    index.sort_unstable();
-    for key in &index {
-        by_address.insert(key, height)?;
-    }
-    drop(by_address);
 
     // The log holds what was finalized and is not in a block yet: a block or two, mostly the
     // oldest entries. One pass finds this block's, instead of a look-up by txid per transaction.
@@ -671,6 +854,69 @@ fn write_block(txn: &WriteTransaction, block: &Block, cert: Option<&CommitCert>)
     drop(log);
     txn.open_table(META)?.insert(META_TIP, keys::tip(height, &hash).as_slice())?;
     Ok(())
+}
+
+/// Brings the `slices` of the transaction index and the UTXO and address tables from `written`
+/// up to `height` with `changes` (their entries of the blocks above, outputs spent from the
+/// tables, outputs created above), each in key order: txids and outpoints are hashes, so
+/// neighbouring keys share their pages only when applied in order.
+fn write_held(
+    txn: &WriteTransaction,
+    height: u64,
+    slices: &[bool; SLICES],
+    written: &[u64; SLICES],
+    changes: &overlay::Pending<'_>,
+) -> Result<(), StoreError> {
+    let mut tx_index = txn.open_table(TX_INDEX)?;
+    for (txid, at) in &changes.txids {
+        // A txid already in the chain would overwrite the index entry and live outputs of the first.
+        if tx_index.insert(&txid.0, *at)?.is_some() {
+            return Err(StoreError::DuplicateTx { height, txid: *txid });
+        }
+    }
+    drop(tx_index);
+    let mut utxos = txn.open_table(UTXOS)?;
+    let mut unindex = Vec::with_capacity(changes.spent.len());
+    for op in &changes.spent {
+        let spent: TxOut = match utxos.remove(&keys::outpoint(op))? {
+            Some(v) => decode("output", v.value())?,
+            None => return Err(StoreError::MissingInput { height, outpoint: *op }),
+        };
+        unindex.push(keys::address_outpoint(&spent.address, op));
+    }
+    for (op, out, _) in &changes.created {
+        if utxos.insert(&keys::outpoint(op), encode(*out).as_slice())?.is_some() {
+            return Err(StoreError::DuplicateTx { height, txid: op.txid });
+        }
+    }
+    drop(utxos);
+
+    let mut by_address = txn.open_table(ADDRESS_UTXOS)?;
+    unindex.sort_unstable();
+    for key in &unindex {
+        by_address.remove(key)?;
+    }
+    let mut index: Vec<_> =
+        changes.created.iter().map(|(op, out, h)| (keys::address_outpoint(&out.address, op), *h)).collect();
+    index.sort_unstable_by_key(|(key, _)| *key);
+    for (key, h) in &index {
+        by_address.insert(key, *h)?;
+    }
+    drop(by_address);
+    let now: [u64; SLICES] = std::array::from_fn(|s| if slices[s] { height } else { written[s] });
+    txn.open_table(META)?.insert(META_WRITTEN, encode_written(&now).as_slice())?;
+    Ok(())
+}
+
+/// The held outputs paying to `addr`.
+fn held_for(overlay: &Overlay, addr: &Address) -> Vec<(OutPoint, TxOut, u64)> {
+    overlay
+        .slices
+        .iter()
+        .flat_map(|s| s.created.iter())
+        .filter(|(_, (out, _))| out.address == *addr)
+        .map(|(op, (out, h))| (*op, out.clone(), *h))
+        .collect()
 }
 
 /// What a block changes, each list in key order.

@@ -79,6 +79,18 @@ fn open_in(dir: &TempDir, g: &GenesisConfig) -> Store {
     Store::open(&dir.path().join("chain.redb"), g).unwrap()
 }
 
+/// Every output `utxos_for_address_oldest` visits for `a`, in its order.
+fn oldest_first(store: &Store, a: &Address) -> Vec<(OutPoint, TxOut)> {
+    let mut seen = Vec::new();
+    store
+        .utxos_for_address_oldest(a, |op, out| {
+            seen.push((*op, out));
+            false
+        })
+        .unwrap();
+    seen
+}
+
 /// Everything a failed commit must leave untouched.
 fn snapshot(store: &Store) -> (u64, BlockHash, UtxoSetInfo, Vec<(OutPoint, TxOut, u64)>) {
     let (h, hash) = store.tip().unwrap();
@@ -186,16 +198,7 @@ fn commit_updates_utxos_and_indexes() {
 
     // Oldest first, and only as far as the visitor wants: the miner's rewards of blocks 1 and 2
     // come in height order; validator1's genesis outputs (all height 0) in outpoint order.
-    let visit_all = |a: &Address| {
-        let mut seen = Vec::new();
-        store
-            .utxos_for_address_oldest(a, |op, out| {
-                seen.push((*op, out));
-                false
-            })
-            .unwrap();
-        seen
-    };
+    let visit_all = |a: &Address| oldest_first(&store, a);
     let heights = |seen: &[(OutPoint, TxOut)]| {
         seen.iter().map(|(op, _)| store.tx_location(&op.txid).unwrap().unwrap().0).collect::<Vec<_>>()
     };
@@ -491,4 +494,159 @@ fn second_open_reports_in_use() {
     assert!(err.to_string().contains("in use by another process"), "{err}");
     drop(first);
     Store::open(&path, &g).unwrap();
+}
+
+/// Everything a reader sees of the UTXO set: its summary, and per address both listings.
+type UtxoReads = (UtxoSetInfo, Vec<Vec<(OutPoint, TxOut, u64)>>, Vec<Vec<(OutPoint, TxOut)>>);
+
+fn utxo_reads(store: &Store, addrs: &[Address]) -> UtxoReads {
+    let listed = addrs.iter().map(|a| store.utxos_for_address(a).unwrap()).collect();
+    let oldest = addrs.iter().map(|a| oldest_first(store, a)).collect();
+    (store.utxo_set_info().unwrap(), listed, oldest)
+}
+
+/// Held UTXO changes are invisible to readers: a store that writes its UTXO tables every third
+/// block reads, block after block, exactly like one that writes them with every block, whether
+/// an output is spent in its own block, a few blocks later from memory, or long after from the
+/// tables; and again after a reopen replays the blocks above its UTXO height.
+#[test]
+fn held_utxo_changes_read_like_written_ones() {
+    let g = devnet();
+    let (dir_a, dir_b) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let path_a = dir_a.path().join("chain.redb");
+    let mut held = Store::open(&path_a, &g).unwrap();
+    let mut every = open_in(&dir_b, &g);
+    every.write_every_block();
+    let me = wallet("validator1");
+    let addrs = [me, addr("alice"), addr("miner")];
+    // validator1's spendable outputs: its genesis outputs, then its change.
+    let mut coins: Vec<(OutPoint, u64)> = (0..20).map(|v| (genesis_op(&g, v), 50_000 * COIN)).collect();
+    for round in 0..14u64 {
+        let mut txs = Vec::new();
+        // The newest coin (often made one block ago, so still held) and the oldest (from the
+        // tables), into a payment to alice and change; then the change again in the same block.
+        let newest = coins.pop().unwrap();
+        let oldest = coins.remove(0);
+        let value = newest.1 + oldest.1;
+        let pay =
+            spend(&g, "validator1", vec![newest.0, oldest.0], vec![(addr("alice"), COIN), (me, value - 2 * COIN)]);
+        let change = OutPoint { txid: pay.txid(), vout: 1 };
+        let again = spend(&g, "validator1", vec![change], vec![(me, value - 3 * COIN)]);
+        coins.push((OutPoint { txid: again.txid(), vout: 0 }, value - 3 * COIN));
+        txs.push(pay);
+        txs.push(again);
+        if round % 4 == 3 {
+            // A block with only its coinbase.
+            txs.clear();
+            coins.pop();
+            coins.push(newest);
+            coins.insert(0, oldest);
+        }
+        let (block, cert) = next_block(&held, &g, txs);
+        held.commit_block(&block, &cert).unwrap();
+        every.commit_block(&block, &cert).unwrap();
+        assert_eq!(utxo_reads(&held, &addrs), utxo_reads(&every, &addrs), "after block {}", round + 1);
+        for b in 1..=round + 1 {
+            for tx in held.block_by_height(b).unwrap().unwrap().txs {
+                let t = tx.txid();
+                assert_eq!(held.tx_location(&t).unwrap(), every.tx_location(&t).unwrap());
+                assert_eq!(held.tx_block(&t).unwrap(), every.tx_block(&t).unwrap());
+                assert_eq!(held.get_tx(&t).unwrap(), every.get_tx(&t).unwrap());
+                assert_eq!(held.in_chain(&[t]).unwrap(), vec![true]);
+            }
+        }
+        for (op, _) in coins.iter().take(3).chain(coins.iter().rev().take(3)) {
+            assert_eq!(held.get_utxo(op).unwrap(), every.get_utxo(op).unwrap());
+            assert!(held.get_utxo(op).unwrap().is_some());
+        }
+        if round == 6 || round == 10 {
+            // Blocks 7 and 11 are one and two above the last written UTXO height.
+            drop(held);
+            held = Store::open(&path_a, &g).unwrap();
+            assert_eq!(utxo_reads(&held, &addrs), utxo_reads(&every, &addrs), "reopened after block {}", round + 1);
+        }
+    }
+}
+
+/// A held block's transactions are in the chain for every reader and for the checks: a spend
+/// of an output that a held block already spent is refused like one the tables no longer have,
+/// a transaction it holds cannot come again, and its finality is not logged as pending.
+#[test]
+fn a_held_block_is_in_the_chain() {
+    let g = devnet();
+    let dir = TempDir::new().unwrap();
+    let store = open_in(&dir, &g);
+    let first = spend(&g, "validator1", vec![genesis_op(&g, 0)], vec![(addr("alice"), COIN)]);
+    let (b1, c1) = next_block(&store, &g, vec![first.clone()]);
+    store.commit_block(&b1, &c1).unwrap();
+    assert_eq!(store.get_utxo(&genesis_op(&g, 0)).unwrap(), None);
+    assert_eq!(store.tx_location(&first.txid()).unwrap(), Some((1, 1)));
+    assert_eq!(store.tx_block(&first.txid()).unwrap(), Some((1, b1.hash())));
+    assert_eq!(store.get_tx(&first.txid()).unwrap(), Some((first.clone(), 1)));
+    let nope = Hash256::digest(b"nope");
+    assert_eq!(store.in_chain(&[nope, first.txid()]).unwrap(), vec![false, true]);
+    assert_eq!(store.in_chain(&[first.txid()]).unwrap(), vec![true]);
+    store.put_finalized(&first, 5).unwrap();
+    assert!(!store.is_finalized_pending(&first.txid()).unwrap());
+    let before = snapshot(&store);
+    let (again, again_cert) = next_block(&store, &g, vec![first.clone()]);
+    assert!(matches!(
+        store.commit_block(&again, &again_cert),
+        Err(StoreError::DuplicateTx { height: 2, txid }) if txid == first.txid()
+    ));
+    assert_eq!(snapshot(&store), before);
+    let second = spend(&g, "validator1", vec![genesis_op(&g, 0)], vec![(addr("bob"), COIN)]);
+    let (b2, c2) = next_block(&store, &g, vec![second]);
+    assert!(matches!(
+        store.commit_block(&b2, &c2),
+        Err(StoreError::MissingInput { height: 2, outpoint }) if outpoint == genesis_op(&g, 0)
+    ));
+    assert_eq!(snapshot(&store), before);
+    // An output a held block created can be spent.
+    let alice_op = OutPoint { txid: first.txid(), vout: 0 };
+    let mut from_alice =
+        Transaction::unsigned(vec![alice_op], vec![TxOut { value: COIN / 2, address: addr("bob") }], 0, None);
+    from_alice.sign_all(&Keypair::insecure_from_label("alice"), &g.chain_id);
+    let (b2, c2) = next_block(&store, &g, vec![from_alice]);
+    store.commit_block(&b2, &c2).unwrap();
+    assert_eq!(store.get_utxo(&alice_op).unwrap(), None);
+}
+
+/// A format-2 store (UTXO tables always at the tip, no UTXO height) opens as format 3 at the
+/// same UTXO set, and takes blocks.
+#[test]
+fn format_2_is_migrated() {
+    let g = devnet();
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("chain.redb");
+    let mut store = Store::open(&path, &g).unwrap();
+    store.write_every_block();
+    let tx = spend(&g, "validator1", vec![genesis_op(&g, 3)], vec![(addr("alice"), COIN)]);
+    let (b1, c1) = next_block(&store, &g, vec![tx]);
+    store.commit_block(&b1, &c1).unwrap();
+    let info = store.utxo_set_info().unwrap();
+    drop(store);
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            meta.remove(META_WRITTEN).unwrap();
+            meta.insert(META_FORMAT_VERSION, 2u32.to_be_bytes().as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&path, &g).unwrap();
+    assert_eq!(store.utxo_set_info().unwrap(), info);
+    let (b2, c2) = next_block(&store, &g, vec![]);
+    store.commit_block(&b2, &c2).unwrap();
+    drop(store);
+    let db = Database::create(&path).unwrap();
+    let rtx = db.begin_read().unwrap();
+    let meta = rtx.open_table(META).unwrap();
+    assert_eq!(meta.get(META_FORMAT_VERSION).unwrap().unwrap().value(), STORE_FORMAT_VERSION.to_be_bytes());
+    // Migrated at height 1; block 2 then wrote its turn's slice.
+    let mut expected = [1; overlay::SLICES];
+    expected[2] = 2;
+    assert_eq!(read_written(&meta).unwrap(), expected);
 }
