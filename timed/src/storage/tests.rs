@@ -522,26 +522,23 @@ fn held_utxo_changes_read_like_written_ones() {
     // validator1's spendable outputs: its genesis outputs, then its change.
     let mut coins: Vec<(OutPoint, u64)> = (0..20).map(|v| (genesis_op(&g, v), 50_000 * COIN)).collect();
     for round in 0..14u64 {
-        let mut txs = Vec::new();
-        // The newest coin (often made one block ago, so still held) and the oldest (from the
-        // tables), into a payment to alice and change; then the change again in the same block.
-        let newest = coins.pop().unwrap();
-        let oldest = coins.remove(0);
-        let value = newest.1 + oldest.1;
-        let pay =
-            spend(&g, "validator1", vec![newest.0, oldest.0], vec![(addr("alice"), COIN), (me, value - 2 * COIN)]);
-        let change = OutPoint { txid: pay.txid(), vout: 1 };
-        let again = spend(&g, "validator1", vec![change], vec![(me, value - 3 * COIN)]);
-        coins.push((OutPoint { txid: again.txid(), vout: 0 }, value - 3 * COIN));
-        txs.push(pay);
-        txs.push(again);
-        if round % 4 == 3 {
-            // A block with only its coinbase.
-            txs.clear();
-            coins.pop();
-            coins.push(newest);
-            coins.insert(0, oldest);
-        }
+        // Every fourth block has only its coinbase.
+        let txs = if round % 4 == 3 {
+            Vec::new()
+        } else {
+            // The newest coin (often made one block ago, so still held) and the oldest (from
+            // the tables), into a payment to alice and change; then the change again in the
+            // same block.
+            let newest = coins.pop().unwrap();
+            let oldest = coins.remove(0);
+            let value = newest.1 + oldest.1;
+            let pay =
+                spend(&g, "validator1", vec![newest.0, oldest.0], vec![(addr("alice"), COIN), (me, value - 2 * COIN)]);
+            let change = OutPoint { txid: pay.txid(), vout: 1 };
+            let again = spend(&g, "validator1", vec![change], vec![(me, value - 3 * COIN)]);
+            coins.push((OutPoint { txid: again.txid(), vout: 0 }, value - 3 * COIN));
+            vec![pay, again]
+        };
         let (block, cert) = next_block(&held, &g, txs);
         held.commit_block(&block, &cert).unwrap();
         every.commit_block(&block, &cert).unwrap();
