@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use timed::config::{Cli, Command};
 
 fn main() -> ExitCode {
+    timed::node::tune_allocator();
     let cli = Cli::parse();
     init_logging();
     match run(cli) {

@@ -65,6 +65,29 @@ pub const FINALITY_MEMORY: usize = 200_000;
 /// And for how long at most (so the memory is given back once a burst is over).
 pub const FINALITY_KEEP_MS: u64 = 120_000;
 
+/// Sets the allocator up for a node; call before any thread starts. Allocations of 64 KiB and
+/// more (frames, blocks, large map tables) get mappings of their own, given back when freed.
+/// glibc's default threshold rises with the largest block freed, so in a burst those landed in
+/// the heap, and what stayed allocated among them kept a node at 2x of its idle RSS after the
+/// load (docs/benchmarks.md, run AF).
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; no other thread allocates yet.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+    }
+}
+
+/// Returns free heap pages to the kernel. glibc keeps what a burst freed in its arenas, so
+/// without this a node stayed at its peak RSS long after the load ended.
+pub(crate) fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// When a transaction became final on this node.
 #[derive(Clone, Copy, Debug)]
 pub struct FinalityTime {

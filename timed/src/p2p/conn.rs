@@ -7,7 +7,7 @@ use super::{Inbound, Inner, MAX_PEERS_PER_MESSAGE};
 use crate::api::PeerInfo;
 use crate::chain::block::ValidatorIndex;
 use crate::chain::crypto::{self, Domain, Hash256, PublicKey};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +25,12 @@ use tracing::{debug, info, warn};
 const FRAME_HEADER: u64 = 4;
 /// Frames written before one flush, so a busy writer still flushes regularly.
 const WRITE_BATCH: usize = 64;
+/// A frame larger than this grew the connection's write buffer (FramedWrite flushes at 8 KiB,
+/// so a buffer holds at most one frame more than that).
+const LARGE_FRAME: u64 = 16 * 1024;
+/// Flushes in a row without a large frame before a grown write buffer is given back, so it is
+/// not given back in the middle of a burst.
+const SMALL_FLUSHES: u32 = 32;
 
 type Reader = FramedRead<OwnedReadHalf, LengthDelimitedCodec>;
 type Writer = FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>;
@@ -650,6 +656,35 @@ fn learn(inner: &Inner, addrs: &[String]) {
     }
 }
 
+/// When a connection's write buffer is given back. It grows to hold the largest frame written
+/// and keeps that size for good otherwise: after a burst of relayed transactions, hundreds of
+/// kilobytes per connection, about half of a node's heap (docs/benchmarks.md, run AF).
+#[derive(Debug, Default)]
+struct BufferKeeper {
+    grown: bool,
+    small: u32,
+}
+
+impl BufferKeeper {
+    /// After a flush whose largest frame was `largest` bytes: true when the buffer is to be
+    /// replaced by an empty one.
+    fn release_after(&mut self, largest: u64) -> bool {
+        if largest > LARGE_FRAME {
+            (self.grown, self.small) = (true, 0);
+            return false;
+        }
+        if !self.grown {
+            return false;
+        }
+        self.small += 1;
+        if self.small < SMALL_FLUSHES {
+            return false;
+        }
+        self.grown = false;
+        true
+    }
+}
+
 /// Drains the send queue into the socket until the connection is cancelled or fails.
 async fn write_loop(
     mut sink: Writer,
@@ -663,6 +698,7 @@ async fn write_loop(
         // like the totals.
         let mut sent: Vec<(Option<usize>, u64)> = Vec::with_capacity(WRITE_BATCH);
         let kind_and_size = |frame: &Bytes| (Message::frame_kind(frame), frame.len() as u64 + FRAME_HEADER);
+        let mut keeper = BufferKeeper::default();
         while let Some(first) = rx.recv().await {
             sent.push(kind_and_size(&first));
             sink.feed(first).await?;
@@ -672,6 +708,10 @@ async fn write_loop(
                 sink.feed(more).await?;
             }
             SinkExt::<Bytes>::flush(&mut sink).await?;
+            if keeper.release_after(sent.iter().map(|(_, bytes)| *bytes).max().unwrap_or(0)) {
+                // Flushed, so empty: a new buffer drops the burst's allocation.
+                *sink.write_buffer_mut() = BytesMut::new();
+            }
             // Totals first: a scrape reads the kinds first, so they never exceed the totals.
             stats.counts.add_sent(&inner, sent.iter().map(|(_, bytes)| bytes).sum());
             for (kind, bytes) in sent.drain(..) {
@@ -694,4 +734,24 @@ async fn write_loop(
     token.cancel();
     // Give a peer being closed on purpose a moment to receive what was already queued.
     let _ = tokio::time::timeout(Duration::from_millis(100), SinkExt::<Bytes>::close(&mut sink)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BufferKeeper, LARGE_FRAME, SMALL_FLUSHES};
+
+    #[test]
+    fn a_grown_write_buffer_is_given_back_once_after_a_quiet_spell() {
+        let mut k = BufferKeeper::default();
+        // Small frames never grew it: nothing to give back, however long.
+        assert!((0..3 * SMALL_FLUSHES).all(|_| !k.release_after(LARGE_FRAME)));
+        // A large frame, then a large one in the middle of the quiet spell starts it again.
+        assert!(!k.release_after(LARGE_FRAME + 1));
+        assert!((1..SMALL_FLUSHES).all(|_| !k.release_after(100)));
+        assert!(!k.release_after(10 * LARGE_FRAME));
+        assert!((1..SMALL_FLUSHES).all(|_| !k.release_after(100)));
+        assert!(k.release_after(100), "given back after {SMALL_FLUSHES} flushes without a large frame");
+        // Once: the new buffer has not grown.
+        assert!((0..3 * SMALL_FLUSHES).all(|_| !k.release_after(100)));
+    }
 }
