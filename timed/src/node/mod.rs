@@ -78,16 +78,6 @@ pub fn tune_allocator() {
     }
 }
 
-/// Returns free heap pages to the kernel. glibc keeps what a burst freed in its arenas, so
-/// without this a node stayed at its peak RSS long after the load ended.
-pub(crate) fn trim_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// When a transaction became final on this node.
 #[derive(Clone, Copy, Debug)]
 pub struct FinalityTime {

@@ -512,33 +512,28 @@ impl Engine {
     /// Once a burst is over, gives its memory back: old finality times are forgotten, maps
     /// that kept their peak capacity shrink, and the allocator returns the freed pages.
     fn release_memory(&mut self) {
-        let trim = {
+        let shrank = {
             let mut st = self.s.state();
             let cutoff = now_ms().saturating_sub(super::FINALITY_KEEP_MS);
-            let mut forgot = false;
             while let Some(old) = st.finality_order.front().copied() {
                 if st.finality_ms.get(&old).is_some_and(|t| t.at_ms >= cutoff) {
                     break;
                 }
                 st.finality_order.pop_front();
                 st.finality_ms.remove(&old);
-                forgot = true;
             }
-            // A burst's last finality time forgotten: what the burst left is freed by now. Trim
-            // then too, as the last shrink below may come before the last frees.
-            let mut trim = forgot && st.finality_order.is_empty();
-            trim |= st.mempool.shrink_if_sparse();
-            trim |= st.snowball.shrink_if_sparse();
+            let mut shrank = st.mempool.shrink_if_sparse();
+            shrank |= st.snowball.shrink_if_sparse();
             let cap = st.finality_ms.capacity();
             if cap > 1024 && st.finality_ms.len() < cap / 4 {
                 st.finality_ms.shrink_to_fit();
                 st.finality_order.shrink_to_fit();
-                trim = true;
+                shrank = true;
             }
-            trim
+            shrank
         };
-        if trim {
-            crate::node::trim_heap();
+        if shrank {
+            trim_heap();
         }
     }
 }
@@ -548,6 +543,16 @@ async fn sleep_until_or_never(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Returns free heap pages to the kernel. glibc keeps what a burst freed in its arenas, so
+/// without this a node stayed at its peak RSS long after the load ended.
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
