@@ -7,6 +7,8 @@ use crate::chain::validate::{check_transaction_with, Signatures, TxError, UtxoVi
 use crate::chain::{IdentifiedTx, OutPoint, Transaction, TxOut, Txid};
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TxStatus {
@@ -43,8 +45,19 @@ pub struct Mempool {
     rejected_order: VecDeque<Txid>,
     bytes: usize,
     max_bytes: usize,
-    /// Entries still waiting for finality.
-    pending: usize,
+    /// Entries still waiting for finality. Shared with [`PendingCount`] so that the RPC front
+    /// can refuse under overload without the state lock; only the pool writes it.
+    pending: Arc<AtomicUsize>,
+}
+
+/// A lock-free reading of a pool's pending count (see [`Mempool::pending_counter`]).
+#[derive(Clone, Debug)]
+pub struct PendingCount(Arc<AtomicUsize>);
+
+impl PendingCount {
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// Rejections remembered, so a late copy (re-gossip, a retry) gets the same answer instead of
@@ -83,13 +96,18 @@ impl Mempool {
             rejected_order: VecDeque::new(),
             bytes: 0,
             max_bytes,
-            pending: 0,
+            pending: Arc::new(AtomicUsize::new(0)),
         }
     }
 
     /// Transactions waiting for finality.
     pub fn pending_count(&self) -> usize {
-        self.pending
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// The pending count, readable without the pool (and its lock) at hand.
+    pub fn pending_counter(&self) -> PendingCount {
+        PendingCount(Arc::clone(&self.pending))
     }
 
     /// Gives memory back after a burst: maps keep their peak capacity otherwise, which kept a
@@ -192,7 +210,7 @@ impl Mempool {
             self.spenders.entry(input.prevout).or_default().push(txid);
         }
         self.bytes += size;
-        self.pending += 1;
+        self.pending.fetch_add(1, Ordering::Relaxed);
         self.entries.insert(txid, Entry { tx, txid, size, fee, first_seen_ms: now_ms, status: TxStatus::Pending });
         Ok((txid, if conflicting { Added::Conflicting } else { Added::New }))
     }
@@ -215,7 +233,7 @@ impl Mempool {
             Some(e) => {
                 if e.status == TxStatus::Pending {
                     e.status = TxStatus::Finalized { at_ms: now_ms };
-                    self.pending -= 1;
+                    self.pending.fetch_sub(1, Ordering::Relaxed);
                 }
                 true
             }
@@ -244,7 +262,7 @@ impl Mempool {
         let e = self.entries.remove(txid)?;
         self.bytes -= e.size;
         if e.status == TxStatus::Pending {
-            self.pending -= 1;
+            self.pending.fetch_sub(1, Ordering::Relaxed);
         }
         for input in &e.tx.inputs {
             if let Some(v) = self.spenders.get_mut(&input.prevout) {

@@ -51,10 +51,9 @@ async fn connected(nodes: &[&Node], peers: usize) {
     }
 }
 
-/// `count` coins of 0.01 TIME for `key`, from validator1's genesis coins, final on `observer`.
-async fn fund(payer: &Node, observer: &Node, key: &Keypair, count: usize) -> Vec<OutPoint> {
-    let wallet = devnet_wallet_key("validator1");
-    let coin = payer
+/// One of validator1's genesis coins (more than 10 TIME) as seen by `node`, and its value.
+async fn genesis_coin(node: &Node) -> (OutPoint, u64) {
+    let coin = node
         .client()
         .list_unspent(Some(1), None, None)
         .await
@@ -62,11 +61,17 @@ async fn fund(payer: &Node, observer: &Node, key: &Keypair, count: usize) -> Vec
         .into_iter()
         .find(|u| u.spendable && u.amount_units > 10 * 100_000_000)
         .expect("validator1 has genesis coins");
+    (OutPoint { txid: Hash256::from_hex(&coin.txid).unwrap(), vout: coin.vout }, coin.amount_units)
+}
+
+/// `count` coins of 0.01 TIME for `key`, from validator1's genesis coins, final on `observer`.
+async fn fund(payer: &Node, observer: &Node, key: &Keypair, count: usize) -> Vec<OutPoint> {
+    let wallet = devnet_wallet_key("validator1");
+    let (op, amount) = genesis_coin(payer).await;
     let to = Address::from_pubkey(Network::Testnet, &key.public());
     let mut outputs = vec![TxOut { value: 1_000_000, address: to }; count];
-    let change = coin.amount_units - 1_000_000 * count as u64 - 200_000;
+    let change = amount - 1_000_000 * count as u64 - 200_000;
     outputs.push(TxOut { value: change, address: Address::from_pubkey(Network::Testnet, &wallet.public()) });
-    let op = OutPoint { txid: Hash256::from_hex(&coin.txid).unwrap(), vout: coin.vout };
     let mut tx = Transaction::unsigned(vec![op], outputs, 0, None);
     tx.sign_all(&wallet, CHAIN);
     let txid = payer.client().send_raw_transaction(tx.to_hex()).await.unwrap();
@@ -179,6 +184,38 @@ async fn excess_is_refused_and_every_admitted_transaction_settles() {
         assert_eq!(n.client().get_peer_info().await.unwrap().len(), 2, "{} lost a peer", n.id);
         assert!(!n.log().contains("too slow"), "{} dropped a peer as too slow", n.id);
     }
+}
+
+/// A full pool refuses a client before its transaction is even decoded: under overload nearly
+/// every submission ends there, so that answer must cost no decoding, hashing or lock
+/// (docs/benchmarks.md, run AG). The price, documented in docs/rpc.md: a pooled transaction
+/// sent again meanwhile is told to back off too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_pool_refuses_before_decoding() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Alone of three validators: nothing can become final, so one pending payment keeps a pool
+    // of one full for as long as the test takes.
+    let v1 = validator(tmp.path(), 1, "", &["--max-pending-txs", "1"]);
+    let wallet = devnet_wallet_key("validator1");
+    let (op, amount) = genesis_coin(&v1).await;
+    let pay = |value: u64| {
+        let to = Address::from_pubkey(Network::Testnet, &wallet.public());
+        let mut tx = Transaction::unsigned(vec![op], vec![TxOut { value, address: to }], 0, None);
+        tx.sign_all(&wallet, CHAIN);
+        tx
+    };
+    let first = pay(amount - 200_000);
+    let c = v1.client();
+    // Not decodable: refused as undecodable while there is room...
+    let garbage = c.send_raw_transaction("zz".to_string()).await.unwrap_err().to_string();
+    assert!(garbage.contains("TX decode failed"), "{garbage}");
+    assert_eq!(c.send_raw_transaction(first.to_hex()).await.unwrap(), first.txid().to_hex());
+    // ...and as mempool-full once the pool is full: nothing was decoded.
+    for hex in ["zz".to_string(), pay(amount - 300_000).to_hex(), first.to_hex()] {
+        let e = c.send_raw_transaction(hex).await.unwrap_err();
+        assert!(e.to_string().contains("mempool-full"), "{e}");
+    }
+    assert_eq!(c.get_transaction_finality(first.txid().to_hex()).await.unwrap().status, "pending");
 }
 
 #[tokio::test(flavor = "multi_thread")]

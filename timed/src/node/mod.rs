@@ -12,7 +12,7 @@ use crate::chain::{IdentifiedTx, Keypair, Transaction, Txid, ValidatorIndex};
 use crate::config::NodeConfig;
 use crate::consensus::heartbeat::HeartbeatTracker;
 use crate::consensus::snowball::Snowball;
-use crate::mempool::{Added, Mempool, DEFAULT_MAX_BYTES};
+use crate::mempool::{Added, Mempool, PendingCount, DEFAULT_MAX_BYTES};
 use crate::metrics::Metrics;
 use crate::node_info::NodeInfo;
 use crate::p2p::message::Message;
@@ -133,6 +133,8 @@ pub struct Shared {
     pub p2p: P2p,
     pub rpc_addr: SocketAddr,
     state: Mutex<State>,
+    /// The mempool's pending count, read without the state lock ([`Shared::refusing_clients`]).
+    pending: PendingCount,
     /// Woken whenever a transaction is finalized, rejected or included in a block.
     pub finality_changed: Notify,
     pub tip: watch::Sender<u64>,
@@ -200,6 +202,14 @@ impl Shared {
             return Err(TxError::MempoolFull);
         }
         answer.await.unwrap_or(Err(TxError::MempoolFull))
+    }
+
+    /// Whether clients are refused `mempool-full` now (the last rule of [`Shared::precheck`]),
+    /// read without the state lock. Under overload nearly every submission ends there, so
+    /// `sendrawtransaction` asks this before it decodes and hashes anything; the price is that
+    /// a pooled transaction sent again meanwhile is also told to back off, not given its txid.
+    pub fn refusing_clients(&self) -> bool {
+        self.pending.get() >= self.cfg.max_pending_txs
     }
 
     /// The answers that need no signature check and no write, read under the state lock:
@@ -330,6 +340,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
         started: Instant::now(),
         p2p: p2p.clone(),
         rpc_addr,
+        pending: state.mempool.pending_counter(),
         state: Mutex::new(state),
         finality_changed: Notify::new(),
         tip: tip_tx,

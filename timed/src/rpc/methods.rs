@@ -299,6 +299,9 @@ impl RpcImpl {
 #[async_trait]
 impl TimeRpcServer for RpcImpl {
     async fn send_raw_transaction(&self, hexstring: String) -> RpcResult<String> {
+        if self.s.refusing_clients() {
+            return Err(tx_err(TxError::MempoolFull));
+        }
         let tx =
             Transaction::from_hex(&hexstring).ok_or_else(|| err(codes::DESERIALIZATION_ERROR, "TX decode failed"))?;
         let (txid, _) = self.s.submit_tx(tx).await.map_err(tx_err)?;
