@@ -86,6 +86,16 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     (v, t.elapsed())
 }
 
+/// CPU time of the calling thread: the disk's fsync time varies between runs far more than the
+/// work of a commit does.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 /// The typical wallet payment: one input, a payment and change back to the payer.
 fn payment(
     key: &Keypair,
@@ -395,6 +405,8 @@ struct BlockTimes {
     build: Duration,
     check: Duration,
     commit: Duration,
+    /// This thread's CPU time in the commit (the rest of `commit` is mostly waiting for fsync).
+    commit_cpu: Duration,
     bytes: usize,
 }
 
@@ -454,12 +466,14 @@ impl Chain {
         let (res, check) = timed(|| self.ledger.check_block(&block, &self.parent, None, &|_| false));
         res.expect("own block is valid");
         let cert = self.certify(&block);
+        let cpu = thread_cpu();
         let (res, commit) = timed(|| self.store.commit_block(&block, &cert));
+        let commit_cpu = thread_cpu() - cpu;
         res.expect("commit");
         let bytes = block.size();
         self.parent = block;
         self.last_cert = Some(cert);
-        BlockTimes { build, check, commit, bytes }
+        BlockTimes { build, check, commit, commit_cpu, bytes }
     }
 
     /// Fans genesis outputs out into `per` outputs each, growing the coin queue.
@@ -542,6 +556,88 @@ fn bench_storage(b: &mut Bench, dir: &std::path::Path) -> Chain {
     });
     bench_proposal_check(b, &mut c);
     c
+}
+
+/// Block commits as `timectl bench` makes them: coins spread over many addresses, spent in random
+/// order, by blocks of thousands of payments. The store's cost per entry depends on how many
+/// pages a commit touches, which a one-address wallet (above) hides: its address-index entries
+/// all sit together.
+fn bench_store_spread(b: &mut Bench, dir: &std::path::Path) {
+    const KEYS: usize = 2000;
+    const COINS_PER_TX: usize = 1000;
+    const FUNDING_TXS: usize = 160;
+    const BLOCK_TXS: usize = 2500;
+    let name = format!("Store::commit_block, {BLOCK_TXS} tx/block, {KEYS} addresses");
+    if std::env::var("BENCH_LEDGER_ONLY").is_ok_and(|only| !name.contains(&only)) {
+        return;
+    }
+    let mut c = Chain::open(dir);
+    let keys: Vec<(Keypair, Address)> = (0..KEYS)
+        .map(|i| {
+            let k = Keypair::insecure_from_label(&format!("spread-{i}"));
+            let a = Address::from_pubkey(Network::Testnet, &k.public());
+            (k, a)
+        })
+        .collect();
+    c.fan_out(4, FUNDING_TXS / 4);
+    // 160 funding transactions of 1,000 outputs each, key after key, committed 20 to a block.
+    let mut coins: Vec<(OutPoint, u64, usize)> = Vec::new();
+    let funding: Vec<Transaction> = (0..FUNDING_TXS)
+        .map(|t| {
+            let (op, value) = c.coins.pop_front().expect("a funding coin");
+            let owners: Vec<usize> = (0..COINS_PER_TX).map(|o| (t * COINS_PER_TX + o) % KEYS).collect();
+            let outs = |v: u64| owners.iter().map(|&k| TxOut { value: v, address: keys[k].1 }).collect();
+            let mut probe = Transaction::unsigned(vec![op], outs(1), 0, None);
+            probe.sign_all(&c.wkey, &c.g.chain_id);
+            let each = (value - min_fee(probe.size())) / COINS_PER_TX as u64;
+            let mut tx = Transaction::unsigned(vec![op], outs(each), 0, None);
+            tx.sign_all(&c.wkey, &c.g.chain_id);
+            let id = tx.txid();
+            coins.extend(owners.iter().enumerate().map(|(v, &k)| (OutPoint { txid: id, vout: v as u32 }, each, k)));
+            tx
+        })
+        .collect();
+    for block in funding.chunks(20) {
+        c.extend(block.to_vec());
+    }
+    // Spent in random order (xorshift, fixed seed), as the load generator's keys pick them.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for i in (1..coins.len()).rev() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        coins.swap(i, (seed % (i as u64 + 1)) as usize);
+    }
+    let mut coins: VecDeque<_> = coins.into();
+    let fee = payment_fee(&keys[0].0, &keys[0].1, &keys[1].1, &c.g.chain_id);
+    // Eight blocks to bring every key range of the tables to the funding, then the measured ones.
+    let (warm, measured) = (8, 16);
+    let (mut commit, mut cpu) = (Duration::ZERO, Duration::ZERO);
+    for round in 0..warm + measured {
+        let (txs, owners): (Vec<Transaction>, Vec<usize>) = (0..BLOCK_TXS)
+            .map(|_| {
+                let (op, value, k) = coins.pop_front().expect("enough coins");
+                (payment(&keys[k].0, &keys[k].1, &keys[(k + 1) % KEYS].1, op, value, fee, &c.g.chain_id), k)
+            })
+            .unzip();
+        let t = c.extend(txs.clone());
+        if round >= warm {
+            commit += t.commit;
+            cpu += t.commit_cpu;
+        }
+        // The change goes back to its payer's coins.
+        for (tx, k) in txs.iter().zip(owners) {
+            coins.push_back((OutPoint { txid: tx.txid(), vout: 1 }, tx.outputs[1].value, k));
+        }
+    }
+    let payments = (measured * BLOCK_TXS) as f64;
+    let note = format!(
+        "{:.1} µs per payment ({:.1} µs of CPU); {} coins",
+        commit.as_secs_f64() * 1e6 / payments,
+        cpu.as_secs_f64() * 1e6 / payments,
+        FUNDING_TXS * COINS_PER_TX
+    );
+    b.push(&name, measured as u64, commit, &note);
 }
 
 /// check_block as the engine calls it for a proposal: with a finalized-conflict test that, like
@@ -679,5 +775,7 @@ fn main() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let mut chain = bench_storage(&mut b, tmp.path());
     bench_store_reads(&mut b, &mut chain);
+    let spread = tempfile::tempdir().expect("temp dir");
+    bench_store_spread(&mut b, spread.path());
     println!("\n{} cases.", b.rows.len());
 }

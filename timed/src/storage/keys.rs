@@ -1,6 +1,6 @@
 //! Fixed-width, big-endian table keys. redb compares `&[u8; N]` keys bytewise, so big-endian
 //! numbers make key order equal numeric order (heights ascend, an outpoint's vouts ascend) and an
-//! address's outputs sit next to each other in the address index.
+//! address's outputs sit next to each other in each key range of the address index.
 
 use crate::chain::{Address, Hash256, OutPoint};
 
@@ -8,7 +8,10 @@ pub(super) const HEIGHT_LEN: usize = 8;
 pub(super) const HASH_LEN: usize = 32;
 pub(super) const OUTPOINT_LEN: usize = HASH_LEN + 4;
 pub(super) const ADDRESS_LEN: usize = 21;
+/// An address-index key of format 3: address then outpoint.
 pub(super) const ADDRESS_OUTPOINT_LEN: usize = ADDRESS_LEN + OUTPOINT_LEN;
+/// An address-index key: the outpoint's key range (see `overlay::slice_of`), address, outpoint.
+pub(super) const ADDRESS_KEY_LEN: usize = 1 + ADDRESS_OUTPOINT_LEN;
 /// A finalized-log key: sequence number then txid.
 pub(super) const LOG_KEY_LEN: usize = 8 + HASH_LEN;
 /// Tip as stored in the meta table: height then block hash.
@@ -59,19 +62,40 @@ pub(super) fn address(a: &Address) -> [u8; ADDRESS_LEN] {
     k
 }
 
-pub(super) fn address_outpoint(a: &Address, op: &OutPoint) -> [u8; ADDRESS_OUTPOINT_LEN] {
-    let mut k = [0u8; ADDRESS_OUTPOINT_LEN];
-    k[..ADDRESS_LEN].copy_from_slice(&address(a));
-    k[ADDRESS_LEN..].copy_from_slice(&outpoint(op));
+/// The address-index key of `op` paying to `a`. It starts with the outpoint's key range, as the
+/// `utxos` key does by starting with the txid: a commit that writes one range of the held
+/// entries then rewrites that range's pages of the address index only, not pages all over it
+/// (docs/benchmarks.md, run AH).
+pub(super) fn address_outpoint(a: &Address, op: &OutPoint) -> [u8; ADDRESS_KEY_LEN] {
+    let mut k = [0u8; ADDRESS_KEY_LEN];
+    k[0] = super::overlay::slice_of(&op.txid) as u8;
+    k[1..=ADDRESS_LEN].copy_from_slice(&address(a));
+    k[1 + ADDRESS_LEN..].copy_from_slice(&outpoint(op));
     k
 }
 
-/// First and last possible key of one address in the address index (both inclusive).
-pub(super) fn address_bounds(a: &Address) -> ([u8; ADDRESS_OUTPOINT_LEN], [u8; ADDRESS_OUTPOINT_LEN]) {
-    let mut lo = [0u8; ADDRESS_OUTPOINT_LEN];
-    let mut hi = [0xffu8; ADDRESS_OUTPOINT_LEN];
-    lo[..ADDRESS_LEN].copy_from_slice(&address(a));
-    hi[..ADDRESS_LEN].copy_from_slice(&address(a));
+/// The format-4 key of a format-3 address-index key (address then outpoint).
+pub(super) fn address_outpoint_from_v3(old: &[u8; ADDRESS_OUTPOINT_LEN]) -> [u8; ADDRESS_KEY_LEN] {
+    let mut k = [0u8; ADDRESS_KEY_LEN];
+    k[0] = super::overlay::slice_of(&outpoint_from(&old[ADDRESS_LEN..]).txid) as u8;
+    k[1..].copy_from_slice(old);
+    k
+}
+
+/// The outpoint of an address-index key.
+pub(super) fn address_key_outpoint(key: &[u8; ADDRESS_KEY_LEN]) -> OutPoint {
+    outpoint_from(&key[1 + ADDRESS_LEN..])
+}
+
+/// First and last possible key of one address in one key range of the address index (both
+/// inclusive).
+pub(super) fn address_bounds(a: &Address, slice: usize) -> ([u8; ADDRESS_KEY_LEN], [u8; ADDRESS_KEY_LEN]) {
+    let mut lo = [0u8; ADDRESS_KEY_LEN];
+    let mut hi = [0xffu8; ADDRESS_KEY_LEN];
+    for k in [&mut lo, &mut hi] {
+        k[0] = slice as u8;
+        k[1..=ADDRESS_LEN].copy_from_slice(&address(a));
+    }
     (lo, hi)
 }
 
@@ -111,14 +135,30 @@ mod tests {
     }
 
     #[test]
-    fn address_bounds_cover_exactly_one_address() {
+    fn address_bounds_cover_exactly_one_address_in_one_range() {
         let a = Address { network_byte: Network::Testnet as u8, hash: [7; 20] };
         let b = Address { network_byte: Network::Testnet as u8, hash: [8; 20] };
-        let (lo, hi) = address_bounds(&a);
         let op = OutPoint { txid: Hash256([0xff; 32]), vout: u32::MAX };
         let k = address_outpoint(&a, &op);
+        let (lo, hi) = address_bounds(&a, 7);
         assert!(lo <= k && k <= hi);
-        let other = address_outpoint(&b, &OutPoint { txid: Hash256::ZERO, vout: 0 });
+        assert_eq!(address_key_outpoint(&k), op);
+        // Another range of the same address, and the same range of another address, lie outside.
+        let (lo6, hi6) = address_bounds(&a, 6);
+        assert!(k > hi6 && lo6 < lo);
+        let other = address_outpoint(&b, &OutPoint { txid: Hash256([0xe0; 32]), vout: 0 });
         assert!(other > hi);
+        let low = address_outpoint(&a, &OutPoint { txid: Hash256::ZERO, vout: 0 });
+        assert!(low < address_bounds(&a, 1).0);
+    }
+
+    #[test]
+    fn a_format_3_key_keeps_its_address_and_outpoint() {
+        let a = Address { network_byte: Network::Testnet as u8, hash: [9; 20] };
+        let op = OutPoint { txid: Hash256([0x5a; 32]), vout: 3 };
+        let mut old = [0u8; ADDRESS_OUTPOINT_LEN];
+        old[..ADDRESS_LEN].copy_from_slice(&address(&a));
+        old[ADDRESS_LEN..].copy_from_slice(&outpoint(&op));
+        assert_eq!(address_outpoint_from_v3(&old), address_outpoint(&a, &op));
     }
 }

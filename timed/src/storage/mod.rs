@@ -18,7 +18,7 @@
 //! | `certs`             | height (8)                   | `CommitCert` that finalized it     |
 //! | `tx_index`          | txid (32)                    | (height, position in block)        |
 //! | `utxos`             | txid (32) ++ vout (4)        | `TxOut`                            |
-//! | `address_utxos`     | address (21) ++ outpoint (36)| height that created the output     |
+//! | `address_index`     | range (1) ++ address (21) ++ outpoint (36) | height that created the output |
 //! | `finalized_log`     | sequence (8) ++ txid (32)    | (`Transaction`, finalized at ms)   |
 //!
 //! `finalized_log` holds what Avalanche finalized and no block holds yet, keyed by the order of
@@ -26,13 +26,17 @@
 //! keyed by txid each of its transactions landed on a random page (docs/benchmarks.md, run AD).
 //! Format 1 keyed the same content by txid (`finalized_pending`); opening such a store migrates it.
 //!
-//! `tx_index`, `utxos` and `address_utxos` lag the tip by up to eight blocks: their entries are
+//! `tx_index`, `utxos` and `address_index` lag the tip by up to eight blocks: their entries are
 //! held in memory first (`overlay.rs`) and every read sees both, so callers see the chain at
 //! the tip. Each commit writes, in its block's transaction, one of eight key ranges of the held
 //! entries, and `meta` records per range the height the tables reflect (`held_written`); on
 //! open, the blocks above it are replayed. Format 2 had no such record (its tables were always
 //! at the tip); opening such a store records it, and the format number keeps an older timed
 //! from reading tables that lag the tip.
+//!
+//! The address index's keys begin with the outpoint's key range, so writing one range touches
+//! one eighth of the index, as it does of `utxos`; listing an address reads eight key ranges.
+//! Format 3 keyed it by address first (`address_utxos`); opening such a store rebuilds it.
 
 mod keys;
 mod overlay;
@@ -44,7 +48,7 @@ use crate::chain::amount::to_time;
 use crate::chain::{
     Address, Block, BlockHash, CommitCert, GenesisConfig, Hash256, OutPoint, Transaction, TxOut, Txid, UtxoView,
 };
-use keys::{ADDRESS_OUTPOINT_LEN, HASH_LEN, HEIGHT_LEN, LOG_KEY_LEN, OUTPOINT_LEN};
+use keys::{ADDRESS_KEY_LEN, ADDRESS_OUTPOINT_LEN, HASH_LEN, HEIGHT_LEN, LOG_KEY_LEN, OUTPOINT_LEN};
 use overlay::{Lookup, Overlay, SLICES};
 use redb::{
     Database, DatabaseError, Durability, ReadTransaction, ReadableTable, TableDefinition, TableError, WriteTransaction,
@@ -57,7 +61,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard};
 
 /// Layout version of the tables above. Bump it (and add a migration) when the layout changes.
-pub const STORE_FORMAT_VERSION: u32 = 3;
+pub const STORE_FORMAT_VERSION: u32 = 4;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const BLOCKS: TableDefinition<&[u8; HEIGHT_LEN], &[u8]> = TableDefinition::new("blocks");
@@ -66,7 +70,9 @@ const BLOCK_HEIGHTS: TableDefinition<&[u8; HASH_LEN], u64> = TableDefinition::ne
 const CERTS: TableDefinition<&[u8; HEIGHT_LEN], &[u8]> = TableDefinition::new("certs");
 const TX_INDEX: TableDefinition<&[u8; HASH_LEN], (u64, u32)> = TableDefinition::new("tx_index");
 const UTXOS: TableDefinition<&[u8; OUTPOINT_LEN], &[u8]> = TableDefinition::new("utxos");
-const ADDRESS_UTXOS: TableDefinition<&[u8; ADDRESS_OUTPOINT_LEN], u64> = TableDefinition::new("address_utxos");
+const ADDRESS_INDEX: TableDefinition<&[u8; ADDRESS_KEY_LEN], u64> = TableDefinition::new("address_index");
+/// Format 3's address index, keyed by address then outpoint; migrated to `address_index`.
+const ADDRESS_UTXOS_V3: TableDefinition<&[u8; ADDRESS_OUTPOINT_LEN], u64> = TableDefinition::new("address_utxos");
 const FINALIZED_LOG: TableDefinition<&[u8; LOG_KEY_LEN], &[u8]> = TableDefinition::new("finalized_log");
 /// Format 1's table for the same content, keyed by txid: migrated on open.
 const FINALIZED_PENDING_V1: TableDefinition<&[u8; HASH_LEN], &[u8]> = TableDefinition::new("finalized_pending");
@@ -75,7 +81,7 @@ const META_FORMAT_VERSION: &str = "format_version";
 const META_GENESIS_HASH: &str = "genesis_hash";
 const META_CHAIN_ID: &str = "chain_id";
 const META_TIP: &str = "tip";
-/// Per key range of `tx_index`, `utxos` and `address_utxos`, the height the tables reflect
+/// Per key range of `tx_index`, `utxos` and `address_index`, the height the tables reflect
 /// (`SLICES` heights, 8 bytes big-endian each).
 const META_WRITTEN: &str = "held_written";
 /// How often a multi-entry read retries before deciding the tables and the overlay disagree for
@@ -332,7 +338,7 @@ impl Store {
         txn.open_table(CERTS)?;
         txn.open_table(TX_INDEX)?;
         txn.open_table(UTXOS)?;
-        txn.open_table(ADDRESS_UTXOS)?;
+        txn.open_table(ADDRESS_INDEX)?;
         txn.open_table(FINALIZED_LOG)?;
         let changes = BlockChanges::plan(&block)?;
         write_block(&txn, &block, None, &changes)?;
@@ -378,6 +384,34 @@ impl Store {
         if found < 3 {
             self.migrate_from_2()?;
         }
+        if found < 4 {
+            self.migrate_from_3()?;
+        }
+        Ok(())
+    }
+
+    /// Format 3 → 4: the address index is rebuilt with each key led by its outpoint's key range,
+    /// in one transaction. The entries are the same, so the written heights still hold.
+    fn migrate_from_3(&self) -> Result<(), StoreError> {
+        let txn = self.begin_write()?;
+        {
+            let old = txn.open_table(ADDRESS_UTXOS_V3)?;
+            let mut entries = Vec::new();
+            for entry in old.iter()? {
+                let (k, height) = entry?;
+                entries.push((keys::address_outpoint_from_v3(k.value()), height.value()));
+            }
+            drop(old);
+            entries.sort_unstable_by_key(|(k, _)| *k);
+            let mut index = txn.open_table(ADDRESS_INDEX)?;
+            for (k, height) in &entries {
+                index.insert(k, *height)?;
+            }
+        }
+        txn.delete_table(ADDRESS_UTXOS_V3)?;
+        txn.open_table(META)?.insert(META_FORMAT_VERSION, 4u32.to_be_bytes().as_slice())?;
+        txn.commit()?;
+        tracing::info!(path = %self.path.display(), "chain database migrated from format 3 to 4");
         Ok(())
     }
 
@@ -575,14 +609,10 @@ impl Store {
     /// Unspent outputs paying to `addr`, in outpoint order, with the height that created each.
     pub fn utxos_for_address(&self, addr: &Address) -> Result<Vec<(OutPoint, TxOut, u64)>, StoreError> {
         let (rtx, (spent, mut out)) = self.consistent_read(|o| (o.spent(), held_for(o, addr)))?;
-        let index = rtx.open_table(ADDRESS_UTXOS)?;
         let utxos = rtx.open_table(UTXOS)?;
-        let (lo, hi) = keys::address_bounds(addr);
-        for entry in index.range::<&[u8; ADDRESS_OUTPOINT_LEN]>(&lo..=&hi)? {
-            let (k, height) = entry?;
-            let op = keys::outpoint_from(&k.value()[keys::ADDRESS_LEN..]);
+        for (op, height) in indexed_for(&rtx, addr)? {
             if !spent.contains(&op) {
-                out.push((op, indexed_utxo(&utxos, &op)?, height.value()));
+                out.push((op, indexed_utxo(&utxos, &op)?, height));
             }
         }
         out.sort_unstable_by_key(|(op, _, _)| keys::outpoint(op));
@@ -599,16 +629,12 @@ impl Store {
         mut visit: impl FnMut(&OutPoint, TxOut) -> bool,
     ) -> Result<(), StoreError> {
         let (rtx, (spent, held)) = self.consistent_read(|o| (o.spent(), held_for(o, addr)))?;
-        let index = rtx.open_table(ADDRESS_UTXOS)?;
-        let (lo, hi) = keys::address_bounds(addr);
         // The held outputs come with their value; the tables' are read when visited.
         let mut ops: Vec<(u64, OutPoint, Option<TxOut>)> =
             held.into_iter().map(|(op, out, height)| (height, op, Some(out))).collect();
-        for entry in index.range::<&[u8; ADDRESS_OUTPOINT_LEN]>(&lo..=&hi)? {
-            let (k, height) = entry?;
-            let op = keys::outpoint_from(&k.value()[keys::ADDRESS_LEN..]);
+        for (op, height) in indexed_for(&rtx, addr)? {
             if !spent.contains(&op) {
-                ops.push((height.value(), op, None));
+                ops.push((height, op, None));
             }
         }
         ops.sort_unstable_by_key(|(height, op, _)| (*height, keys::outpoint(op)));
@@ -891,7 +917,7 @@ fn write_held(
     }
     drop(utxos);
 
-    let mut by_address = txn.open_table(ADDRESS_UTXOS)?;
+    let mut by_address = txn.open_table(ADDRESS_INDEX)?;
     unindex.sort_unstable();
     for key in &unindex {
         by_address.remove(key)?;
@@ -906,6 +932,21 @@ fn write_held(
     let now: [u64; SLICES] = std::array::from_fn(|s| if slices[s] { height } else { written[s] });
     txn.open_table(META)?.insert(META_WRITTEN, encode_written(&now).as_slice())?;
     Ok(())
+}
+
+/// The address index's outputs of `addr` (spent ones too until their range is written), with
+/// the height that created each: one key range after another.
+fn indexed_for(rtx: &ReadTransaction, addr: &Address) -> Result<Vec<(OutPoint, u64)>, StoreError> {
+    let index = rtx.open_table(ADDRESS_INDEX)?;
+    let mut out = Vec::new();
+    for slice in 0..SLICES {
+        let (lo, hi) = keys::address_bounds(addr, slice);
+        for entry in index.range::<&[u8; ADDRESS_KEY_LEN]>(&lo..=&hi)? {
+            let (k, height) = entry?;
+            out.push((keys::address_key_outpoint(k.value()), height.value()));
+        }
+    }
+    Ok(out)
 }
 
 /// The held outputs paying to `addr`.

@@ -1,5 +1,5 @@
 //! Transaction-index entries and unspent-output changes held in memory for a few blocks before
-//! they are written to the `tx_index`, `utxos` and `address_utxos` tables.
+//! they are written to the `tx_index`, `utxos` and `address_index` tables.
 //!
 //! Why: writing each block's entries to those tables was a quarter of a loaded node's CPU
 //! (docs/benchmarks.md, run AE). Txids and outpoints are hashes, so a block's entries land all

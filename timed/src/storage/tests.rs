@@ -657,3 +657,76 @@ fn format_2_is_migrated() {
     expected[2] = 2;
     assert_eq!(read_written(&meta).unwrap(), expected);
 }
+
+/// A format-3 store (address index keyed by address first) opens as format 4 with the same
+/// listings as a store that never was format 3, the old table gone, and takes blocks that
+/// write every key range after it.
+#[test]
+fn format_3_is_migrated() {
+    let g = devnet();
+    let (dir, dir_twin) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let path = dir.path().join("chain.redb");
+    let mut store = Store::open(&path, &g).unwrap();
+    let twin = open_in(&dir_twin, &g);
+    let me = wallet("validator1");
+    let addrs = [me, addr("alice"), addr("bob"), addr("miner")];
+    let both = |store: &Store, txs: Vec<Transaction>| {
+        let (block, cert) = next_block(store, &g, txs);
+        store.commit_block(&block, &cert).unwrap();
+        twin.commit_block(&block, &cert).unwrap();
+    };
+    // Five payments, each from its own genesis output, to alice and bob with change.
+    for v in 0..5u32 {
+        let pay = spend(
+            &g,
+            "validator1",
+            vec![genesis_op(&g, v)],
+            vec![(addr("alice"), COIN), (addr("bob"), 2 * COIN), (me, 40_000 * COIN)],
+        );
+        both(&store, vec![pay]);
+    }
+    let before = utxo_reads(&store, &addrs);
+    drop(store);
+    {
+        // Rewrite the address index as format 3 kept it.
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let mut entries = Vec::new();
+        for entry in txn.open_table(ADDRESS_INDEX).unwrap().iter().unwrap() {
+            let (k, height) = entry.unwrap();
+            let old: [u8; ADDRESS_OUTPOINT_LEN] = k.value()[1..].try_into().unwrap();
+            entries.push((old, height.value()));
+        }
+        assert!(entries.len() > 20, "the tables hold entries to migrate");
+        txn.delete_table(ADDRESS_INDEX).unwrap();
+        {
+            let mut old = txn.open_table(ADDRESS_UTXOS_V3).unwrap();
+            for (k, height) in &entries {
+                old.insert(k, *height).unwrap();
+            }
+        }
+        txn.open_table(META).unwrap().insert(META_FORMAT_VERSION, 3u32.to_be_bytes().as_slice()).unwrap();
+        txn.commit().unwrap();
+    }
+    store = Store::open(&path, &g).unwrap();
+    assert_eq!(utxo_reads(&store, &addrs), before);
+    assert_eq!(utxo_reads(&store, &addrs), utxo_reads(&twin, &addrs));
+    // Spends of migrated entries, over enough blocks to write every key range again.
+    for v in 0..(overlay::SLICES as u32 + 1) {
+        let txs = if v < 5 {
+            let change =
+                OutPoint { txid: store.block_by_height(u64::from(v) + 1).unwrap().unwrap().txs[1].txid(), vout: 2 };
+            vec![spend(&g, "validator1", vec![change], vec![(addr("alice"), 39_999 * COIN)])]
+        } else {
+            Vec::new()
+        };
+        both(&store, txs);
+        assert_eq!(utxo_reads(&store, &addrs), utxo_reads(&twin, &addrs), "block {v} after the migration");
+    }
+    drop(store);
+    let db = Database::create(&path).unwrap();
+    let rtx = db.begin_read().unwrap();
+    let version = rtx.open_table(META).unwrap().get(META_FORMAT_VERSION).unwrap().unwrap().value().to_vec();
+    assert_eq!(version, 4u32.to_be_bytes());
+    assert!(matches!(rtx.open_table(ADDRESS_UTXOS_V3), Err(TableError::TableDoesNotExist(_))));
+}
