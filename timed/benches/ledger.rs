@@ -353,6 +353,28 @@ fn bench_snowball(b: &mut Bench) {
         })
     });
 
+    // The same at a loaded node's size, asked in no particular order: past the caches, each
+    // look-up an answer makes is a likely cache miss.
+    const LARGE: u64 = 50_000;
+    let mut s = Snowball::new(params.clone());
+    let now = Instant::now();
+    let mut large: Vec<Txid> = (0..LARGE)
+        .map(|i| {
+            let t = Hash256::tagged("bench-tx", &[&i.to_le_bytes()]);
+            s.insert(t, &[fake_outpoint(i)], now);
+            t
+        })
+        .collect();
+    rand::seq::SliceRandom::shuffle(large.as_mut_slice(), &mut rand::thread_rng());
+    b.run("Snowball::preference (50000 undecided, random order)", "per txid; a poll answer", || {
+        timed(|| {
+            for t in &large {
+                black_box(s.preference(black_box(t)));
+            }
+            LARGE
+        })
+    });
+
     // Steady state: votes that do not reach alpha keep all 1000 undecided, so every poll does
     // the full walk. batch() is included because the engine calls it before every poll.
     let no: Vec<(Txid, usize)> = txids.iter().map(|(t, _)| (*t, ap - 1)).collect();

@@ -156,7 +156,7 @@ impl Mempool {
             IdentifiedTx::new(tx),
             Signatures::Verify,
             chain,
-            in_chain,
+            &|| in_chain,
             chain_id,
             network_byte,
             next_height,
@@ -165,14 +165,17 @@ impl Mempool {
     }
 
     /// [`Mempool::add`] with the signature verdict possibly already known, so that it can be
-    /// computed outside whatever lock guards the pool.
+    /// computed outside whatever lock guards the pool, and `in_chain` asked only when needed: a
+    /// transaction that a block holds has its inputs spent, so one that passes every check is
+    /// not in the chain, and the index (a store read) is read only for the other answers,
+    /// which "already in the chain" outranks.
     #[allow(clippy::too_many_arguments)]
     pub fn add_with(
         &mut self,
         tx: IdentifiedTx,
         sigs: Signatures,
         chain: &dyn UtxoView,
-        in_chain: bool,
+        in_chain: &dyn Fn() -> bool,
         chain_id: &str,
         network_byte: u8,
         next_height: u64,
@@ -180,18 +183,22 @@ impl Mempool {
     ) -> Result<(Txid, Added), TxError> {
         let txid = tx.txid();
         let tx = tx.into_tx();
-        if in_chain {
-            return Err(TxError::AlreadyInChain);
-        }
+        let refuse = |e: TxError| Err(if in_chain() { TxError::AlreadyInChain } else { e });
         if self.entries.contains_key(&txid) {
+            if in_chain() {
+                return Err(TxError::AlreadyInChain);
+            }
             return Ok((txid, Added::Known));
         }
         if let Some(reason) = self.rejected.get(&txid) {
-            return Err(reason.clone());
+            return refuse(reason.clone());
         }
         let mut conflicting = false;
         for input in &tx.inputs {
             if self.finalized_spender(&input.prevout).is_some() {
+                if in_chain() {
+                    return Err(TxError::AlreadyInChain);
+                }
                 // It lost before it arrived here: answer "rejected" for it from now on.
                 self.remember_rejection(txid, TxError::ConflictFinalized);
                 return Err(TxError::ConflictFinalized);
@@ -200,11 +207,14 @@ impl Mempool {
         }
         let fee = {
             let view = Overlay { chain, pool: self };
-            check_transaction_with(&tx, &view, chain_id, network_byte, next_height, sigs)?
+            match check_transaction_with(&tx, &view, chain_id, network_byte, next_height, sigs) {
+                Ok(fee) => fee,
+                Err(e) => return refuse(e),
+            }
         };
         let size = tx.size();
         if self.bytes + size > self.max_bytes {
-            return Err(TxError::MempoolFull);
+            return refuse(TxError::MempoolFull);
         }
         for input in &tx.inputs {
             self.spenders.entry(input.prevout).or_default().push(txid);
@@ -492,7 +502,34 @@ mod tests {
         let (k, a, u, ops) = fixture();
         let mut m = Mempool::new(10);
         assert_eq!(m.add(spend(&k, a, vec![ops[0]], COIN / 2), &u, false, C, NET, 1, 0), Err(TxError::MempoolFull));
+        // A block's transaction has its inputs spent: "already in the chain" outranks
+        // "missing inputs", and every other refusal.
         let mut m = Mempool::new(DEFAULT_MAX_BYTES);
+        let mined = spend(&k, a, vec![OutPoint { txid: Hash256::digest(b"spent"), vout: 0 }], COIN / 2);
+        assert_eq!(m.add(mined.clone(), &u, true, C, NET, 1, 0), Err(TxError::AlreadyInChain));
+        assert_eq!(m.add(mined, &u, false, C, NET, 1, 0), Err(TxError::MissingInputs));
+        let mut m = Mempool::new(10);
         assert_eq!(m.add(spend(&k, a, vec![ops[0]], COIN / 2), &u, true, C, NET, 1, 0), Err(TxError::AlreadyInChain));
+    }
+
+    #[test]
+    fn the_chain_index_is_read_only_to_refuse() {
+        // What passes every check cannot be in a block (its inputs would be spent), so the
+        // engine's store read is skipped for it; any refusal asks.
+        let (k, a, u, ops) = fixture();
+        let mut m = Mempool::new(DEFAULT_MAX_BYTES);
+        let asked = std::cell::Cell::new(0);
+        let in_chain = || {
+            asked.set(asked.get() + 1);
+            false
+        };
+        let ok = IdentifiedTx::new(spend(&k, a, vec![ops[0]], COIN / 2));
+        assert!(m.add_with(ok.clone(), Signatures::Verify, &u, &in_chain, C, NET, 1, 0).is_ok());
+        assert_eq!(asked.get(), 0);
+        let missing = spend(&k, a, vec![OutPoint { txid: Hash256::digest(b"gone"), vout: 0 }], COIN / 2);
+        let r = m.add_with(IdentifiedTx::new(missing), Signatures::Verify, &u, &in_chain, C, NET, 1, 0);
+        assert_eq!((r, asked.get()), (Err(TxError::MissingInputs), 1));
+        assert!(m.add_with(ok, Signatures::Verify, &u, &in_chain, C, NET, 1, 0).is_ok_and(|(_, x)| x == Added::Known));
+        assert_eq!(asked.get(), 2, "a pooled transaction could have been mined since");
     }
 }

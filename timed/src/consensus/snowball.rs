@@ -175,6 +175,16 @@ struct TxEntry {
     seq: u64,
     first_seen: Instant,
     accepted: bool,
+    /// Has never shared a conflict set and has never had an undecided parent: then it is the
+    /// preference of each of its sets (nothing can take that from a lone member) and has no
+    /// ancestor to walk, so a poll answer needs no look-up beyond this entry, and a poll's
+    /// votes touch only `strength` and `count` here. Almost every payment is such; cleared
+    /// for good (see [`Snowball::unplain`]) the first time either stops holding.
+    plain: bool,
+    /// While `plain`: its strength and streak, the same in each of its sets, which are not
+    /// kept up to date meanwhile.
+    strength: u32,
+    count: u32,
 }
 
 struct Member {
@@ -237,6 +247,9 @@ pub struct Snowball {
     rejected: HashMap<Txid, u64>,
     rejected_order: VecDeque<(u64, Txid)>,
     stats: SnowballStats,
+    /// Tests turn the `plain` shortcut off, to compare against the general bookkeeping.
+    #[cfg(test)]
+    shortcuts: bool,
 }
 
 impl Snowball {
@@ -251,6 +264,8 @@ impl Snowball {
             rejected: HashMap::new(),
             rejected_order: VecDeque::new(),
             stats: SnowballStats::default(),
+            #[cfg(test)]
+            shortcuts: true,
         }
     }
 
@@ -306,16 +321,49 @@ impl Snowball {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
+        let mut plain = !inputs.iter().any(|op| self.is_undecided(&op.txid));
+        let mut not_plain = Vec::new();
         for op in &inputs {
             let set = self.sets.entry(*op).or_insert_with(|| {
                 self.spent_outputs.entry(op.txid).or_default().push(op.vout);
                 ConflictSet { members: Vec::new(), preference: txid, last: None, count: 0 }
             });
+            not_plain.extend(set.members.iter().map(|m| m.txid));
             set.members.push(Member { txid, strength: 0, seq });
         }
-        self.txs.insert(txid, TxEntry { inputs, seq, first_seen: now, accepted: false });
+        plain &= not_plain.is_empty();
+        #[cfg(test)]
+        {
+            plain &= self.shortcuts;
+        }
+        // Spenders tracked before their parent (made-up txids, itself included; a node
+        // admits a spend of final outputs only) now have an undecided parent.
+        if self.spent_outputs.contains_key(&txid) {
+            not_plain.extend(self.children(&txid));
+        }
+        let entry = TxEntry { inputs, seq, first_seen: now, accepted: false, plain, strength: 0, count: 0 };
+        self.txs.insert(txid, entry);
+        for t in &not_plain {
+            self.unplain(t);
+        }
         self.undecided.insert(seq, txid);
         InsertOutcome::Inserted
+    }
+
+    /// Ends `txid`'s `plain` shortcut: its strength and streak go into its sets, where the
+    /// general bookkeeping keeps them from now on. A streak of 0 leaves `last` empty, which
+    /// every rule reads as it reads a `last` of its own with a count of 0.
+    fn unplain(&mut self, txid: &Txid) {
+        let Some(e) = self.txs.get_mut(txid).filter(|e| e.plain) else { return };
+        e.plain = false;
+        for op in &e.inputs {
+            let set = self.sets.get_mut(op).expect("every input of a tracked tx has a set");
+            if let Some(m) = set.member_mut(txid) {
+                m.strength = e.strength;
+            }
+            set.last = (e.count > 0).then_some(*txid);
+            set.count = e.count;
+        }
     }
 
     /// The answer to a poll: Yes when accepted, or preferred in every conflict set it is in
@@ -349,7 +397,7 @@ impl Snowball {
         // is bounded by the tracked count, so a cycle of made-up txids (tests) still ends.
         let (mut t, mut e) = (*txid, e);
         for _ in 0..=self.txs.len() {
-            if e.accepted {
+            if e.accepted || e.plain {
                 return true;
             }
             let mut next: Option<(Txid, &TxEntry)> = None;
@@ -383,7 +431,7 @@ impl Snowball {
                 continue;
             }
             let Some(e) = self.txs.get(&t) else { continue };
-            if e.accepted {
+            if e.accepted || e.plain {
                 continue;
             }
             for op in &e.inputs {
@@ -420,6 +468,7 @@ impl Snowball {
         match self.txs.get(txid) {
             None => 0,
             Some(e) if e.accepted => self.params.beta,
+            Some(e) if e.plain => e.count,
             Some(e) => e
                 .inputs
                 .iter()
@@ -465,8 +514,17 @@ impl Snowball {
         let mut touched = Vec::new();
         for &(txid, yes) in results {
             let yes = yes.min(k);
-            let Some(entry) = self.txs.get(&txid) else { continue };
+            let Some(entry) = self.txs.get_mut(&txid) else { continue };
             if entry.accepted {
+                continue;
+            }
+            if entry.plain {
+                // What the loop below does in each set of a lone member that is its preference.
+                if yes >= alpha_pref {
+                    entry.strength += 1;
+                }
+                entry.count = if yes >= alpha_conf { entry.count + 1 } else { 0 };
+                touched.push(txid);
                 continue;
             }
             for op in &entry.inputs {
@@ -517,6 +575,9 @@ impl Snowball {
         let Some(e) = self.txs.get(txid) else { return false };
         if e.accepted {
             return false;
+        }
+        if e.plain {
+            return e.count >= self.params.beta;
         }
         e.inputs.iter().all(|op| {
             let set_ok = self
@@ -1169,6 +1230,101 @@ mod tests {
                 prop_assert_eq!(walked, general, "tx {}", i);
             }
         }
+    }
+
+    /// `ancestors_preferred` without the `plain` shortcut: every set and every undecided
+    /// ancestor looked at.
+    fn preferred_by_full_walk(s: &Snowball, txid: Txid) -> bool {
+        let (mut stack, mut seen) = (vec![txid], std::collections::HashSet::new());
+        while let Some(t) = stack.pop() {
+            let Some(e) = s.txs.get(&t).filter(|e| !e.accepted && seen.insert(t)) else { continue };
+            for op in &e.inputs {
+                if s.sets.get(op).is_none_or(|set| set.preference != t) {
+                    return false;
+                }
+                stack.push(op.txid);
+            }
+        }
+        true
+    }
+
+    proptest! {
+        /// The `plain` shortcut changes no outcome: the same operations, in any order (rivals
+        /// joining later, parents arriving after their spenders, polls, removals, block
+        /// acceptances, expiry), give the same decisions, answers, confidences and counters
+        /// with it as without it, and its poll answers are what the full walk gives.
+        #[test]
+        fn plain_shortcut_changes_no_outcome(
+            ops in proptest::collection::vec(
+                prop_oneof![
+                    3 => proptest::collection::vec((0u64..16, 0u32..2), 1..3).prop_map(Op::Insert),
+                    6 => proptest::collection::vec((0u64..12, 0usize..=4), 1..3).prop_map(Op::Poll),
+                    1 => (0u64..12).prop_map(Op::Remove),
+                    1 => (0u64..12).prop_map(Op::Block),
+                    1 => Just(Op::Expire),
+                ],
+                1..80,
+            ),
+        ) {
+            // beta 2: streaks long enough to accept come up in short random runs.
+            let params = SnowballParams { beta: 2, ..SnowballParams::default() };
+            let mut fast = Snowball::new(params.clone());
+            let mut general = Snowball { shortcuts: false, ..Snowball::new(params.clone()) };
+            let now = Instant::now();
+            let mut next = 0u64;
+            for o in ops {
+                let (a, b) = match &o {
+                    // Spends outputs of transactions 0..12, inserted or not yet (n ≥ 12: outputs
+                    // nobody tracks).
+                    Op::Insert(inputs) => {
+                        let ops: Vec<OutPoint> = inputs
+                            .iter()
+                            .map(|&(n, vout)| if n >= 12 { op(n, vout) } else { OutPoint { txid: tx(n), vout } })
+                            .collect();
+                        let t = tx(next % 12);
+                        next += 1;
+                        prop_assert_eq!(fast.insert(t, &ops, now), general.insert(t, &ops, now));
+                        (Decisions::default(), Decisions::default())
+                    }
+                    Op::Poll(votes) => {
+                        let r: Vec<(Txid, usize)> = votes.iter().map(|&(n, yes)| (tx(n), yes)).collect();
+                        (fast.record_poll(&r, K, AP, AC), general.record_poll(&r, K, AP, AC))
+                    }
+                    Op::Remove(n) => {
+                        prop_assert_eq!(fast.remove(&tx(*n)), general.remove(&tx(*n)));
+                        (Decisions::default(), Decisions::default())
+                    }
+                    Op::Block(n) => (fast.accept_external(&tx(*n)), general.accept_external(&tx(*n))),
+                    Op::Expire => {
+                        let later = now + Duration::from_secs(params.expiry_secs);
+                        let (x, y) = (fast.expire(later), general.expire(later));
+                        (Decisions { accepted: vec![], rejected: x }, Decisions { accepted: vec![], rejected: y })
+                    }
+                };
+                prop_assert_eq!(a, b, "after {:?}", o);
+                prop_assert_eq!(fast.stats(), general.stats());
+                prop_assert_eq!(fast.batch(100), general.batch(100));
+                for i in 0..12 {
+                    let t = tx(i);
+                    prop_assert_eq!(fast.preference(&t), general.preference(&t), "tx {} after {:?}", i, o);
+                    prop_assert_eq!(fast.confidence(&t), general.confidence(&t), "tx {} after {:?}", i, o);
+                    prop_assert_eq!(fast.is_rejected(&t), general.is_rejected(&t));
+                    prop_assert_eq!(fast.is_accepted(&t), general.is_accepted(&t));
+                    let walked = fast.txs.get(&t).map(|e| fast.strongly_preferred(&t, e));
+                    let full = fast.txs.contains_key(&t).then(|| preferred_by_full_walk(&fast, t));
+                    prop_assert_eq!(walked, full, "tx {}", i);
+                }
+            }
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Insert(Vec<(u64, u32)>),
+        Poll(Vec<(u64, usize)>),
+        Remove(u64),
+        Block(u64),
+        Expire,
     }
 
     #[test]

@@ -176,7 +176,7 @@ impl Shared {
         pool: &mut Mempool,
         tx: crate::chain::IdentifiedTx,
         sigs: crate::chain::validate::Signatures,
-        in_chain: bool,
+        in_chain: &dyn Fn() -> bool,
         next_height: u64,
         at_ms: u64,
     ) -> Result<(Txid, Added), TxError> {

@@ -240,7 +240,7 @@ pub fn restore_finalized(s: &Shared) -> anyhow::Result<()> {
     for (tx, at_ms) in pending {
         let tx = IdentifiedTx::new(tx);
         let txid = tx.txid();
-        match s.pool_add(&mut st.mempool, tx, crate::chain::validate::Signatures::Verify, false, tip + 1, at_ms) {
+        match s.pool_add(&mut st.mempool, tx, crate::chain::validate::Signatures::Verify, &|| false, tip + 1, at_ms) {
             Ok(_) => {
                 st.mempool.mark_finalized(&txid, at_ms);
             }

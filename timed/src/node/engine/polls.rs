@@ -170,12 +170,15 @@ pub fn answer(s: &Shared, txids: &[Txid]) -> Vec<Preference> {
             .iter()
             .enumerate()
             .map(|(i, t)| {
-                if let Some(e) = st.mempool.get(t) {
-                    if matches!(e.status, TxStatus::Finalized { .. }) {
-                        return Preference::Yes;
-                    }
+                // Snowball first: it says Yes for nearly every txid asked, and a pool entry
+                // that is final only turns what Snowball does not say Yes to into a Yes.
+                let p = st.snowball.preference(t);
+                if p == Preference::Yes
+                    || st.mempool.get(t).is_some_and(|e| matches!(e.status, TxStatus::Finalized { .. }))
+                {
+                    return Preference::Yes;
                 }
-                match st.snowball.preference(t) {
+                match p {
                     Preference::Unknown if st.mempool.rejection(t).is_some() => Preference::No,
                     Preference::Unknown => {
                         unknown.push(i);

@@ -121,11 +121,13 @@ impl Engine {
             return answer;
         }
         let s = &self.s;
-        let in_chain = s.ledger.store.tx_location(&txid).map(|l| l.is_some()).unwrap_or(false);
+        // Read only for a refusal (see `Mempool::add_with`), under the pool's lock then: the
+        // index look-up was 3 % of a node at 2,500 tx/s when every admission paid it.
+        let in_chain = || s.ledger.store.tx_location(&txid).map(|l| l.is_some()).unwrap_or(false);
         let (tip, _) = s.ledger.store.tip().map_err(|_| TxError::MissingInputs)?;
         let inputs: Vec<_> = tx.tx().inputs.iter().map(|i| i.prevout).collect();
         let mut st = s.state();
-        let (txid, added) = s.pool_add(&mut st.mempool, tx, sigs, in_chain, tip + 1, now_ms())?;
+        let (txid, added) = s.pool_add(&mut st.mempool, tx, sigs, &in_chain, tip + 1, now_ms())?;
         // The one way into Snowball: the poll tick has work again.
         self.poll_work = true;
         if added != Added::Known
