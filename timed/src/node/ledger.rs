@@ -178,6 +178,7 @@ impl Ledger {
         let height = parent.height() + 1;
         let mut view = BlockView { store: &self.store, created: HashMap::new(), spent: HashSet::new() };
         let mut txs = Vec::new();
+        let mut txids = Vec::new();
         let mut fees: u64 = 0;
         let mut size = 1024usize;
         for tx in candidates {
@@ -192,17 +193,20 @@ impl Ledger {
             }
             size += tx.size();
             fees += fee;
-            apply(&mut view, &tx, tx.txid());
+            let txid = tx.txid();
+            apply(&mut view, &tx, txid);
             txs.push(tx);
+            txids.push(txid);
         }
         let eligible = self.eligible_after(parent)?;
         let mut all = vec![self.coinbase(height, &eligible, producer, fees)];
+        txids.insert(0, all[0].txid());
         all.extend(txs);
         let header = BlockHeader {
             version: BLOCK_VERSION,
             height,
             prev_hash: parent.hash(),
-            merkle_root: merkle_root(&all.iter().map(|t| t.txid()).collect::<Vec<_>>()),
+            merkle_root: merkle_root(&txids),
             timestamp_ms: now_ms.max(parent.header.timestamp_ms + 1),
             slot: self.slot_after(&parent.header),
             round,
@@ -401,6 +405,7 @@ mod tests {
     /// names a transaction already in the chain as such, not as one with missing inputs.
     #[test]
     fn a_block_repeating_a_chain_transaction_is_refused_as_such() {
+        use crate::storage::tests::{certify, genesis_op, spend};
         let g = GenesisConfig::devnet(1, 10);
         let dir = tempfile::TempDir::new().unwrap();
         let store = Arc::new(Store::open(&dir.path().join("chain.redb"), &g).unwrap());
@@ -408,12 +413,7 @@ mod tests {
         let key = devnet_validator_key(&g.validators[0].id);
         let to = Address::from_pubkey(Network::Testnet, &Keypair::insecure_from_label("to").public());
         let genesis = ledger.tip_block().unwrap();
-        let pay = |value: u64| {
-            let op = OutPoint { txid: genesis.txs[0].txid(), vout: 0 };
-            let mut tx = Transaction::unsigned(vec![op], vec![TxOut { value, address: to }], 0, None);
-            tx.sign_all(&devnet_wallet_key("validator1"), &g.chain_id);
-            tx
-        };
+        let pay = |value: u64| spend(&g, "validator1", vec![genesis_op(&g, 0)], vec![(to, value)]);
         let (paid, rival) = (pay(COIN), pay(COIN / 2));
         let build = |parent: &Block, txs: Vec<Transaction>, last: Option<CommitCert>| {
             let now = g.slot_start_ms(ledger.slot_after(&parent.header));
@@ -421,10 +421,7 @@ mod tests {
         };
         let b1 = build(&genesis, vec![paid.clone()], None);
         assert_eq!(&b1.txs[1..], std::slice::from_ref(&paid));
-        let hash = b1.hash();
-        let payload = crate::chain::block::vote_payload(crate::chain::block::VOTE_PRECOMMIT, 1, 0, Some(&hash));
-        let sig = key.sign(crate::chain::crypto::Domain::Vote, &g.chain_id, &payload);
-        let cert = CommitCert { height: 1, round: 0, block_hash: hash, votes: vec![(0, sig)] };
+        let cert = certify(&g, &b1);
         store.commit_block(&b1, &cert).unwrap();
 
         // build_block leaves out what no longer applies, so the block is sealed again by hand.

@@ -41,7 +41,7 @@
 mod keys;
 mod overlay;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use crate::api::TxOutSetInfo;
 use crate::chain::amount::to_time;

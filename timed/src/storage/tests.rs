@@ -19,19 +19,19 @@ fn wallet(id: &str) -> Address {
 }
 
 /// Genesis output `vout`; devnet(3) gives validator1 vouts 0..20, validator2 20..40, validator3 40..60.
-fn genesis_op(g: &GenesisConfig, vout: u32) -> OutPoint {
+pub(crate) fn genesis_op(g: &GenesisConfig, vout: u32) -> OutPoint {
     OutPoint { txid: g.genesis_block().txs[0].txid(), vout }
 }
 
 /// A transaction spending `ins` (all owned by validator `owner`'s wallet), signed for real.
-fn spend(g: &GenesisConfig, owner: &str, ins: Vec<OutPoint>, outs: Vec<(Address, u64)>) -> Transaction {
+pub(crate) fn spend(g: &GenesisConfig, owner: &str, ins: Vec<OutPoint>, outs: Vec<(Address, u64)>) -> Transaction {
     let outputs = outs.into_iter().map(|(address, value)| TxOut { value, address }).collect();
     let mut tx = Transaction::unsigned(ins, outputs, 0, None);
     tx.sign_all(&devnet_wallet_key(owner), &g.chain_id);
     tx
 }
 
-fn certify(g: &GenesisConfig, block: &Block) -> CommitCert {
+pub(crate) fn certify(g: &GenesisConfig, block: &Block) -> CommitCert {
     let hash = block.hash();
     let payload = vote_payload(VOTE_PRECOMMIT, block.height(), block.header.round, Some(&hash));
     let votes = g
